@@ -1,0 +1,68 @@
+//! Every `edgesync.*` setting: its name, default, unit, doc text and context.
+//!
+//! The lag thresholds are per session (`USERSET`): they only change what a
+//! reader of `edgesync.health` is told, so a monitoring role may set its own.
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+use crate::model::health::Thresholds;
+
+/// Stored in kB (GUC_UNIT_KB) so that values up to terabytes fit in an int;
+/// users write '64MB', '1GB'.
+pub static LAG_WARNING_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+pub static LAG_CRITICAL_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+pub static LAG_WARNING_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static LAG_CRITICAL_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(300);
+
+pub fn define() {
+    GucRegistry::define_int_guc(
+        c"edgesync.lag_warning_bytes",
+        c"Replication lag or retained WAL at which edgesync.health reports a warning.",
+        c"Applies to standby replay lag, subscription walsender lag and WAL retained by replication slots.",
+        &LAG_WARNING_BYTES,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"edgesync.lag_critical_bytes",
+        c"Replication lag or retained WAL at which edgesync.health reports critical.",
+        c"An inactive replication slot retaining this much WAL puts the disk at risk.",
+        &LAG_CRITICAL_BYTES,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"edgesync.lag_warning_seconds",
+        c"Replication delay at which edgesync.health reports a warning.",
+        c"Applies to standby write/flush/replay lag, standby replay delay and time since a subscription last heard from its publisher.",
+        &LAG_WARNING_SECONDS,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"edgesync.lag_critical_seconds",
+        c"Replication delay at which edgesync.health reports critical.",
+        c"",
+        &LAG_CRITICAL_SECONDS,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+}
+
+/// The thresholds in force in this session, in bytes and seconds.
+pub fn thresholds() -> Thresholds {
+    Thresholds {
+        warning_bytes: LAG_WARNING_BYTES.get() as f64 * 1024.0,
+        critical_bytes: LAG_CRITICAL_BYTES.get() as f64 * 1024.0,
+        warning_seconds: LAG_WARNING_SECONDS.get() as f64,
+        critical_seconds: LAG_CRITICAL_SECONDS.get() as f64,
+    }
+}

@@ -1,0 +1,365 @@
+//! `edgesync.diagnose()`: check a node's settings for replication and say
+//! how to fix each finding. The glue in `health.rs` takes a snapshot of the
+//! node; this module only reasons about it.
+
+use super::sql_text::{quote_ident, quote_literal};
+
+/// What `diagnose()` looks at, read from the server in one go.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeSnapshot {
+    pub server_version_num: i32,
+    pub wal_level: String,
+    pub track_commit_timestamp: bool,
+    pub shared_preload_libraries: String,
+    pub max_replication_slots: i32,
+    pub replication_slots_used: i32,
+    pub max_wal_senders: i32,
+    pub wal_senders_used: i32,
+    pub max_logical_replication_workers: i32,
+    pub max_worker_processes: i32,
+    pub subscriptions_enabled: i32,
+    /// `max_slot_wal_keep_size` in MB; -1 means unlimited.
+    pub max_slot_wal_keep_size_mb: i64,
+    /// `idle_replication_slot_timeout` in seconds (PostgreSQL 18+); None before 18.
+    pub idle_replication_slot_timeout_s: Option<i64>,
+    pub slots: Vec<SlotSnapshot>,
+    pub subscriptions: Vec<SubscriptionSnapshot>,
+    /// Retained WAL above which an inactive slot is reported (`edgesync.lag_warning_bytes`).
+    pub inactive_slot_warning_bytes: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SlotSnapshot {
+    pub name: String,
+    pub active: bool,
+    pub retained_wal_bytes: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SubscriptionSnapshot {
+    pub name: String,
+    pub enabled: bool,
+    pub worker_running: bool,
+    pub error_count: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Critical,
+    Warning,
+    Info,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
+/// One row of `diagnose()`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finding {
+    pub severity: Severity,
+    /// The setting or the object (`slot:NAME`, `subscription:NAME`) concerned.
+    pub subject: String,
+    pub finding: String,
+    /// SQL that fixes it, ready to run.
+    pub fix: String,
+}
+
+fn finding(severity: Severity, subject: impl Into<String>, text: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding { severity, subject: subject.into(), finding: text.into(), fix: fix.into() }
+}
+
+fn alter_system(setting: &str, value: &str) -> String {
+    format!("ALTER SYSTEM SET {setting} = {};", quote_literal(value))
+}
+
+fn alter_system_and_reload(setting: &str, value: &str) -> String {
+    format!("{} SELECT pg_reload_conf();", alter_system(setting, value))
+}
+
+/// The headroom kept free for a rising count (one more standby, one more edge).
+fn headroom_finding(setting: &str, max: i32, used: i32, what: &str) -> Option<Finding> {
+    if max == 0 {
+        return Some(finding(
+            Severity::Critical,
+            setting,
+            format!("{setting} is 0: no {what} can be created (restart required after the fix)"),
+            alter_system(setting, "10"),
+        ));
+    }
+    if used >= max {
+        Some(finding(
+            Severity::Critical,
+            setting,
+            format!("all {max} {what} are in use: a new standby, subscriber or peer will fail (restart required after the fix)"),
+            alter_system(setting, &(max * 2).max(10).to_string()),
+        ))
+    } else if max - used < 2 {
+        Some(finding(
+            Severity::Warning,
+            setting,
+            format!("{used} of {max} {what} in use: little headroom left (restart required after the fix)"),
+            alter_system(setting, &(max * 2).max(10).to_string()),
+        ))
+    } else {
+        None
+    }
+}
+
+/// Every finding for this node, most severe first.
+pub fn diagnose(n: &NodeSnapshot) -> Vec<Finding> {
+    let mut out = Vec::new();
+
+    if n.wal_level != "logical" {
+        out.push(finding(
+            Severity::Critical,
+            "wal_level",
+            format!(
+                "wal_level is {:?}: logical decoding, native logical replication and edgesync need 'logical' (restart required after the fix)",
+                n.wal_level
+            ),
+            alter_system("wal_level", "logical"),
+        ));
+    }
+
+    let preloaded = n
+        .shared_preload_libraries
+        .split(',')
+        .map(|l| l.trim().trim_matches('"'))
+        .any(|l| l == "edgesync" || l.ends_with("/edgesync") || l == "edgesync.so");
+    if !preloaded {
+        let mut libs: Vec<&str> = n.shared_preload_libraries.split(',').map(str::trim).filter(|l| !l.is_empty()).collect();
+        libs.push("edgesync");
+        out.push(finding(
+            Severity::Warning,
+            "shared_preload_libraries",
+            "edgesync is not in shared_preload_libraries: its background workers and shared clock cannot start (restart required after the fix)",
+            alter_system("shared_preload_libraries", &libs.join(",")),
+        ));
+    }
+
+    if !n.track_commit_timestamp && n.server_version_num >= 180000 {
+        out.push(finding(
+            Severity::Warning,
+            "track_commit_timestamp",
+            "track_commit_timestamp is off: PostgreSQL 18's own conflict detection on a subscriber (update_origin_differs, delete_origin_differs) needs it (restart required after the fix)",
+            alter_system("track_commit_timestamp", "on"),
+        ));
+    } else if !n.track_commit_timestamp {
+        out.push(finding(
+            Severity::Info,
+            "track_commit_timestamp",
+            "track_commit_timestamp is off: commit times of replicated rows are not recorded (restart required after the fix)",
+            alter_system("track_commit_timestamp", "on"),
+        ));
+    }
+
+    out.extend(headroom_finding("max_replication_slots", n.max_replication_slots, n.replication_slots_used, "replication slots"));
+    out.extend(headroom_finding("max_wal_senders", n.max_wal_senders, n.wal_senders_used, "WAL senders"));
+    if n.subscriptions_enabled > 0 {
+        out.extend(headroom_finding(
+            "max_logical_replication_workers",
+            n.max_logical_replication_workers,
+            n.subscriptions_enabled,
+            "logical replication workers",
+        ));
+        if n.max_worker_processes < n.max_logical_replication_workers + 2 {
+            out.push(finding(
+                Severity::Warning,
+                "max_worker_processes",
+                format!(
+                    "max_worker_processes ({}) leaves no room beside max_logical_replication_workers ({}) for the launchers and edgesync's workers (restart required after the fix)",
+                    n.max_worker_processes, n.max_logical_replication_workers
+                ),
+                alter_system("max_worker_processes", &(n.max_logical_replication_workers + 8).to_string()),
+            ));
+        }
+    }
+
+    if !n.slots.is_empty() && n.max_slot_wal_keep_size_mb < 0 {
+        out.push(finding(
+            Severity::Warning,
+            "max_slot_wal_keep_size",
+            format!(
+                "{} replication slot(s) exist and max_slot_wal_keep_size is unlimited: a downstream that stays away can fill the disk",
+                n.slots.len()
+            ),
+            alter_system_and_reload("max_slot_wal_keep_size", "10GB"),
+        ));
+    }
+
+    if n.idle_replication_slot_timeout_s == Some(0) && !n.slots.is_empty() {
+        out.push(finding(
+            Severity::Info,
+            "idle_replication_slot_timeout",
+            "idle_replication_slot_timeout is off: slots of downstreams that never come back are kept until dropped by hand",
+            alter_system_and_reload("idle_replication_slot_timeout", "2d"),
+        ));
+    }
+
+    for slot in n.slots.iter().filter(|s| !s.active) {
+        let retained = slot.retained_wal_bytes.unwrap_or(0);
+        if retained >= n.inactive_slot_warning_bytes {
+            out.push(finding(
+                Severity::Warning,
+                format!("slot:{}", slot.name),
+                format!(
+                    "inactive replication slot {:?} retains {retained} bytes of WAL: reconnect its consumer, or drop it if that is gone for good",
+                    slot.name
+                ),
+                format!("SELECT pg_drop_replication_slot({});", quote_literal(&slot.name)),
+            ));
+        }
+    }
+
+    for sub in &n.subscriptions {
+        let subject = format!("subscription:{}", sub.name);
+        if !sub.enabled {
+            out.push(finding(
+                Severity::Warning,
+                subject.clone(),
+                format!("subscription {:?} is disabled: it receives nothing", sub.name),
+                format!("ALTER SUBSCRIPTION {} ENABLE;", quote_ident(&sub.name)),
+            ));
+        } else if !sub.worker_running {
+            out.push(finding(
+                Severity::Critical,
+                subject.clone(),
+                format!("subscription {:?} is enabled but has no apply worker: the publisher is unreachable or apply fails (see the server log)", sub.name),
+                format!("ALTER SUBSCRIPTION {0} DISABLE; ALTER SUBSCRIPTION {0} ENABLE;", quote_ident(&sub.name)),
+            ));
+        }
+        if sub.error_count > 0 {
+            out.push(finding(
+                Severity::Warning,
+                subject,
+                format!("subscription {:?} had {} apply or sync error(s) (see the server log)", sub.name, sub.error_count),
+                format!(
+                    "SELECT pg_stat_reset_subscription_stats(oid) FROM pg_subscription WHERE subname = {};",
+                    quote_literal(&sub.name)
+                ),
+            ));
+        }
+    }
+
+    out.sort_by_key(|f| f.severity);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> NodeSnapshot {
+        NodeSnapshot {
+            server_version_num: 180006,
+            wal_level: "logical".into(),
+            track_commit_timestamp: true,
+            shared_preload_libraries: "edgesync".into(),
+            max_replication_slots: 10,
+            replication_slots_used: 1,
+            max_wal_senders: 10,
+            wal_senders_used: 1,
+            max_logical_replication_workers: 4,
+            max_worker_processes: 8,
+            subscriptions_enabled: 1,
+            max_slot_wal_keep_size_mb: 10240,
+            idle_replication_slot_timeout_s: Some(3600),
+            slots: vec![SlotSnapshot { name: "s".into(), active: true, retained_wal_bytes: Some(100) }],
+            subscriptions: vec![SubscriptionSnapshot { name: "sub".into(), enabled: true, worker_running: true, error_count: 0 }],
+            inactive_slot_warning_bytes: 1024,
+        }
+    }
+
+    fn subjects(n: &NodeSnapshot) -> Vec<String> {
+        diagnose(n).into_iter().map(|f| f.subject).collect()
+    }
+
+    #[test]
+    fn healthy_node_has_no_findings() {
+        assert!(diagnose(&healthy()).is_empty(), "{:?}", diagnose(&healthy()));
+    }
+
+    #[test]
+    fn wal_level_replica() {
+        let n = NodeSnapshot { wal_level: "replica".into(), ..healthy() };
+        let f = diagnose(&n);
+        assert_eq!(f[0].subject, "wal_level");
+        assert_eq!(f[0].severity, Severity::Critical);
+        assert_eq!(f[0].fix, "ALTER SYSTEM SET wal_level = 'logical';");
+    }
+
+    #[test]
+    fn preload_list_is_extended_not_replaced() {
+        let n = NodeSnapshot { shared_preload_libraries: "pg_stat_statements, auto_explain".into(), ..healthy() };
+        let f = diagnose(&n).into_iter().find(|f| f.subject == "shared_preload_libraries").unwrap();
+        assert_eq!(f.fix, "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements,auto_explain,edgesync';");
+        let n = NodeSnapshot { shared_preload_libraries: "pg_stat_statements,edgesync".into(), ..healthy() };
+        assert!(!subjects(&n).contains(&"shared_preload_libraries".to_string()));
+    }
+
+    #[test]
+    fn commit_timestamp_matters_on_18() {
+        let n = NodeSnapshot { track_commit_timestamp: false, ..healthy() };
+        assert_eq!(diagnose(&n)[0].severity, Severity::Warning);
+        let n = NodeSnapshot { track_commit_timestamp: false, server_version_num: 150018, idle_replication_slot_timeout_s: None, ..healthy() };
+        assert_eq!(diagnose(&n)[0].severity, Severity::Info);
+    }
+
+    #[test]
+    fn headroom() {
+        let n = NodeSnapshot { replication_slots_used: 10, ..healthy() };
+        let f = diagnose(&n);
+        assert_eq!(f[0].subject, "max_replication_slots");
+        assert_eq!(f[0].severity, Severity::Critical);
+        assert_eq!(f[0].fix, "ALTER SYSTEM SET max_replication_slots = '20';");
+        let n = NodeSnapshot { wal_senders_used: 9, ..healthy() };
+        assert_eq!(diagnose(&n)[0].severity, Severity::Warning);
+        let n = NodeSnapshot { max_worker_processes: 4, ..healthy() };
+        assert_eq!(subjects(&n), vec!["max_worker_processes".to_string()]);
+    }
+
+    #[test]
+    fn slots_without_a_cap() {
+        let n = NodeSnapshot { max_slot_wal_keep_size_mb: -1, ..healthy() };
+        let f = diagnose(&n);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].fix, "ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf();");
+        let n = NodeSnapshot { max_slot_wal_keep_size_mb: -1, slots: vec![], ..healthy() };
+        assert!(diagnose(&n).is_empty());
+        let n = NodeSnapshot { idle_replication_slot_timeout_s: Some(0), ..healthy() };
+        assert_eq!(subjects(&n), vec!["idle_replication_slot_timeout".to_string()]);
+    }
+
+    #[test]
+    fn inactive_slot_holding_wal() {
+        let mut n = healthy();
+        n.slots.push(SlotSnapshot { name: "old'edge".into(), active: false, retained_wal_bytes: Some(4096) });
+        n.slots.push(SlotSnapshot { name: "idle".into(), active: false, retained_wal_bytes: Some(10) });
+        let f = diagnose(&n);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].subject, "slot:old'edge");
+        assert_eq!(f[0].fix, "SELECT pg_drop_replication_slot('old''edge');");
+    }
+
+    #[test]
+    fn subscriptions() {
+        let mut n = healthy();
+        n.subscriptions = vec![
+            SubscriptionSnapshot { name: "Off".into(), enabled: false, worker_running: false, error_count: 0 },
+            SubscriptionSnapshot { name: "down".into(), enabled: true, worker_running: false, error_count: 3 },
+        ];
+        let f = diagnose(&n);
+        assert_eq!(f.len(), 3, "{f:?}");
+        assert_eq!(f[0].severity, Severity::Critical);
+        assert_eq!(f[0].subject, "subscription:down");
+        assert!(f.iter().any(|f| f.fix == "ALTER SUBSCRIPTION \"Off\" ENABLE;"));
+        assert!(f.iter().any(|f| f.fix.contains("pg_stat_reset_subscription_stats") && f.fix.contains("'down'")));
+    }
+}

@@ -1,0 +1,415 @@
+//! The judgement behind `edgesync.health`: given what the statistics views
+//! report, decide `ok` / `warning` / `critical` for each check.
+//!
+//! Inputs are plain structs that the glue in `health.rs` fills from the
+//! `edgesync.*` views; nothing here reads the database.
+
+use std::fmt;
+
+/// Outcome of one check. Ordered: `Ok < Warning < Critical`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    Ok,
+    Warning,
+    Critical,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warning => "warning",
+            Status::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Warning and critical levels for lag, from the `edgesync.lag_*` settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Thresholds {
+    pub warning_bytes: f64,
+    pub critical_bytes: f64,
+    pub warning_seconds: f64,
+    pub critical_seconds: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            warning_bytes: 64.0 * 1024.0 * 1024.0,
+            critical_bytes: 1024.0 * 1024.0 * 1024.0,
+            warning_seconds: 60.0,
+            critical_seconds: 300.0,
+        }
+    }
+}
+
+/// One row of `edgesync.health`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Check {
+    pub component: &'static str,
+    pub object: String,
+    pub status: Status,
+    pub metric: &'static str,
+    pub value: Option<f64>,
+    pub threshold: Option<f64>,
+    pub detail: String,
+}
+
+/// A metric against its warning and critical levels. An unknown value
+/// (NULL: nothing measured yet) is not a finding.
+pub fn classify(value: Option<f64>, warning: f64, critical: f64) -> Status {
+    match value {
+        Some(v) if v >= critical => Status::Critical,
+        Some(v) if v >= warning => Status::Warning,
+        _ => Status::Ok,
+    }
+}
+
+/// The threshold that matters for a status: the one crossed, or the next one.
+fn threshold_for(status: Status, warning: f64, critical: f64) -> f64 {
+    if status == Status::Ok { warning } else { critical }
+}
+
+fn metric_check(
+    component: &'static str,
+    object: &str,
+    metric: &'static str,
+    value: Option<f64>,
+    warning: f64,
+    critical: f64,
+    what: &str,
+) -> Check {
+    let status = classify(value, warning, critical);
+    let detail = match (status, value) {
+        (_, None) => format!("{what}: not measured"),
+        (Status::Ok, Some(v)) => format!("{what} {} is below the warning level {}", show(v), show(warning)),
+        (Status::Warning, Some(v)) => format!("{what} {} reached the warning level {}", show(v), show(warning)),
+        (Status::Critical, Some(v)) => format!("{what} {} reached the critical level {}", show(v), show(critical)),
+    };
+    Check {
+        component,
+        object: object.to_string(),
+        status,
+        metric,
+        value,
+        threshold: Some(threshold_for(status, warning, critical)),
+        detail,
+    }
+}
+
+fn show(v: f64) -> String {
+    if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.3}") }
+}
+
+/// A standby (or a logical walsender) as seen from its upstream, from `edgesync.streaming_replication`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Standby {
+    pub name: String,
+    pub kind: String,
+    pub state: Option<String>,
+    pub replay_lag_bytes: Option<f64>,
+    pub replay_lag_seconds: Option<f64>,
+}
+
+pub fn standby_checks(s: &Standby, t: &Thresholds) -> Vec<Check> {
+    let component = if s.kind == "logical" { "logical_walsender" } else { "streaming_replication" };
+    let state = s.state.clone().unwrap_or_default();
+    let state_status = match state.as_str() {
+        "streaming" => Status::Ok,
+        // catching up or starting: transient, worth a look if it lasts
+        "catchup" | "startup" | "backup" => Status::Warning,
+        _ => Status::Critical,
+    };
+    vec![
+        Check {
+            component,
+            object: s.name.clone(),
+            status: state_status,
+            metric: "state",
+            value: None,
+            threshold: None,
+            detail: format!("walsender state is {state:?}"),
+        },
+        metric_check(component, &s.name, "replay_lag_bytes", s.replay_lag_bytes, t.warning_bytes, t.critical_bytes, "replay lag (bytes)"),
+        metric_check(component, &s.name, "replay_lag_seconds", s.replay_lag_seconds, t.warning_seconds, t.critical_seconds, "replay lag (seconds)"),
+    ]
+}
+
+/// This node's WAL receiver, from `edgesync.wal_receiver` (only on a standby).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WalReceiver {
+    pub sender: String,
+    pub status: String,
+    pub replay_delay_seconds: Option<f64>,
+}
+
+pub fn wal_receiver_checks(w: &WalReceiver, t: &Thresholds) -> Vec<Check> {
+    let status = if w.status == "streaming" { Status::Ok } else { Status::Critical };
+    vec![
+        Check {
+            component: "wal_receiver",
+            object: w.sender.clone(),
+            status,
+            metric: "status",
+            value: None,
+            threshold: None,
+            detail: if status == Status::Ok {
+                "receiving WAL from the primary".to_string()
+            } else {
+                format!("WAL receiver is {:?}: this standby is not connected to its primary", w.status)
+            },
+        },
+        metric_check("wal_receiver", &w.sender, "replay_delay_seconds", w.replay_delay_seconds, t.warning_seconds, t.critical_seconds, "replay delay (seconds)"),
+    ]
+}
+
+/// A replication slot, from `edgesync.replication_slots`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Slot {
+    pub name: String,
+    pub slot_type: String,
+    pub active: bool,
+    pub retained_wal_bytes: Option<f64>,
+    pub wal_status: Option<String>,
+    pub inactive_seconds: Option<f64>,
+}
+
+pub fn slot_checks(s: &Slot, t: &Thresholds) -> Vec<Check> {
+    let consumer = if s.slot_type == "physical" { "standby" } else { "subscriber" };
+    let connected = Check {
+        component: "replication_slot",
+        object: s.name.clone(),
+        // A slot nobody reads is a downstream that is down, and WAL piling up.
+        status: if s.active { Status::Ok } else { Status::Critical },
+        metric: "inactive_seconds",
+        value: if s.active { Some(0.0) } else { s.inactive_seconds },
+        threshold: None,
+        detail: if s.active {
+            format!("its {consumer} is connected")
+        } else {
+            format!("no {consumer} is connected: the downstream is down or was removed (drop the slot if it is gone for good)")
+        },
+    };
+
+    let mut retained = metric_check(
+        "replication_slot",
+        &s.name,
+        "retained_wal_bytes",
+        s.retained_wal_bytes,
+        t.warning_bytes,
+        t.critical_bytes,
+        "WAL retained (bytes)",
+    );
+    if !s.active && retained.status == Status::Critical {
+        retained.detail.push_str("; the slot is inactive: the disk is at risk");
+    }
+
+    let wal_status = s.wal_status.clone().unwrap_or_default();
+    let wal = Check {
+        component: "replication_slot",
+        object: s.name.clone(),
+        status: match wal_status.as_str() {
+            "reserved" | "" => Status::Ok,
+            "extended" => Status::Warning,
+            _ => Status::Critical, // unreserved, lost
+        },
+        metric: "wal_status",
+        value: None,
+        threshold: None,
+        detail: match wal_status.as_str() {
+            "reserved" | "" => "required WAL is within max_wal_size".to_string(),
+            "extended" => "required WAL exceeds max_wal_size but is still kept".to_string(),
+            "unreserved" => "required WAL will be removed at the next checkpoint: the slot is about to be lost".to_string(),
+            other => format!("wal_status is {other:?}: the slot can no longer be used; recreate the downstream"),
+        },
+    };
+    vec![connected, retained, wal]
+}
+
+/// A native subscription on this node, from `edgesync.subscriptions`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Subscription {
+    pub name: String,
+    pub enabled: bool,
+    pub worker_running: bool,
+    pub seconds_since_last_message: Option<f64>,
+    pub error_count: i64,
+    pub conflict_count: Option<i64>,
+}
+
+pub fn subscription_checks(s: &Subscription, t: &Thresholds) -> Vec<Check> {
+    let (status, detail) = match (s.enabled, s.worker_running) {
+        (false, _) => (Status::Warning, "subscription is disabled: no changes are received".to_string()),
+        (true, true) => (Status::Ok, "apply worker is running".to_string()),
+        (true, false) => (
+            Status::Critical,
+            "subscription is enabled but no apply worker runs: the publisher is unreachable or apply keeps failing (see the server log)".to_string(),
+        ),
+    };
+    let mut checks = vec![Check {
+        component: "subscription",
+        object: s.name.clone(),
+        status,
+        metric: "worker",
+        value: None,
+        threshold: None,
+        detail,
+    }];
+    if s.enabled && s.worker_running {
+        checks.push(metric_check(
+            "subscription",
+            &s.name,
+            "seconds_since_last_message",
+            s.seconds_since_last_message,
+            t.warning_seconds,
+            t.critical_seconds,
+            "time since the last message from the publisher (seconds)",
+        ));
+    }
+    checks.push(Check {
+        component: "subscription",
+        object: s.name.clone(),
+        status: if s.error_count > 0 { Status::Warning } else { Status::Ok },
+        metric: "error_count",
+        value: Some(s.error_count as f64),
+        threshold: Some(1.0),
+        detail: if s.error_count > 0 {
+            "apply or table-sync errors happened (see the server log); reset the counter with pg_stat_reset_subscription_stats(subid)".to_string()
+        } else {
+            "no apply or table-sync errors".to_string()
+        },
+    });
+    if let Some(conflicts) = s.conflict_count {
+        checks.push(Check {
+            component: "subscription",
+            object: s.name.clone(),
+            status: if conflicts > 0 { Status::Warning } else { Status::Ok },
+            metric: "conflict_count",
+            value: Some(conflicts as f64),
+            threshold: Some(1.0),
+            detail: if conflicts > 0 {
+                "the apply worker met conflicts (see edgesync.subscriptions confl_* columns)".to_string()
+            } else {
+                "no conflicts detected by the apply worker".to_string()
+            },
+        });
+    }
+    checks
+}
+
+/// The row a node with nothing to watch still reports, so that an empty
+/// result never reads as "the check did not run".
+pub fn nothing_to_check(node: &str) -> Check {
+    Check {
+        component: "node",
+        object: node.to_string(),
+        status: Status::Ok,
+        metric: "replication_objects",
+        value: Some(0.0),
+        threshold: None,
+        detail: "no standbys, WAL receiver, replication slots or subscriptions on this node".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> Thresholds {
+        Thresholds { warning_bytes: 100.0, critical_bytes: 1000.0, warning_seconds: 10.0, critical_seconds: 60.0 }
+    }
+
+    fn status_of(checks: &[Check], metric: &str) -> Status {
+        checks.iter().find(|c| c.metric == metric).unwrap_or_else(|| panic!("no {metric}")).status
+    }
+
+    #[test]
+    fn classify_edges() {
+        assert_eq!(classify(None, 1.0, 2.0), Status::Ok);
+        assert_eq!(classify(Some(0.99), 1.0, 2.0), Status::Ok);
+        assert_eq!(classify(Some(1.0), 1.0, 2.0), Status::Warning);
+        assert_eq!(classify(Some(2.0), 1.0, 2.0), Status::Critical);
+        assert!(Status::Ok < Status::Warning && Status::Warning < Status::Critical);
+    }
+
+    #[test]
+    fn standby_lag_moves_through_levels() {
+        let mut s = Standby { name: "s1".into(), kind: "physical".into(), state: Some("streaming".into()), ..Default::default() };
+        s.replay_lag_bytes = Some(50.0);
+        let c = standby_checks(&s, &t());
+        assert_eq!(status_of(&c, "replay_lag_bytes"), Status::Ok);
+        assert_eq!(c[1].threshold, Some(100.0));
+        s.replay_lag_bytes = Some(500.0);
+        assert_eq!(status_of(&standby_checks(&s, &t()), "replay_lag_bytes"), Status::Warning);
+        s.replay_lag_bytes = Some(5000.0);
+        let c = standby_checks(&s, &t());
+        assert_eq!(status_of(&c, "replay_lag_bytes"), Status::Critical);
+        assert_eq!(c[1].threshold, Some(1000.0));
+        s.replay_lag_seconds = Some(61.0);
+        assert_eq!(status_of(&standby_checks(&s, &t()), "replay_lag_seconds"), Status::Critical);
+        s.state = Some("catchup".into());
+        assert_eq!(status_of(&standby_checks(&s, &t()), "state"), Status::Warning);
+        s.state = Some("stopping".into());
+        assert_eq!(status_of(&standby_checks(&s, &t()), "state"), Status::Critical);
+        s.kind = "logical".into();
+        assert_eq!(standby_checks(&s, &t())[0].component, "logical_walsender");
+    }
+
+    #[test]
+    fn inactive_slot_is_critical_and_its_wal_is_judged() {
+        let mut s = Slot { name: "sb".into(), slot_type: "physical".into(), active: true, retained_wal_bytes: Some(10.0), wal_status: Some("reserved".into()), inactive_seconds: None };
+        assert!(slot_checks(&s, &t()).iter().all(|c| c.status == Status::Ok));
+        s.active = false;
+        let c = slot_checks(&s, &t());
+        assert_eq!(status_of(&c, "inactive_seconds"), Status::Critical);
+        assert_eq!(status_of(&c, "retained_wal_bytes"), Status::Ok);
+        s.retained_wal_bytes = Some(2000.0);
+        let c = slot_checks(&s, &t());
+        assert_eq!(status_of(&c, "retained_wal_bytes"), Status::Critical);
+        assert!(c[1].detail.contains("disk is at risk"));
+        for (ws, want) in [("extended", Status::Warning), ("unreserved", Status::Critical), ("lost", Status::Critical)] {
+            s.wal_status = Some(ws.into());
+            assert_eq!(status_of(&slot_checks(&s, &t()), "wal_status"), want, "{ws}");
+        }
+    }
+
+    #[test]
+    fn subscription_states() {
+        let mut s = Subscription { name: "sub".into(), enabled: true, worker_running: true, seconds_since_last_message: Some(1.0), error_count: 0, conflict_count: Some(0) };
+        let c = subscription_checks(&s, &t());
+        assert!(c.iter().all(|c| c.status == Status::Ok), "{c:?}");
+        assert_eq!(c.len(), 4);
+        s.worker_running = false;
+        let c = subscription_checks(&s, &t());
+        assert_eq!(status_of(&c, "worker"), Status::Critical);
+        assert!(c.iter().all(|c| c.metric != "seconds_since_last_message"));
+        s.enabled = false;
+        assert_eq!(status_of(&subscription_checks(&s, &t()), "worker"), Status::Warning);
+        s.enabled = true;
+        s.worker_running = true;
+        s.seconds_since_last_message = Some(30.0);
+        s.error_count = 2;
+        s.conflict_count = None;
+        let c = subscription_checks(&s, &t());
+        assert_eq!(status_of(&c, "seconds_since_last_message"), Status::Warning);
+        assert_eq!(status_of(&c, "error_count"), Status::Warning);
+        assert_eq!(c.len(), 3, "no conflict row when the server has no counters");
+    }
+
+    #[test]
+    fn wal_receiver_down_is_critical() {
+        let w = WalReceiver { sender: "primary:5432".into(), status: "stopped".into(), replay_delay_seconds: None };
+        assert_eq!(status_of(&wal_receiver_checks(&w, &t()), "status"), Status::Critical);
+        let w = WalReceiver { status: "streaming".into(), replay_delay_seconds: Some(11.0), ..w };
+        let c = wal_receiver_checks(&w, &t());
+        assert_eq!(status_of(&c, "status"), Status::Ok);
+        assert_eq!(status_of(&c, "replay_delay_seconds"), Status::Warning);
+    }
+}
