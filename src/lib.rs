@@ -44,6 +44,8 @@ mod tests {
 
     #[pg_test]
     fn views_answer_on_a_plain_node() {
+        // replication slots outlive a rolled-back test: serialize with the slot test
+        Spi::run("SELECT pg_advisory_xact_lock(4242)").unwrap();
         for view in ["streaming_replication", "wal_receiver", "replication_slots", "subscriptions", "health"] {
             Spi::get_one::<i64>(&format!("SELECT count(*) FROM edgesync.{view}"))
                 .unwrap_or_else(|e| panic!("edgesync.{view}: {e}"));
@@ -59,6 +61,7 @@ mod tests {
 
     #[pg_test]
     fn slot_shows_in_views_and_health() {
+        Spi::run("SELECT pg_advisory_xact_lock(4242)").unwrap();
         Spi::run("SELECT pg_create_physical_replication_slot('es_test_slot', true)").unwrap();
         let (active, retained) = Spi::get_two::<bool, i64>(
             "SELECT active, retained_wal_bytes FROM edgesync.replication_slots WHERE slot_name = 'es_test_slot'",
@@ -76,6 +79,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(version_col, Some(true), "inactive_since is set exactly on 17+");
+        Spi::run("SELECT pg_drop_replication_slot('es_test_slot')").unwrap();
     }
 
     #[pg_test]

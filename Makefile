@@ -1,0 +1,48 @@
+# edgesync: build, test and demo. Every target sets the machine up first
+# (scripts/setup.sh: idempotent, quick when already done).
+
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+ENV_MK := target/edgesync-env.mk
+-include $(ENV_MK)
+
+PG_USER ?= postgres
+# pgrx's test cluster data directories: short paths (the socket lives there)
+PGTEST_DATA_18 ?= /tmp/edgesync-pgtest-18
+PGTEST_DATA_15 ?= /tmp/edgesync-pgtest-15
+
+.PHONY: setup test test-unit test-pg18 test-pg15 test-integration install-pg18 demo demo-stop clean
+
+setup:
+	@bash scripts/setup.sh
+
+# Every tier: pure unit tests, #[pg_test] on 18 and 15, multi-node tests on 18.
+test: setup
+	@$(MAKE) --no-print-directory test-unit test-pg18 test-pg15 test-integration
+
+test-unit:
+	cargo test --lib model::
+
+test-pg18:
+	cargo pgrx test pg18 --runas $(PG_USER) --pgdata $(PGTEST_DATA_18)
+
+test-pg15:
+	cargo pgrx test pg15 --runas $(PG_USER) --pgdata $(PGTEST_DATA_15)
+
+install-pg18:
+	cargo pgrx install --pg-config $(PG18_CONFIG)
+
+test-integration: install-pg18
+	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \
+		cargo test --features integration --test health -- --test-threads=1
+
+demo: setup
+	@$(MAKE) --no-print-directory install-pg18
+	@PG_CONFIG=$(PG18_CONFIG) PG_USER=$(PG_USER) bash scripts/demo.sh start
+
+demo-stop:
+	@PG_CONFIG=$(PG18_CONFIG) PG_USER=$(PG_USER) bash scripts/demo.sh stop
+
+clean:
+	cargo clean

@@ -1,0 +1,307 @@
+//! Multi-node test harness: real PostgreSQL clusters on loopback ports.
+//!
+//! A `Cluster` owns a scratch directory and the nodes started in it. Nodes
+//! are driven with `initdb`, `pg_ctl` and `pg_basebackup` (as an
+//! unprivileged OS user when the tests run as root, since PostgreSQL refuses
+//! root) and talked to only through SQL. Waits poll a condition until a
+//! deadline; when one expires, or a test panics, every node's log tail is
+//! printed.
+//!
+//! Environment:
+//! - `EDGESYNC_PG_CONFIG`: the `pg_config` of the server to test (edgesync installed there).
+//! - `EDGESYNC_PG_USER`: the OS user that runs PostgreSQL when running as root (default `postgres`).
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use postgres::{Client, NoTls, Row};
+
+static CLUSTER_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// The default deadline for a wait.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+fn pg_bindir() -> PathBuf {
+    let pg_config = std::env::var("EDGESYNC_PG_CONFIG").unwrap_or_else(|_| "pg_config".to_string());
+    let out = Command::new(&pg_config)
+        .arg("--bindir")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {pg_config} (set EDGESYNC_PG_CONFIG): {e}"));
+    assert!(out.status.success(), "{pg_config} --bindir failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn running_as_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// A free TCP port on 127.0.0.1 (the kernel picks it; the listener is dropped at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Runner {
+    bindir: PathBuf,
+    os_user: Option<String>,
+}
+
+impl Runner {
+    /// A command for a PostgreSQL program, run as the unprivileged user when we are root.
+    fn command(&self, program: &str) -> Command {
+        let path = self.bindir.join(program);
+        match &self.os_user {
+            Some(user) => {
+                let mut c = Command::new("sudo");
+                c.args(["-n", "-u", user, "--"]).arg(path);
+                c
+            }
+            None => Command::new(path),
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<String, String> {
+        let out = self
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{program}: {e}"))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!("{program} {args:?} failed ({}):\n{text}", out.status))
+        }
+    }
+
+    fn give_to_user(&self, dir: &Path) {
+        if let Some(user) = &self.os_user {
+            let ok = Command::new("chown").args(["-R", user]).arg(dir).status().map(|s| s.success()).unwrap_or(false);
+            assert!(ok, "chown {user} {}", dir.display());
+        }
+    }
+}
+
+pub struct Cluster {
+    base: PathBuf,
+    runner: Runner,
+    nodes: Vec<Node>,
+}
+
+#[derive(Clone)]
+pub struct Node {
+    pub name: String,
+    pub port: u16,
+    pub datadir: PathBuf,
+    pub logfile: PathBuf,
+}
+
+impl Cluster {
+    /// A new scratch area for `test`'s nodes. Lives under /tmp so that the
+    /// PostgreSQL user can reach it whatever the checkout's permissions are.
+    pub fn new(test: &str) -> Cluster {
+        let base = std::env::temp_dir().join(format!(
+            "edgesync-it-{}-{}-{}",
+            test,
+            std::process::id(),
+            CLUSTER_SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        let os_user = running_as_root().then(|| std::env::var("EDGESYNC_PG_USER").unwrap_or_else(|_| "postgres".into()));
+        let runner = Runner { bindir: pg_bindir(), os_user };
+        runner.give_to_user(&base);
+        Cluster { base, runner, nodes: Vec::new() }
+    }
+
+    /// initdb and start a node with edgesync preloaded and logical WAL; `extra_conf`
+    /// lines are appended last, so they win.
+    pub fn add_node(&mut self, name: &str, extra_conf: &[&str]) -> Node {
+        let datadir = self.base.join(name);
+        self.runner
+            .run("initdb", &["-D", datadir.to_str().unwrap(), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let node = self.configure(name, datadir, extra_conf);
+        self.start(&node);
+        node
+    }
+
+    fn configure(&mut self, name: &str, datadir: PathBuf, extra_conf: &[&str]) -> Node {
+        let port = free_port();
+        let logfile = self.base.join(format!("{name}.log"));
+        let mut conf = fs::OpenOptions::new().append(true).open(datadir.join("postgresql.conf")).unwrap();
+        let base_conf = [
+            format!("port = {port}"),
+            "listen_addresses = '127.0.0.1'".to_string(),
+            format!("unix_socket_directories = '{}'", datadir.display()),
+            format!("cluster_name = '{name}'"),
+            "shared_preload_libraries = 'edgesync'".to_string(),
+            "wal_level = logical".to_string(),
+            "track_commit_timestamp = on".to_string(),
+            "max_wal_senders = 10".to_string(),
+            "max_replication_slots = 10".to_string(),
+            "wal_receiver_status_interval = 1s".to_string(),
+            "fsync = off".to_string(),
+            "log_min_messages = warning".to_string(),
+        ];
+        writeln!(conf, "\n# edgesync test harness").unwrap();
+        for line in base_conf.iter().map(String::as_str).chain(extra_conf.iter().copied()) {
+            writeln!(conf, "{line}").unwrap();
+        }
+        drop(conf);
+        self.runner.give_to_user(&datadir);
+        // the log lives outside the data directory so that pg_basebackup does not copy it
+        fs::File::create(&logfile).unwrap();
+        self.runner.give_to_user(&logfile);
+        let node = Node { name: name.to_string(), port, datadir, logfile };
+        self.nodes.push(node.clone());
+        node
+    }
+
+    /// A hot standby of `primary` made with pg_basebackup, streaming through physical slot `slot`.
+    pub fn add_standby(&mut self, name: &str, primary: &Node, slot: &str) -> Node {
+        let datadir = self.base.join(name);
+        let port = primary.port.to_string();
+        self.runner
+            .run(
+                "pg_basebackup",
+                &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-D", datadir.to_str().unwrap(), "-R", "-X", "stream", "-C", "-S", slot, "--no-sync"],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let node = self.configure(name, datadir, &["hot_standby = on"]);
+        self.start(&node);
+        node
+    }
+
+    pub fn start(&self, node: &Node) {
+        self.runner
+            .run("pg_ctl", &["-D", node.datadir.to_str().unwrap(), "-l", node.logfile.to_str().unwrap(), "-w", "-t", "120", "start"])
+            .unwrap_or_else(|e| panic!("starting {}: {e}\n{}", node.name, self.log_tails()));
+    }
+
+    pub fn stop(&self, node: &Node) {
+        self.runner
+            .run("pg_ctl", &["-D", node.datadir.to_str().unwrap(), "-m", "fast", "-w", "-t", "120", "stop"])
+            .unwrap_or_else(|e| panic!("stopping {}: {e}", node.name));
+    }
+
+    pub fn restart(&self, node: &Node) {
+        self.stop(node);
+        self.start(node);
+    }
+
+    /// SIGKILL the postmaster: a crash, not a shutdown. `start` then runs crash recovery.
+    pub fn kill9(&self, node: &Node) {
+        let pid_file = fs::read_to_string(node.datadir.join("postmaster.pid")).expect("postmaster.pid: is the node running?");
+        let pid = pid_file.lines().next().unwrap().trim().to_string();
+        let ok = Command::new("kill").args(["-9", &pid]).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "kill -9 {pid}");
+        let deadline = Instant::now() + DEADLINE;
+        while Command::new("kill").args(["-0", &pid]).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false) {
+            assert!(Instant::now() < deadline, "postmaster {pid} survived kill -9");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Run a SQL script through psql, statement by statement, as a DBA would paste it.
+    pub fn psql(&self, node: &Node, script: &str) -> String {
+        let mut child = Command::new(self.runner.bindir.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &node.port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql");
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "psql on {} failed for {script:?}:\n{text}", node.name);
+        text
+    }
+
+    /// Poll `condition` until it holds or `deadline` passes; then fail with every node's log tail.
+    /// Errors from the condition (a node restarting, say) count as "not yet".
+    pub fn wait_for(&self, what: &str, deadline: Duration, mut condition: impl FnMut() -> Result<bool, String>) {
+        let until = Instant::now() + deadline;
+        let mut last = String::new();
+        loop {
+            match condition() {
+                Ok(true) => return,
+                Ok(false) => last.clear(),
+                Err(e) => last = e,
+            }
+            if Instant::now() >= until {
+                panic!("timed out after {deadline:?} waiting for: {what}\nlast error: {last}\n{}", self.log_tails());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let text = fs::read_to_string(&n.logfile).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            out.push_str(&format!("----- {} (port {}) log tail -----\n{}\n", n.name, n.port, tail.join("\n")));
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tails());
+        }
+        for n in &self.nodes {
+            if n.datadir.join("postmaster.pid").exists() {
+                let _ = self.runner.run("pg_ctl", &["-D", n.datadir.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.base);
+        } else {
+            eprintln!("node directories kept in {}", self.base.display());
+        }
+    }
+}
+
+impl Node {
+    pub fn conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+    }
+
+    pub fn try_connect(&self) -> Result<Client, String> {
+        Client::connect(&self.conninfo(), NoTls).map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    pub fn connect(&self) -> Client {
+        self.try_connect().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Run statements (simple protocol); panic on error.
+    pub fn execute(&self, sql: &str) {
+        self.connect().batch_execute(sql).unwrap_or_else(|e| panic!("{} on {}: {e:?}", sql, self.name));
+    }
+
+    pub fn query(&self, sql: &str) -> Vec<Row> {
+        self.connect().query(sql, &[]).unwrap_or_else(|e| panic!("{} on {}: {e:?}", sql, self.name))
+    }
+
+    pub fn try_query(&self, sql: &str) -> Result<Vec<Row>, String> {
+        self.try_connect()?.query(sql, &[]).map_err(|e| format!("{sql} on {}: {e}", self.name))
+    }
+
+    /// First column of the only row.
+    pub fn scalar<T: for<'a> postgres::types::FromSql<'a>>(&self, sql: &str) -> T {
+        self.connect().query_one(sql, &[]).unwrap_or_else(|e| panic!("{} on {}: {e:?}", sql, self.name)).get(0)
+    }
+}

@@ -1,0 +1,241 @@
+//! Sync-health views and diagnose() against real clusters: a primary with a
+//! streaming standby, a publisher with a native subscriber, and nodes with
+//! settings that diagnose() must flag.
+
+mod common;
+
+use common::{Client, Cluster, Node, DEADLINE};
+
+/// (status, value) of one health check, read in `session` so that its
+/// threshold settings apply.
+fn check(session: &mut Client, object: &str, metric: &str) -> Result<Option<(String, Option<f64>)>, String> {
+    let rows = session
+        .query("SELECT status, value FROM edgesync.health WHERE object = $1 AND metric = $2", &[&object, &metric])
+        .map_err(|e| e.to_string())?;
+    Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+}
+
+fn status_is(session: &mut Client, object: &str, metric: &str, want: &str) -> Result<bool, String> {
+    Ok(check(session, object, metric)?.map(|(s, _)| s == want).unwrap_or(false))
+}
+
+/// Every check about `object` is ok (and there is at least one).
+fn all_ok(node: &Node, object: &str) -> Result<bool, String> {
+    let rows = node.try_query(&format!("SELECT status FROM edgesync.health WHERE object = '{object}'"))?;
+    Ok(!rows.is_empty() && rows.iter().all(|r| r.get::<_, String>(0) == "ok"))
+}
+
+/// Write about `mb` megabytes of WAL.
+fn write_wal(node: &Node, mb: i32) {
+    node.execute(&format!(
+        "INSERT INTO filler(pad) SELECT repeat(md5(g::text), 32) FROM generate_series(1, {})  g",
+        mb * 1000
+    ));
+}
+
+fn retained(node: &Node, slot: &str) -> i64 {
+    node.scalar(&format!("SELECT retained_wal_bytes FROM edgesync.replication_slots WHERE slot_name = '{slot}'"))
+}
+
+#[test]
+fn standby_lag_and_disconnection_move_health_and_recover() {
+    let mut c = Cluster::new("standby");
+    let primary = c.add_node("primary", &[]);
+    primary.execute("CREATE EXTENSION edgesync; CREATE TABLE filler(id bigserial PRIMARY KEY, pad text)");
+    let standby = c.add_standby("standby1", &primary, "standby1_slot");
+
+    c.wait_for("standby1 streaming", DEADLINE, || {
+        Ok(primary.try_query("SELECT 1 FROM edgesync.streaming_replication WHERE name = 'standby1' AND state = 'streaming' AND kind = 'physical'")?.len() == 1)
+    });
+    c.wait_for("standby1 checks ok on the primary", DEADLINE, || all_ok(&primary, "standby1"));
+    c.wait_for("the standby's wal receiver streams", DEADLINE, || {
+        Ok(standby.try_query("SELECT 1 FROM edgesync.wal_receiver WHERE status = 'streaming' AND received_lsn IS NOT NULL")?.len() == 1)
+    });
+    let receiver_status: String = standby.scalar("SELECT status FROM edgesync.health WHERE component = 'wal_receiver' AND metric = 'status'");
+    assert_eq!(receiver_status, "ok");
+
+    // Lag while connected: pause replay, write WAL, watch replay lag bytes cross both levels.
+    let mut monitor = primary.connect();
+    monitor.batch_execute("SET edgesync.lag_warning_bytes = '1MB'; SET edgesync.lag_critical_bytes = '8MB'").unwrap();
+    standby.execute("SELECT pg_wal_replay_pause()");
+    write_wal(&primary, 3);
+    c.wait_for("replay lag warning", DEADLINE, || status_is(&mut monitor, "standby1", "replay_lag_bytes", "warning"));
+    let (_, lag) = check(&mut monitor, "standby1", "replay_lag_bytes").unwrap().unwrap();
+    assert!(lag.unwrap() >= 1024.0 * 1024.0, "lag {lag:?} below the warning level");
+    write_wal(&primary, 10);
+    c.wait_for("replay lag critical", DEADLINE, || status_is(&mut monitor, "standby1", "replay_lag_bytes", "critical"));
+    let standby_lag: i64 = standby.scalar("SELECT replay_lag_bytes FROM edgesync.wal_receiver WHERE replay_paused");
+    assert!(standby_lag > 8 * 1024 * 1024, "standby sees its own replay lag: {standby_lag}");
+    standby.execute("SELECT pg_wal_replay_resume()");
+    c.wait_for("standby1 ok after replay resumed", DEADLINE, || {
+        Ok(status_is(&mut monitor, "standby1", "replay_lag_bytes", "ok")? && status_is(&mut monitor, "standby1", "state", "ok")?)
+    });
+
+    // Disconnection: the standby's slot goes inactive (critical) and holds ever more WAL.
+    c.stop(&standby);
+    c.wait_for("standby1 gone from streaming_replication", DEADLINE, || {
+        Ok(primary.try_query("SELECT 1 FROM edgesync.streaming_replication WHERE name = 'standby1'")?.is_empty())
+    });
+    c.wait_for("inactive slot is critical", DEADLINE, || status_is(&mut monitor, "standby1_slot", "inactive_seconds", "critical"));
+    let before = retained(&primary, "standby1_slot");
+    write_wal(&primary, 10);
+    let after = retained(&primary, "standby1_slot");
+    assert!(after > before + 8 * 1024 * 1024, "retained WAL grew: {before} -> {after}");
+    assert!(status_is(&mut monitor, "standby1_slot", "retained_wal_bytes", "critical").unwrap());
+    let at_risk: bool = monitor
+        .query_one("SELECT disk_at_risk FROM edgesync.replication_slots WHERE slot_name = 'standby1_slot'", &[])
+        .unwrap()
+        .get(0);
+    assert!(at_risk, "an inactive slot above the critical size puts the disk at risk");
+
+    // Reconnection brings everything back to ok.
+    c.start(&standby);
+    c.wait_for("all standby checks ok again", DEADLINE, || {
+        let rows = monitor
+            .query("SELECT status FROM edgesync.health WHERE object IN ('standby1', 'standby1_slot')", &[])
+            .map_err(|e| e.to_string())?;
+        Ok(rows.len() >= 6 && rows.iter().all(|r| r.get::<_, String>(0) == "ok"))
+    });
+}
+
+#[test]
+fn subscription_health_follows_both_ends() {
+    let mut c = Cluster::new("subscription");
+    let publisher = c.add_node("publisher", &[]);
+    let subscriber = c.add_node("subscriber", &["wal_retrieve_retry_interval = '1s'"]);
+    for n in [&publisher, &subscriber] {
+        n.execute("CREATE EXTENSION edgesync; CREATE TABLE readings(id bigint PRIMARY KEY, v float8); CREATE TABLE filler(id bigserial PRIMARY KEY, pad text)");
+    }
+    publisher.execute("CREATE PUBLICATION readings_pub FOR TABLE readings");
+    subscriber.execute(&format!(
+        "CREATE SUBSCRIPTION readings_sub CONNECTION '{} password=never-shown' PUBLICATION readings_pub",
+        publisher.conninfo()
+    ));
+    publisher.execute("INSERT INTO readings SELECT g, g * 0.5 FROM generate_series(1, 100) g");
+    c.wait_for("100 rows replicated", DEADLINE, || Ok(subscriber.try_query("SELECT 1 FROM readings")?.len() == 100));
+    c.wait_for("publisher sees the logical walsender", DEADLINE, || {
+        Ok(publisher.try_query("SELECT 1 FROM edgesync.streaming_replication WHERE name = 'readings_sub' AND kind = 'logical' AND state = 'streaming'")?.len() == 1)
+    });
+    c.wait_for("subscription ok on the subscriber", DEADLINE, || all_ok(&subscriber, "readings_sub"));
+    c.wait_for("slot ok on the publisher", DEADLINE, || all_ok(&publisher, "readings_sub"));
+    let row = &subscriber.query(
+        "SELECT worker_pid IS NOT NULL, received_lsn IS NOT NULL, seconds_since_last_message >= 0, apply_error_count, confl_insert_exists
+           FROM edgesync.subscriptions WHERE name = 'readings_sub'",
+    )[0];
+    assert!(row.get::<_, bool>(0) && row.get::<_, bool>(1) && row.get::<_, bool>(2));
+    assert_eq!(row.get::<_, i64>(3), 0);
+    let confl: Option<i64> = row.get(4);
+    let pg18: bool = subscriber.scalar("SELECT current_setting('server_version_num')::int >= 180000");
+    assert_eq!(confl.is_some(), pg18, "confl_* counters exist exactly on 18");
+
+    // No view shows the connection string.
+    let views_text: String = subscriber.scalar(
+        "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM edgesync.subscriptions) t",
+    );
+    assert!(!views_text.contains("never-shown"));
+
+    // Subscriber down: the publisher's slot is inactive and retains WAL.
+    let mut monitor = publisher.connect();
+    monitor.batch_execute("SET edgesync.lag_warning_bytes = '1MB'; SET edgesync.lag_critical_bytes = '4MB'").unwrap();
+    c.stop(&subscriber);
+    c.wait_for("publisher slot critical", DEADLINE, || status_is(&mut monitor, "readings_sub", "inactive_seconds", "critical"));
+    write_wal(&publisher, 6);
+    publisher.execute("INSERT INTO readings SELECT g, g FROM generate_series(101, 200) g");
+    c.wait_for("retained WAL critical", DEADLINE, || status_is(&mut monitor, "readings_sub", "retained_wal_bytes", "critical"));
+    c.start(&subscriber);
+    c.wait_for("200 rows after the subscriber came back", DEADLINE, || Ok(subscriber.try_query("SELECT 1 FROM readings")?.len() == 200));
+    c.wait_for("publisher slot ok again", DEADLINE, || {
+        let rows = monitor
+            .query("SELECT status FROM edgesync.health WHERE object = 'readings_sub'", &[])
+            .map_err(|e| e.to_string())?;
+        Ok(!rows.is_empty() && rows.iter().all(|r| r.get::<_, String>(0) == "ok"))
+    });
+
+    // Publisher down: the subscription has no apply worker (critical), then recovers.
+    c.stop(&publisher);
+    c.wait_for("subscription worker critical", DEADLINE, || {
+        let rows = subscriber.try_query("SELECT status FROM edgesync.health WHERE object = 'readings_sub' AND metric = 'worker'")?;
+        Ok(rows.first().map(|r| r.get::<_, String>(0) == "critical").unwrap_or(false))
+    });
+    c.start(&publisher);
+    c.wait_for("apply worker back after the publisher came back", DEADLINE, || {
+        let rows = subscriber.try_query("SELECT status FROM edgesync.health WHERE object = 'readings_sub' AND metric = 'worker'")?;
+        Ok(rows.first().map(|r| r.get::<_, String>(0) == "ok").unwrap_or(false))
+    });
+    // The lost connection was counted as an error: a warning until the DBA resets
+    // the counter with the fix diagnose() offers.
+    reset_errors_with_diagnose_fix(&c, &subscriber);
+    c.wait_for("subscription all ok after the reset", DEADLINE, || all_ok(&subscriber, "readings_sub"));
+
+    // A real apply error (a key that exists on the subscriber) shows in the counters.
+    subscriber.execute("INSERT INTO readings VALUES (1000, 0)");
+    publisher.execute("INSERT INTO readings VALUES (1000, 1)");
+    c.wait_for("apply error counted", DEADLINE, || {
+        let rows = subscriber.try_query("SELECT status FROM edgesync.health WHERE object = 'readings_sub' AND metric = 'error_count'")?;
+        Ok(rows.first().map(|r| r.get::<_, String>(0) == "warning").unwrap_or(false))
+    });
+    if pg18 {
+        let n: i64 = subscriber.scalar("SELECT confl_insert_exists FROM edgesync.subscriptions WHERE name = 'readings_sub'");
+        assert!(n >= 1, "insert_exists counted");
+    }
+    subscriber.execute("DELETE FROM readings WHERE id = 1000");
+    c.wait_for("the publisher's row arrives once the local one is gone", DEADLINE, || {
+        Ok(subscriber.try_query("SELECT 1 FROM readings WHERE id = 1000 AND v = 1")?.len() == 1)
+    });
+    reset_errors_with_diagnose_fix(&c, &subscriber);
+    c.wait_for("subscription all ok again", DEADLINE, || all_ok(&subscriber, "readings_sub"));
+}
+
+/// Run the fix diagnose() gives for the subscription's error counter, through psql.
+fn reset_errors_with_diagnose_fix(c: &Cluster, subscriber: &Node) {
+    let fix: String = subscriber.scalar(
+        "SELECT fix FROM edgesync.diagnose() WHERE subject = 'subscription:readings_sub' AND finding LIKE '%error%'",
+    );
+    c.psql(subscriber, &fix);
+}
+
+#[test]
+fn diagnose_flags_wal_level_and_the_fix_works() {
+    let mut c = Cluster::new("diagnose-wal");
+    let node = c.add_node("replica_level", &["wal_level = replica"]);
+    node.execute("CREATE EXTENSION edgesync");
+    let rows = node.query("SELECT severity, fix FROM edgesync.diagnose() WHERE subject = 'wal_level'");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), "critical");
+    let fix: String = rows[0].get(1);
+    assert_eq!(fix, "ALTER SYSTEM SET wal_level = 'logical';");
+    c.psql(&node, &fix);
+    c.restart(&node);
+    assert_eq!(node.scalar::<String>("SHOW wal_level"), "logical");
+    assert!(node.query("SELECT 1 FROM edgesync.diagnose() WHERE subject = 'wal_level'").is_empty());
+}
+
+#[test]
+fn diagnose_flags_an_inactive_slot_holding_wal_and_the_fixes_work() {
+    let mut c = Cluster::new("diagnose-slot");
+    let node = c.add_node("slots", &[]);
+    node.execute("CREATE EXTENSION edgesync; CREATE TABLE filler(id bigserial PRIMARY KEY, pad text)");
+    node.execute("SELECT pg_create_logical_replication_slot('forgotten_edge', 'pgoutput')");
+    write_wal(&node, 3);
+
+    let mut session = node.connect();
+    session.batch_execute("SET edgesync.lag_warning_bytes = '1MB'").unwrap();
+    let findings = |s: &mut Client| -> Vec<(String, String, String)> {
+        s.query("SELECT severity, subject, fix FROM edgesync.diagnose()", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    };
+    let before = findings(&mut session);
+    let slot = before.iter().find(|f| f.1 == "slot:forgotten_edge").unwrap_or_else(|| panic!("no slot finding in {before:?}"));
+    assert_eq!(slot.0, "warning");
+    assert_eq!(slot.2, "SELECT pg_drop_replication_slot('forgotten_edge');");
+    let cap = before.iter().find(|f| f.1 == "max_slot_wal_keep_size").expect("max_slot_wal_keep_size finding");
+
+    c.psql(&node, &cap.2);
+    c.psql(&node, &slot.2);
+    let after = findings(&mut session);
+    assert!(after.iter().all(|f| f.1 != "slot:forgotten_edge" && f.1 != "max_slot_wal_keep_size"), "{after:?}");
+    assert_eq!(node.scalar::<String>("SHOW max_slot_wal_keep_size"), "10GB");
+}
