@@ -72,9 +72,9 @@ pub fn classify(value: Option<f64>, warning: f64, critical: f64) -> Status {
     }
 }
 
-/// The threshold that matters for a status: the one crossed, or the next one.
+/// The threshold a status is about: the one crossed, or the warning level when none is.
 fn threshold_for(status: Status, warning: f64, critical: f64) -> f64 {
-    if status == Status::Ok { warning } else { critical }
+    if status == Status::Critical { critical } else { warning }
 }
 
 fn metric_check(

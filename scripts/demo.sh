@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# edgesync demo: a cloud node, two edge nodes and a read-only edge (a hot
+# standby of the cloud), all on loopback, wired with native replication:
+#   edge1, edge2 --(logical: sensor_readings)--> cloud
+#   cloud --(logical: config)--> edge1, edge2
+#   cloud --(streaming)--> edge_ro
+# Usage: demo.sh start | stop      (make demo / make demo-stop)
+# Needs PG_CONFIG (a PostgreSQL 18 with edgesync installed) and PG_USER.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+DEMO_DIR="${EDGESYNC_DEMO_DIR:-$ROOT/demo-data}"
+PG_USER="${PG_USER:-postgres}"
+BINDIR="$("${PG_CONFIG:?set PG_CONFIG}" --bindir)"
+BASE_PORT="${EDGESYNC_DEMO_PORT:-55432}"
+DB=iot
+NODES=(cloud edge1 edge2 edge_ro)
+
+port_of() {
+    case "$1" in
+        cloud) echo $((BASE_PORT)) ;; edge1) echo $((BASE_PORT + 1)) ;;
+        edge2) echo $((BASE_PORT + 2)) ;; edge_ro) echo $((BASE_PORT + 3)) ;;
+    esac
+}
+
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then sudo -n -u "$PG_USER" -- "$@"; else "$@"; fi
+}
+
+psql_on() { # node, then psql arguments
+    local node="$1"; shift
+    "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$(port_of "$node")" -U postgres -d "$DB" "$@"
+}
+
+show() { # title, node, query
+    printf '\n=== %s (on %s) ===\n' "$1" "$2"
+    psql_on "$2" -P pager=off -P null='∅' -c "$3"
+}
+
+wait_for() { # description, node, query returning t when done; deadline 60 s
+    local what="$1" node="$2" sql="$3" deadline=$((SECONDS + 60))
+    until [ "$(psql_on "$node" -tAc "$sql" 2>/dev/null)" = "t" ]; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "demo: timed out waiting for $what" >&2
+            tail -n 20 "$DEMO_DIR"/*.log >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+
+stop_all() {
+    for n in "${NODES[@]}"; do
+        if [ -f "$DEMO_DIR/$n/postmaster.pid" ]; then
+            as_pg "$BINDIR/pg_ctl" -D "$DEMO_DIR/$n" -m fast -w stop >/dev/null && echo "stopped $n"
+        fi
+    done
+}
+
+node_conf() { # node
+    cat >> "$DEMO_DIR/$1/postgresql.conf" <<CONF
+
+# edgesync demo
+port = $(port_of "$1")
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$DEMO_DIR/$1'
+cluster_name = '$1'
+shared_preload_libraries = 'edgesync'
+wal_level = logical
+track_commit_timestamp = on
+wal_receiver_status_interval = 1s
+max_slot_wal_keep_size = '1GB'
+CONF
+}
+
+start_node() {
+    as_pg "$BINDIR/pg_ctl" -D "$DEMO_DIR/$1" -l "$DEMO_DIR/$1.log" -w start >/dev/null
+    echo "started $1 on port $(port_of "$1")"
+}
+
+start() {
+    stop_all
+    rm -rf "$DEMO_DIR"
+    mkdir -p "$DEMO_DIR"
+    [ "$(id -u)" -eq 0 ] && chown "$PG_USER" "$DEMO_DIR"
+    if ! as_pg test -w "$DEMO_DIR"; then
+        echo "demo: $PG_USER cannot write $DEMO_DIR; set EDGESYNC_DEMO_DIR to a directory it can reach" >&2
+        exit 1
+    fi
+    for n in cloud edge1 edge2; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$(port_of "$n")") 2>/dev/null; then
+            echo "demo: port $(port_of "$n") is in use; set EDGESYNC_DEMO_PORT" >&2; exit 1
+        fi
+        as_pg "$BINDIR/initdb" -D "$DEMO_DIR/$n" -U postgres -A trust -E UTF8 --locale=C --no-sync >/dev/null
+        node_conf "$n"
+        start_node "$n"
+        "$BINDIR/psql" -X -q -h 127.0.0.1 -p "$(port_of "$n")" -U postgres -d postgres -c "CREATE DATABASE $DB"
+        psql_on "$n" <<'SQL'
+CREATE EXTENSION edgesync;
+CREATE TABLE sensor_readings (
+    edge       text        NOT NULL,
+    sensor_id  int         NOT NULL,
+    reading_at timestamptz NOT NULL,
+    value      float8      NOT NULL,
+    PRIMARY KEY (edge, sensor_id, reading_at)
+);
+CREATE TABLE config (key text PRIMARY KEY, value text NOT NULL);
+SQL
+    done
+
+    # cloud -> edges: configuration; edges -> cloud: readings
+    psql_on cloud -c "CREATE PUBLICATION config_pub FOR TABLE config"
+    psql_on cloud -c "INSERT INTO config VALUES ('sample_interval', '10s'), ('alert_threshold', '80')"
+    for e in edge1 edge2; do
+        psql_on "$e" -c "CREATE PUBLICATION readings_pub FOR TABLE sensor_readings"
+        psql_on cloud -c "CREATE SUBSCRIPTION readings_from_$e CONNECTION 'host=127.0.0.1 port=$(port_of "$e") user=postgres dbname=$DB' PUBLICATION readings_pub"
+        psql_on "$e" -c "CREATE SUBSCRIPTION config_for_$e CONNECTION 'host=127.0.0.1 port=$(port_of cloud) user=postgres dbname=$DB' PUBLICATION config_pub"
+    done
+
+    # the read-only edge: a hot standby of the cloud
+    as_pg "$BINDIR/pg_basebackup" -h 127.0.0.1 -p "$(port_of cloud)" -U postgres -D "$DEMO_DIR/edge_ro" -R -X stream -C -S edge_ro_slot --no-sync
+    node_conf edge_ro
+    start_node edge_ro
+
+    for e in edge1 edge2; do
+        wait_for "config on $e" "$e" "SELECT count(*) = 2 FROM config"
+    done
+
+    # An hour of readings: 8 sensors per edge, one reading every 10 s.
+    for e in edge1 edge2; do
+        psql_on "$e" -c "INSERT INTO sensor_readings
+            SELECT '$e', s, now() - make_interval(secs => 10 * t),
+                   round((20 + 5 * sin(t / 30.0 + s) + random())::numeric, 2)
+            FROM generate_series(1, 8) s, generate_series(0, 359) t"
+    done
+    wait_for "readings on the cloud" cloud "SELECT count(*) = 2 * 8 * 360 FROM sensor_readings"
+    wait_for "edge_ro caught up" cloud \
+        "SELECT coalesce(bool_and(replay_lag_bytes = 0), false) FROM edgesync.streaming_replication WHERE name = 'edge_ro'"
+
+    # Make some lag to look at: the read-only edge pauses replay while the
+    # edges keep sending readings.
+    psql_on edge_ro -c "SELECT pg_wal_replay_pause()" >/dev/null
+    for e in edge1 edge2; do
+        psql_on "$e" -c "INSERT INTO sensor_readings
+            SELECT '$e', s, now() + make_interval(secs => t), 20 + random()
+            FROM generate_series(1, 8) s, generate_series(1, 3000) t"
+    done
+    wait_for "the second wave on the cloud" cloud "SELECT count(*) = 2 * 8 * 3360 FROM sensor_readings"
+    psql_on cloud -c "CHECKPOINT" >/dev/null
+
+    show "streaming replication (edge_ro paused: replay lag)" cloud \
+        "SELECT name, kind, state, sent_lag_bytes, flush_lag_bytes, replay_lag_bytes,
+                round(replay_lag_seconds::numeric, 3) AS replay_lag_s FROM edgesync.streaming_replication ORDER BY name"
+    show "WAL receiver" edge_ro \
+        "SELECT status, sender_host, sender_port, received_lsn, replayed_lsn, replay_lag_bytes,
+                round(replay_delay_seconds::numeric, 1) AS replay_delay_s, replay_paused FROM edgesync.wal_receiver"
+    show "replication slots" cloud \
+        "SELECT slot_name, slot_type, active, retained_wal_bytes, pending_bytes, wal_status, pg_size_pretty(safe_wal_size) AS safe_wal_size, disk_at_risk FROM edgesync.replication_slots ORDER BY 1"
+    show "replication slots" edge1 \
+        "SELECT slot_name, slot_type, active, retained_wal_bytes, pending_bytes, wal_status, disk_at_risk FROM edgesync.replication_slots ORDER BY 1"
+    show "subscriptions" cloud \
+        "SELECT name, enabled, worker_pid IS NOT NULL AS worker, received_lsn, round(seconds_since_last_message::numeric, 1) AS last_msg_s,
+                apply_error_count, confl_insert_exists, confl_update_origin_differs FROM edgesync.subscriptions ORDER BY 1"
+    printf '\n(health with edgesync.lag_warning_bytes = 1MB so that the paused standby shows)\n'
+    show "health" cloud \
+        "SET edgesync.lag_warning_bytes = '1MB'; SELECT component, object, status, metric, value, threshold, detail FROM edgesync.health ORDER BY array_position(array['critical','warning','ok'], status), component, object, metric"
+
+    psql_on edge_ro -c "SELECT pg_wal_replay_resume()" >/dev/null
+    wait_for "edge_ro caught up again" cloud \
+        "SELECT coalesce(bool_and(replay_lag_bytes = 0), false) FROM edgesync.streaming_replication WHERE name = 'edge_ro'"
+    show "health after edge_ro resumed (not ok only)" cloud \
+        "SELECT component, object, status, metric, value FROM edgesync.health WHERE status <> 'ok'
+         UNION ALL SELECT 'all', count(*)::text, 'ok', 'checks', NULL FROM edgesync.health WHERE status = 'ok'"
+    show "diagnose" cloud "SELECT * FROM edgesync.diagnose()"
+
+    show "analytics: the last hour per sensor" cloud \
+        "SELECT edge, sensor_id, count(*) AS readings, round(avg(value)::numeric, 2) AS avg,
+                min(value) AS min, max(value) AS max
+           FROM sensor_readings WHERE reading_at > now() - interval '1 hour' AND reading_at <= now()
+          GROUP BY edge, sensor_id ORDER BY edge, sensor_id"
+    show "the same readings, read on the read-only edge" edge_ro \
+        "SELECT edge, count(*) AS readings FROM sensor_readings GROUP BY edge ORDER BY edge"
+
+    cat <<TXT
+
+The nodes keep running. Connect with psql:
+  cloud   : $BINDIR/psql -h 127.0.0.1 -p $(port_of cloud) -U postgres $DB
+  edge1   : $BINDIR/psql -h 127.0.0.1 -p $(port_of edge1) -U postgres $DB
+  edge2   : $BINDIR/psql -h 127.0.0.1 -p $(port_of edge2) -U postgres $DB
+  edge_ro : $BINDIR/psql -h 127.0.0.1 -p $(port_of edge_ro) -U postgres $DB   (read-only standby)
+Logs: $DEMO_DIR/*.log
+Stop them with: make demo-stop
+TXT
+}
+
+case "${1:-}" in
+    start) start ;;
+    stop) stop_all ;;
+    *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac
