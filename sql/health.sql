@@ -127,7 +127,34 @@ COMMENT ON VIEW edgesync.health IS
 REVOKE ALL ON edgesync.streaming_replication, edgesync.wal_receiver, edgesync.replication_slots,
               edgesync.subscriptions, edgesync.health FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION edgesync.health_checks(), edgesync.diagnose() FROM PUBLIC;
-GRANT USAGE ON SCHEMA edgesync TO pg_monitor;
 GRANT SELECT ON edgesync.streaming_replication, edgesync.wal_receiver, edgesync.replication_slots,
                 edgesync.subscriptions, edgesync.health TO pg_monitor;
 GRANT EXECUTE ON FUNCTION edgesync.health_checks(), edgesync.diagnose() TO pg_monitor;
+
+-- Conflict handling. The schema is usable by all: apply workers run as
+-- table owners and call the trigger's helpers, which act with the caller's
+-- rights. Row data (conflict_log) and settling are for edgesync_admin and,
+-- per table, its owner (granted by set_conflict_policy).
+GRANT USAGE ON SCHEMA edgesync TO PUBLIC;
+REVOKE ALL ON edgesync.node, edgesync.conflict_table, edgesync.conflict_log, edgesync.tombstone,
+              edgesync.conflicts, edgesync.conflict_stats FROM PUBLIC;
+GRANT SELECT ON edgesync.node, edgesync.conflict_table, edgesync.conflict_log,
+                edgesync.conflicts, edgesync.conflict_stats TO edgesync_admin;
+REVOKE EXECUTE ON FUNCTION edgesync.resolve_conflict(bigint, text, jsonb),
+                           edgesync.resolve_conflicts(regclass, text, interval),
+                           edgesync._resolve_conflicts(oid, text, interval),
+                           edgesync.set_conflict_policy(regclass, text, regproc),
+                           edgesync.drop_conflict_policy(regclass, boolean),
+                           edgesync.create_node(text, integer),
+                           edgesync.purge_conflict_log(interval),
+                           edgesync.purge_tombstones(),
+                           edgesync.pending_conflict_counts() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION edgesync.resolve_conflict(bigint, text, jsonb),
+                          edgesync.resolve_conflicts(regclass, text, interval),
+                          edgesync._resolve_conflicts(oid, text, interval) TO edgesync_admin WITH GRANT OPTION;
+GRANT EXECUTE ON FUNCTION edgesync.set_conflict_policy(regclass, text, regproc),
+                          edgesync.drop_conflict_policy(regclass, boolean),
+                          edgesync.create_node(text, integer),
+                          edgesync.purge_conflict_log(interval),
+                          edgesync.purge_tombstones() TO edgesync_admin;
+GRANT EXECUTE ON FUNCTION edgesync.pending_conflict_counts() TO pg_monitor, edgesync_admin;

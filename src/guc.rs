@@ -13,6 +13,10 @@ pub static LAG_WARNING_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024
 pub static LAG_CRITICAL_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 pub static LAG_WARNING_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static LAG_CRITICAL_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(300);
+/// Seconds; a week.
+pub static TOMBSTONE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+/// Milliseconds added to the wall clock that row versions are read from.
+pub static CLOCK_OFFSET_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 pub fn define() {
     GucRegistry::define_int_guc(
@@ -54,6 +58,26 @@ pub fn define() {
         i32::MAX,
         GucContext::Userset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"edgesync.tombstone_retention",
+        c"How long a deleted row's tombstone is kept.",
+        c"A remote change older than a delete loses to it while the tombstone lasts; keep it longer than the longest expected outage.",
+        &TOMBSTONE_RETENTION,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"edgesync.clock_offset",
+        c"Offset added to the wall clock that row versions are read from.",
+        c"For tests and for nodes with a known clock error. The hybrid logical clock stays monotonic whatever this is set to.",
+        &CLOCK_OFFSET_MS,
+        -86_400_000,
+        86_400_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
 }
 

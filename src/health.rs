@@ -106,6 +106,15 @@ fn collect_checks() -> Vec<Check> {
         );
         checks.extend(subscriptions.iter().flat_map(|s| health::subscription_checks(s, &t)));
 
+        let pending = read_rows(
+            client,
+            "SELECT quote_ident(schema_name) || '.' || quote_ident(table_name), pending,
+                    extract(epoch FROM now() - oldest)::float8
+               FROM edgesync.pending_conflict_counts() ORDER BY 1",
+            |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0), r.get::<f64>(3)?)),
+        );
+        checks.extend(pending.iter().map(|(rel, n, age)| health::pending_conflicts_check(rel, *n, *age)));
+
         if checks.is_empty() {
             let node: String = client
                 .select("SELECT current_database()::text", None, &[])

@@ -14,8 +14,13 @@ use pgrx::prelude::*;
 
 pub mod model;
 
+mod clock;
+mod conflict;
 mod guc;
 mod health;
+mod node;
+mod privilege;
+mod resolution;
 
 ::pgrx::pg_module_magic!();
 
@@ -24,9 +29,12 @@ mod health;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::define();
+    clock::init_shared_memory();
 }
 
-// The statistics views and grants; they use `edgesync.thresholds()`.
+// Roles, the node table and conflict bookkeeping: first, needing nothing from Rust.
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+// The statistics views and every grant, last: they use the Rust functions.
 extension_sql_file!("../sql/health.sql", name = "health_views", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -105,6 +113,116 @@ mod tests {
         )
         .unwrap();
         assert_eq!(monitor_can, Some(true));
+    }
+
+    // ---- conflict handling ----
+
+    fn enrolled_table() {
+        Spi::run(
+            "SELECT edgesync.create_node('test_node', 7);
+             CREATE TABLE public.stock (sku text PRIMARY KEY, qty int, note text);
+             INSERT INTO public.stock VALUES ('before', 1, NULL);
+             SELECT edgesync.set_conflict_policy('public.stock', 'last_writer_wins');",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn local_writes_are_stamped_with_this_node_and_the_previous_version() {
+        enrolled_table();
+        let before = Spi::get_one::<Vec<i64>>("SELECT edgesync_version FROM public.stock WHERE sku = 'before'").unwrap().unwrap();
+        assert_eq!(before, vec![0, 0, 0, 0], "rows older than the policy carry the zero version");
+        Spi::run("INSERT INTO public.stock VALUES ('a', 5, NULL)").unwrap();
+        let v1 = Spi::get_one::<Vec<i64>>("SELECT edgesync_version FROM public.stock WHERE sku = 'a'").unwrap().unwrap();
+        assert_eq!(v1[1], 7);
+        assert!(v1[0] > 0);
+        assert_eq!((v1[2], v1[3]), (0, 0));
+        Spi::run("UPDATE public.stock SET qty = 6 WHERE sku = 'a'").unwrap();
+        let v2 = Spi::get_one::<Vec<i64>>("SELECT edgesync_version FROM public.stock WHERE sku = 'a'").unwrap().unwrap();
+        assert!(v2[0] > v1[0], "the clock moves forward");
+        assert_eq!((v2[2], v2[3]), (v1[0], v1[1]), "prev is the replaced version");
+        // a version written by hand is overwritten
+        Spi::run("UPDATE public.stock SET edgesync_version = '{1,1,1,1}' WHERE sku = 'a'").unwrap();
+        let v3 = Spi::get_one::<Vec<i64>>("SELECT edgesync_version FROM public.stock WHERE sku = 'a'").unwrap().unwrap();
+        assert!(v3[0] > v2[0] && v3[1] == 7);
+        // a local delete leaves a tombstone; no conflict is logged for local writes
+        Spi::run("DELETE FROM public.stock WHERE sku = 'a'").unwrap();
+        let tomb = Spi::get_one::<i64>("SELECT count(*) FROM edgesync.tombstone WHERE key = '{\"sku\": \"a\"}'").unwrap();
+        assert_eq!(tomb, Some(1));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM edgesync.conflict_log").unwrap(), Some(0));
+        let trigger = Spi::get_one::<String>("SELECT tgenabled::text FROM pg_trigger WHERE tgname = 'edgesync_conflict'").unwrap();
+        assert_eq!(trigger.as_deref(), Some("A"), "ENABLE ALWAYS");
+    }
+
+    #[pg_test]
+    fn drop_conflict_policy_undoes_it() {
+        enrolled_table();
+        Spi::run("SELECT edgesync.drop_conflict_policy('public.stock', drop_column => true)").unwrap();
+        let left = Spi::get_one::<i64>(
+            "SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.stock'::regclass AND tgname = 'edgesync_conflict')
+                  + (SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.stock'::regclass AND attname = 'edgesync_version' AND NOT attisdropped)
+                  + (SELECT count(*) FROM edgesync.conflict_table)",
+        )
+        .unwrap();
+        assert_eq!(left, Some(0));
+    }
+
+    #[pg_test(error = "edgesync: table public.no_key has no primary key")]
+    fn a_table_without_a_primary_key_is_refused() {
+        Spi::run("CREATE TABLE public.no_key (a int)").unwrap();
+        Spi::run("SELECT edgesync.set_conflict_policy('public.no_key')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: unknown conflict policy \"newest\": expected one of last_writer_wins, keep_local, apply_remote, manual, custom")]
+    fn an_unknown_policy_is_refused() {
+        Spi::run("CREATE TABLE public.t (a int PRIMARY KEY)").unwrap();
+        Spi::run("SELECT edgesync.set_conflict_policy('public.t', 'newest')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: policy custom needs a handler")]
+    fn custom_without_a_handler_is_refused() {
+        Spi::run("CREATE TABLE public.t (a int PRIMARY KEY)").unwrap();
+        Spi::run("SELECT edgesync.set_conflict_policy('public.t', 'custom')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: handler public.wrong_shape must take (regclass, text, jsonb, jsonb) and return jsonb")]
+    fn a_handler_of_the_wrong_shape_is_refused() {
+        Spi::run("CREATE TABLE public.t (a int PRIMARY KEY); CREATE FUNCTION public.wrong_shape(int) RETURNS int LANGUAGE sql AS 'SELECT 1'").unwrap();
+        Spi::run("SELECT edgesync.set_conflict_policy('public.t', 'custom', handler => 'public.wrong_shape'::regproc)").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: conflict 424242 does not exist")]
+    fn resolving_an_unknown_conflict_is_refused() {
+        Spi::run("SELECT edgesync.resolve_conflict(424242, 'keep_local')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: unknown resolution \"wins\": expected one of apply_remote, keep_local, merge, custom")]
+    fn an_unknown_resolution_is_refused() {
+        Spi::run("SELECT edgesync.resolve_conflict(1, 'wins')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: this database is already node \"test_node\" (id 7)")]
+    fn a_node_keeps_its_name() {
+        Spi::run("SELECT edgesync.create_node('test_node', 7)").unwrap();
+        assert_eq!(Spi::get_one::<i32>("SELECT edgesync.create_node('test_node')").unwrap(), Some(7));
+        Spi::run("SELECT edgesync.create_node('other')").unwrap();
+    }
+
+    #[pg_test]
+    fn conflict_data_is_not_public() {
+        let public_can = Spi::get_one::<bool>(
+            "SELECT has_table_privilege('public', 'edgesync.conflict_log', 'SELECT')
+                 OR has_function_privilege('public', 'edgesync.resolve_conflict(bigint, text, jsonb)', 'EXECUTE')
+                 OR has_function_privilege('public', 'edgesync.resolve_conflicts(regclass, text, interval)', 'EXECUTE')",
+        )
+        .unwrap();
+        assert_eq!(public_can, Some(false));
+        let admin_can = Spi::get_one::<bool>(
+            "SELECT has_table_privilege('edgesync_admin', 'edgesync.conflict_log', 'SELECT')
+                AND has_function_privilege('edgesync_admin', 'edgesync.resolve_conflict(bigint, text, jsonb)', 'EXECUTE')",
+        )
+        .unwrap();
+        assert_eq!(admin_can, Some(true));
     }
 }
 

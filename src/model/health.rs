@@ -304,6 +304,24 @@ pub fn subscription_checks(s: &Subscription, t: &Thresholds) -> Vec<Check> {
     checks
 }
 
+/// Conflicts of one table waiting for a DBA (`edgesync.conflicts`).
+pub fn pending_conflicts_check(relation: &str, pending: i64, oldest_seconds: Option<f64>) -> Check {
+    Check {
+        component: "conflicts",
+        object: relation.to_string(),
+        status: if pending > 0 { Status::Warning } else { Status::Ok },
+        metric: "pending",
+        value: Some(pending as f64),
+        threshold: Some(1.0),
+        detail: match oldest_seconds {
+            Some(age) if pending > 0 => format!(
+                "{pending} conflict(s) wait for a DBA, the oldest for {age:.0} s: see edgesync.conflicts and edgesync.resolve_conflict()"
+            ),
+            _ => "no pending conflicts".to_string(),
+        },
+    }
+}
+
 /// The row a node with nothing to watch still reports, so that an empty
 /// result never reads as "the check did not run".
 pub fn nothing_to_check(node: &str) -> Check {
@@ -401,6 +419,14 @@ mod tests {
         assert_eq!(status_of(&c, "seconds_since_last_message"), Status::Warning);
         assert_eq!(status_of(&c, "error_count"), Status::Warning);
         assert_eq!(c.len(), 3, "no conflict row when the server has no counters");
+    }
+
+    #[test]
+    fn pending_conflicts_warn() {
+        let c = pending_conflicts_check("public.inventory", 2, Some(30.0));
+        assert_eq!(c.status, Status::Warning);
+        assert!(c.detail.contains("resolve_conflict"));
+        assert_eq!(pending_conflicts_check("public.inventory", 0, None).status, Status::Ok);
     }
 
     #[test]

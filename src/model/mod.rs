@@ -4,3 +4,5 @@
 pub mod diagnose;
 pub mod health;
 pub mod sql_text;
+pub mod lww;
+pub mod version;

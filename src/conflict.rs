@@ -1,0 +1,542 @@
+//! The conflict trigger: a BEFORE ROW trigger on every table under conflict
+//! handling, `ENABLE ALWAYS` so that it also fires in apply workers.
+//!
+//! - A local write (no replication-origin session) is stamped with a fresh
+//!   row version and goes on; a local delete leaves a tombstone.
+//! - A remote change keeps the version it came with; `model::lww::decide`
+//!   says whether it conflicts with what this node holds and which row stays.
+//!   Conflicts are written to `edgesync.conflict_log`.
+//!
+//! Trigger arguments (written by `set_conflict_policy`): policy, handler
+//! (or ''), then the primary-key columns.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgRelation, WhoAllocated};
+
+use crate::clock;
+use crate::guc;
+use crate::model::lww::{decide, Action, ConflictType, Decision, Local, Policy, Remote, Resolution};
+use crate::model::sql_text::quote_ident;
+use crate::model::version::{RowStamp, Version};
+use crate::privilege::as_extension_owner;
+
+/// The column every table under conflict handling carries:
+/// `bigint[]` = `{hlc, node, prev_hlc, prev_node}`.
+pub const VERSION_COLUMN: &str = "edgesync_version";
+
+/// Set while edgesync writes a row to settle a conflict inside the apply
+/// path: the row already carries the version it must keep.
+static PASS_THROUGH: AtomicBool = AtomicBool::new(false);
+
+/// Set while a DBA's resolution is written: the previous version to put in
+/// the fresh stamp (the other node's version, so the write is the next
+/// change there, not a new conflict).
+static RESOLUTION_ACTIVE: AtomicBool = AtomicBool::new(false);
+static RESOLUTION_PREV_HLC: AtomicI64 = AtomicI64::new(0);
+static RESOLUTION_PREV_NODE: AtomicI32 = AtomicI32::new(0);
+
+/// While alive, the trigger lets rows through unchanged. Reset on unwind.
+pub struct PassThrough(());
+
+impl PassThrough {
+    pub fn begin() -> PassThrough {
+        PASS_THROUGH.store(true, Ordering::Relaxed);
+        PassThrough(())
+    }
+}
+
+impl Drop for PassThrough {
+    fn drop(&mut self) {
+        PASS_THROUGH.store(false, Ordering::Relaxed);
+    }
+}
+
+/// While alive, local stamps use `prev` as their previous version.
+pub struct ResolutionWrite(());
+
+impl ResolutionWrite {
+    pub fn begin(prev: Option<Version>) -> ResolutionWrite {
+        if let Some(p) = prev {
+            RESOLUTION_PREV_HLC.store(p.hlc, Ordering::Relaxed);
+            RESOLUTION_PREV_NODE.store(p.node, Ordering::Relaxed);
+            RESOLUTION_ACTIVE.store(true, Ordering::Relaxed);
+        }
+        ResolutionWrite(())
+    }
+}
+
+impl Drop for ResolutionWrite {
+    fn drop(&mut self) {
+        RESOLUTION_ACTIVE.store(false, Ordering::Relaxed);
+    }
+}
+
+fn resolution_prev() -> Option<Version> {
+    RESOLUTION_ACTIVE
+        .load(Ordering::Relaxed)
+        .then(|| Version::new(RESOLUTION_PREV_HLC.load(Ordering::Relaxed), RESOLUTION_PREV_NODE.load(Ordering::Relaxed)))
+}
+
+#[derive(Debug)]
+pub struct ConflictError(String);
+
+impl std::fmt::Display for ConflictError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "edgesync: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConflictError {}
+
+fn fail(what: impl std::fmt::Display) -> ConflictError {
+    ConflictError(what.to_string())
+}
+
+type Row<'a> = PgHeapTuple<'a, pgrx::AllocatedByRust>;
+
+/// The row version a tuple carries (zero when the column is NULL: a row
+/// from a node where the table is not enrolled).
+pub fn stamp_of<W: WhoAllocated>(tuple: &PgHeapTuple<'_, W>) -> Result<RowStamp, ConflictError> {
+    let raw: Option<pgrx::Array<'_, i64>> = tuple.get_by_name(VERSION_COLUMN).map_err(|e| fail(format!("reading {VERSION_COLUMN}: {e}")))?;
+    match raw {
+        None => Ok(RowStamp::ZERO),
+        Some(values) => RowStamp::from_array(&values.iter().collect::<Vec<_>>()).map_err(fail),
+    }
+}
+
+fn set_stamp(row: &mut Row<'_>, stamp: RowStamp) -> Result<(), ConflictError> {
+    row.set_by_name(VERSION_COLUMN, stamp.to_array().to_vec()).map_err(|e| fail(format!("setting {VERSION_COLUMN}: {e:?}")))
+}
+
+/// Everything the remote path needs to know about the table.
+struct Table {
+    relid: pg_sys::Oid,
+    rowtype: pg_sys::Oid,
+    qualified: String,
+    schema: String,
+    name: String,
+    policy: Policy,
+    handler: Option<String>,
+    keys: Vec<String>,
+}
+
+impl Table {
+    fn from_trigger(trigger: &PgTrigger<'_>) -> Result<Table, ConflictError> {
+        let args = trigger.extra_args().map_err(fail)?;
+        if args.len() < 3 {
+            return Err(fail("the conflict trigger needs (policy, handler, key columns...): re-run edgesync.set_conflict_policy"));
+        }
+        let rel: PgRelation = trigger.relation().map_err(fail)?;
+        let schema = rel.namespace().to_string();
+        let name = rel.name().to_string();
+        Ok(Table {
+            relid: rel.oid(),
+            rowtype: unsafe { (*rel.rd_rel).reltype },
+            qualified: format!("{}.{}", quote_ident(&schema), quote_ident(&name)),
+            schema,
+            name,
+            policy: args[0].parse().map_err(fail)?,
+            handler: (!args[1].is_empty()).then(|| args[1].clone()),
+            keys: args[2..].to_vec(),
+        })
+    }
+
+    fn key_array(&self) -> Vec<String> {
+        self.keys.clone()
+    }
+}
+
+/// A tuple of the trigger as a composite value typed as the table's row type.
+fn composite<'a>(table: &Table, tuple: *mut pg_sys::HeapTupleData, trigger: &PgTrigger<'_>) -> DatumWithOid<'a> {
+    unsafe {
+        let tupdesc = (*trigger.trigger_data().tg_relation).rd_att;
+        let datum = pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc);
+        DatumWithOid::new(datum, table.rowtype)
+    }
+}
+
+fn to_json(tuple: DatumWithOid<'_>) -> Result<JsonB, ConflictError> {
+    Spi::get_one_with_args::<JsonB>("SELECT pg_catalog.to_jsonb($1)", &[tuple])
+        .map_err(fail)?
+        .ok_or_else(|| fail("row has no jsonb form"))
+}
+
+fn key_of(row: &JsonB, keys: &[String]) -> JsonB {
+    let mut key = serde_json::Map::new();
+    for k in keys {
+        key.insert(k.clone(), row.0.get(k).cloned().unwrap_or(serde_json::Value::Null));
+    }
+    JsonB(serde_json::Value::Object(key))
+}
+
+fn stamp_json(stamp: RowStamp) -> Vec<i64> {
+    stamp.to_array().to_vec()
+}
+
+/// The trigger function behind every `edgesync_conflict` trigger.
+#[pg_trigger]
+fn conflict_trigger<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>, ConflictError> {
+    let op = trigger.op().map_err(fail)?;
+    if PASS_THROUGH.load(Ordering::Relaxed) {
+        return Ok(current(trigger, &op));
+    }
+    let remote = unsafe { pg_sys::replorigin_session_origin } != 0;
+    if remote {
+        remote_change(trigger, op)
+    } else {
+        local_write(trigger, op)
+    }
+}
+
+fn current<'a>(trigger: &'a PgTrigger<'a>, op: &PgTriggerOperation) -> Option<Row<'a>> {
+    match op {
+        PgTriggerOperation::Delete => trigger.old().map(|t| t.into_owned()),
+        _ => trigger.new().map(|t| t.into_owned()),
+    }
+}
+
+/// The cheap path, on every local write: stamp and go.
+fn local_write<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Result<Option<Row<'a>>, ConflictError> {
+    match op {
+        PgTriggerOperation::Insert => {
+            let node = clock::node_id();
+            let mut new = trigger.new().ok_or_else(|| fail("INSERT without a new row"))?.into_owned();
+            set_stamp(&mut new, RowStamp::local(clock::tick(), node, resolution_prev().unwrap_or(Version::ZERO)))?;
+            Ok(Some(new))
+        }
+        PgTriggerOperation::Update => {
+            let node = clock::node_id();
+            let old = trigger.old().ok_or_else(|| fail("UPDATE without an old row"))?;
+            let prev = match resolution_prev() {
+                Some(p) => p,
+                None => stamp_of(&old)?.version,
+            };
+            let mut new = trigger.new().ok_or_else(|| fail("UPDATE without a new row"))?.into_owned();
+            set_stamp(&mut new, RowStamp::local(clock::tick(), node, prev))?;
+            Ok(Some(new))
+        }
+        PgTriggerOperation::Delete => {
+            let node = clock::node_id();
+            let table = Table::from_trigger(trigger)?;
+            let old_tuple = trigger.trigger_data().tg_trigtuple;
+            let old = trigger.old().ok_or_else(|| fail("DELETE without an old row"))?;
+            let deleted = RowStamp { version: Version::new(clock::tick(), node), prev: stamp_of(&old)?.version };
+            let row = to_json(composite(&table, old_tuple, trigger))?;
+            record_tombstone(&table, &key_of(&row, &table.keys), deleted)?;
+            Ok(Some(old.into_owned()))
+        }
+        PgTriggerOperation::Truncate => Ok(None),
+    }
+}
+
+fn record_tombstone(table: &Table, key: &JsonB, stamp: RowStamp) -> Result<(), ConflictError> {
+    as_extension_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO edgesync.tombstone AS t (relid, key, version) VALUES ($1, $2, $3)
+             ON CONFLICT (relid, key) DO UPDATE SET version = EXCLUDED.version, deleted_at = now()",
+            &[table.relid.into(), JsonB(key.0.clone()).into(), stamp_json(stamp).into()],
+        )
+    })
+    .map_err(fail)
+}
+
+/// The tombstone's delete version for a key, unless expired.
+fn tombstone(table: &Table, key: &JsonB) -> Result<Option<Version>, ConflictError> {
+    let retention = guc::TOMBSTONE_RETENTION.get() as f64;
+    let found = as_extension_owner(|| {
+        Spi::get_one_with_args::<Vec<Option<i64>>>(
+            "SELECT version FROM edgesync.tombstone
+              WHERE relid = $1 AND key = $2 AND deleted_at > now() - make_interval(secs => $3)",
+            &[table.relid.into(), JsonB(key.0.clone()).into(), retention.into()],
+        )
+    })
+    .map_err(fail)?;
+    match found {
+        None => Ok(None),
+        Some(values) => Ok(Some(RowStamp::from_array(&values).map_err(fail)?.version)),
+    }
+}
+
+/// The local row with the key of `new_row`, if any: its jsonb and stamp.
+fn existing_row(table: &Table, new_row: DatumWithOid<'_>) -> Result<Option<(JsonB, RowStamp)>, ConflictError> {
+    let cond = table
+        .keys
+        .iter()
+        .map(|k| format!("t.{0} = ($1::{1}).{0}", quote_ident(k), table.qualified))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let sql = format!("SELECT pg_catalog.to_jsonb(t), t.{VERSION_COLUMN} FROM {} AS t WHERE {cond}", table.qualified);
+    let (row, version) = Spi::get_two_with_args::<JsonB, Vec<Option<i64>>>(&sql, &[new_row]).map_err(fail)?;
+    match (row, version) {
+        (Some(row), Some(v)) => Ok(Some((row, RowStamp::from_array(&v).map_err(fail)?))),
+        (Some(row), None) => Ok(Some((row, RowStamp::ZERO))),
+        _ => Ok(None),
+    }
+}
+
+fn origin_name() -> String {
+    unsafe {
+        let origin = pg_sys::replorigin_session_origin;
+        let mut name: *mut std::ffi::c_char = std::ptr::null_mut();
+        if pg_sys::replorigin_by_oid(origin, true, &mut name) && !name.is_null() {
+            std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+        } else {
+            format!("origin {origin}")
+        }
+    }
+}
+
+/// One conflict_log row.
+pub struct ConflictRecord<'r> {
+    pub table_schema: &'r str,
+    pub table_name: &'r str,
+    pub conflict: ConflictType,
+    pub resolution: Resolution,
+    pub key: JsonB,
+    pub local_row: Option<JsonB>,
+    pub remote_row: Option<JsonB>,
+    pub kept_row: Option<JsonB>,
+    pub local_version: Option<RowStamp>,
+    pub remote_version: Option<RowStamp>,
+    pub remote_origin: String,
+    pub note: Option<String>,
+}
+
+fn log_conflict(c: ConflictRecord<'_>) -> Result<(), ConflictError> {
+    let status = if c.resolution == Resolution::Pending { "pending" } else { "resolved" };
+    let local_origin = c.local_version.map(|s| {
+        if s.version == Version::ZERO {
+            "initial".to_string()
+        } else if s.version.node == clock::node_id() {
+            "local".to_string()
+        } else {
+            format!("node {}", s.version.node)
+        }
+    });
+    as_extension_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO edgesync.conflict_log (schema_name, table_name, conflict_type, resolution, key, local_row, remote_row,
+                                                kept_row, local_version, remote_version, local_origin, remote_origin, status, note)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            &[
+                c.table_schema.into(),
+                c.table_name.into(),
+                c.conflict.as_str().into(),
+                c.resolution.as_str().into(),
+                c.key.into(),
+                c.local_row.into(),
+                c.remote_row.into(),
+                c.kept_row.into(),
+                c.local_version.map(stamp_json).into(),
+                c.remote_version.map(stamp_json).into(),
+                local_origin.into(),
+                c.remote_origin.into(),
+                status.into(),
+                c.note.into(),
+            ],
+        )
+    })
+    .map_err(fail)
+}
+
+/// Write a whole row (jsonb) as edgesync's own settling write: it keeps the version it carries.
+fn write_row_through(table: &Table, row: &JsonB) -> Result<(), ConflictError> {
+    let _through = PassThrough::begin();
+    Spi::run_with_args(
+        "SELECT edgesync._write_row($1::regclass, $2, $3)",
+        &[table.relid.into(), JsonB(row.0.clone()).into(), table.key_array().into()],
+    )
+    .map_err(fail)
+}
+
+/// What the custom handler chose: Ok(Some(row)) to keep that row,
+/// Ok(None) to keep the local one, Err(message) when it failed.
+fn ask_handler(table: &Table, conflict: ConflictType, local: &Option<JsonB>, remote: &Option<JsonB>) -> Result<Option<JsonB>, String> {
+    let handler = table.handler.clone().ok_or_else(|| "policy custom without a handler".to_string())?;
+    let result = Spi::connect(|client| {
+        let t = client.select(
+            "SELECT ok, kept_row, error FROM edgesync._call_conflict_handler($1::regprocedure::regproc, $2::regclass, $3, $4, $5)",
+            None,
+            &[
+                handler.as_str().into(),
+                table.relid.into(),
+                conflict.as_str().into(),
+                local.as_ref().map(|j| JsonB(j.0.clone())).into(),
+                remote.as_ref().map(|j| JsonB(j.0.clone())).into(),
+            ],
+        )?;
+        let row = t.first();
+        Ok::<_, pgrx::spi::Error>((row.get::<bool>(1)?, row.get::<JsonB>(2)?, row.get::<String>(3)?))
+    });
+    match result {
+        Ok((Some(true), kept, _)) => Ok(kept.filter(|j| !j.0.is_null())),
+        Ok((_, _, error)) => Err(error.unwrap_or_else(|| "handler failed".to_string())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A row the handler returned, completed from the base row and given the
+/// newer of the two versions, so that both nodes end with the same row.
+fn settled_row(base: &Option<JsonB>, chosen: JsonB, keep: RowStamp) -> JsonB {
+    let mut row = match base.as_ref().map(|b| b.0.clone()) {
+        Some(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    if let serde_json::Value::Object(m) = chosen.0 {
+        row.extend(m);
+    }
+    row.insert(VERSION_COLUMN.to_string(), serde_json::json!(stamp_json(keep)));
+    JsonB(serde_json::Value::Object(row))
+}
+
+/// A change that arrived through replication (native apply worker or edgesync's own apply).
+fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Result<Option<Row<'a>>, ConflictError> {
+    let table = Table::from_trigger(trigger)?;
+    let me = clock::node_id();
+    let td = trigger.trigger_data();
+    match op {
+        PgTriggerOperation::Update => {
+            let old = trigger.old().ok_or_else(|| fail("UPDATE without an old row"))?;
+            let new = trigger.new().ok_or_else(|| fail("UPDATE without a new row"))?;
+            let (l, r) = (stamp_of(&old)?, stamp_of(&new)?);
+            clock::observe(r.version.hlc);
+            let decision = decide(Local::Row(l), Remote::Update(r), table.policy, me);
+            if decision.conflict.is_none() {
+                return Ok(match decision.action {
+                    Action::ApplyRemote => Some(new.into_owned()),
+                    _ => None,
+                });
+            }
+            let local_row = Some(to_json(composite(&table, td.tg_trigtuple, trigger))?);
+            let remote_row = Some(to_json(composite(&table, td.tg_newtuple, trigger))?);
+            let key = key_of(local_row.as_ref().unwrap(), &table.keys);
+            let outcome = settle(&table, decision, key, local_row, remote_row, Some(l), Some(r))?;
+            Ok(match outcome {
+                Outcome::Remote => Some(new.into_owned()),
+                Outcome::Skip => None,
+            })
+        }
+        PgTriggerOperation::Insert => {
+            let new = trigger.new().ok_or_else(|| fail("INSERT without a new row"))?;
+            let r = stamp_of(&new)?;
+            clock::observe(r.version.hlc);
+            let existing = existing_row(&table, composite(&table, td.tg_trigtuple, trigger))?;
+            let remote_row = to_json(composite(&table, td.tg_trigtuple, trigger))?;
+            let key = key_of(&remote_row, &table.keys);
+            let (local, local_row, local_stamp) = match existing {
+                Some((row, stamp)) => (Local::Row(stamp), Some(row), Some(stamp)),
+                None => match tombstone(&table, &key)? {
+                    Some(deleted) => (Local::Deleted(deleted), None, None),
+                    None => (Local::Absent, None, None),
+                },
+            };
+            let decision = decide(local, Remote::Insert(r), table.policy, me);
+            if decision.conflict.is_none() {
+                return Ok(match decision.action {
+                    Action::ApplyRemote => Some(new.into_owned()),
+                    _ => None,
+                });
+            }
+            let row_exists = local_row.is_some();
+            let outcome = settle(&table, decision, key, local_row, Some(JsonB(remote_row.0.clone())), local_stamp, Some(r))?;
+            match outcome {
+                // the key exists: the insert becomes an update of that row
+                Outcome::Remote if row_exists => {
+                    write_row_through(&table, &remote_row)?;
+                    Ok(None)
+                }
+                Outcome::Remote => Ok(Some(new.into_owned())),
+                Outcome::Skip => Ok(None),
+            }
+        }
+        PgTriggerOperation::Delete => {
+            let old = trigger.old().ok_or_else(|| fail("DELETE without an old row"))?;
+            let l = stamp_of(&old)?;
+            let decision = decide(Local::Row(l), Remote::Delete { seen: None, version: None }, table.policy, me);
+            let local_row = to_json(composite(&table, td.tg_trigtuple, trigger))?;
+            let key = key_of(&local_row, &table.keys);
+            let outcome = if decision.conflict.is_none() {
+                match decision.action {
+                    Action::ApplyRemote => Outcome::Remote,
+                    _ => Outcome::Skip,
+                }
+            } else {
+                settle(&table, decision, JsonB(key.0.clone()), Some(local_row), None, Some(l), None)?
+            };
+            match outcome {
+                Outcome::Remote => {
+                    // what the deleting node removed is unknown here; the row's
+                    // version is the delete's lower bound
+                    record_tombstone(&table, &key, RowStamp { version: l.version, prev: l.version })?;
+                    Ok(Some(old.into_owned()))
+                }
+                Outcome::Skip => Ok(None),
+            }
+        }
+        PgTriggerOperation::Truncate => Ok(None),
+    }
+}
+
+enum Outcome {
+    /// let the remote change through
+    Remote,
+    /// drop it (the local row stays, or edgesync wrote the row to keep)
+    Skip,
+}
+
+/// Carry out a conflict's decision and log it.
+fn settle(
+    table: &Table,
+    decision: Decision,
+    key: JsonB,
+    local_row: Option<JsonB>,
+    remote_row: Option<JsonB>,
+    local_version: Option<RowStamp>,
+    remote_version: Option<RowStamp>,
+) -> Result<Outcome, ConflictError> {
+    let conflict = decision.conflict.expect("settle is only called for conflicts");
+    let mut resolution = decision.resolution();
+    let mut note = None;
+    let (outcome, kept_row) = match decision.action {
+        Action::ApplyRemote => (Outcome::Remote, remote_row.as_ref().map(|j| JsonB(j.0.clone()))),
+        Action::KeepLocal => (Outcome::Skip, local_row.as_ref().map(|j| JsonB(j.0.clone()))),
+        Action::AskHandler => match ask_handler(table, conflict, &local_row, &remote_row) {
+            Ok(Some(chosen)) => {
+                let newest = match (local_version, remote_version) {
+                    (Some(l), Some(r)) if r.version > l.version => r,
+                    (Some(l), _) => l,
+                    (None, Some(r)) => r,
+                    (None, None) => RowStamp::ZERO,
+                };
+                let base = if local_row.is_some() { &local_row } else { &remote_row };
+                let row = settled_row(base, chosen, newest);
+                write_row_through(table, &row)?;
+                (Outcome::Skip, Some(row))
+            }
+            Ok(None) => (Outcome::Skip, local_row.as_ref().map(|j| JsonB(j.0.clone()))),
+            Err(error) => {
+                resolution = Resolution::Pending;
+                note = Some(format!("custom handler failed, local row kept: {error}"));
+                (Outcome::Skip, local_row.as_ref().map(|j| JsonB(j.0.clone())))
+            }
+        },
+    };
+    log_conflict(ConflictRecord {
+        table_schema: &table.schema,
+        table_name: &table.name,
+        conflict,
+        resolution,
+        key,
+        local_row,
+        remote_row,
+        kept_row,
+        local_version,
+        remote_version,
+        remote_origin: origin_name(),
+        note,
+    })?;
+    Ok(outcome)
+}
