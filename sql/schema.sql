@@ -174,7 +174,8 @@ BEGIN
                     HINT = 'Pass handler => ''schema.function''::regproc, a function (regclass, text, jsonb, jsonb) returning jsonb.';
         END IF;
         SELECT * INTO hproc FROM pg_proc WHERE oid = handler;
-        IF hproc.proargtypes::oid[] <> ARRAY['regclass'::regtype, 'text'::regtype, 'jsonb'::regtype, 'jsonb'::regtype]::oid[]
+        IF hproc.pronargs <> 4 OR hproc.proargtypes[0] <> 'regclass'::regtype OR hproc.proargtypes[1] <> 'text'::regtype
+           OR hproc.proargtypes[2] <> 'jsonb'::regtype OR hproc.proargtypes[3] <> 'jsonb'::regtype
            OR hproc.prorettype <> 'jsonb'::regtype THEN
             RAISE EXCEPTION 'edgesync: handler % must take (regclass, text, jsonb, jsonb) and return jsonb', handler
               USING ERRCODE = 'invalid_parameter_value';

@@ -247,11 +247,18 @@ fn record_tombstone(table: &Table, key: &JsonB, stamp: RowStamp) -> Result<(), C
 fn tombstone(table: &Table, key: &JsonB) -> Result<Option<Version>, ConflictError> {
     let retention = guc::TOMBSTONE_RETENTION.get() as f64;
     let found = as_extension_owner(|| {
-        Spi::get_one_with_args::<Vec<Option<i64>>>(
-            "SELECT version FROM edgesync.tombstone
-              WHERE relid = $1 AND key = $2 AND deleted_at > now() - make_interval(secs => $3)",
-            &[table.relid.into(), JsonB(key.0.clone()).into(), retention.into()],
-        )
+        Spi::connect(|client| {
+            let t = client.select(
+                "SELECT version FROM edgesync.tombstone
+                  WHERE relid = $1 AND key = $2 AND deleted_at > now() - make_interval(secs => $3)",
+                None,
+                &[table.relid.into(), JsonB(key.0.clone()).into(), retention.into()],
+            )?;
+            if t.is_empty() {
+                return Ok(None);
+            }
+            t.first().get_one::<Vec<Option<i64>>>()
+        })
     })
     .map_err(fail)?;
     match found {
@@ -269,11 +276,19 @@ fn existing_row(table: &Table, new_row: DatumWithOid<'_>) -> Result<Option<(Json
         .collect::<Vec<_>>()
         .join(" AND ");
     let sql = format!("SELECT pg_catalog.to_jsonb(t), t.{VERSION_COLUMN} FROM {} AS t WHERE {cond}", table.qualified);
-    let (row, version) = Spi::get_two_with_args::<JsonB, Vec<Option<i64>>>(&sql, &[new_row]).map_err(fail)?;
-    match (row, version) {
-        (Some(row), Some(v)) => Ok(Some((row, RowStamp::from_array(&v).map_err(fail)?))),
-        (Some(row), None) => Ok(Some((row, RowStamp::ZERO))),
-        _ => Ok(None),
+    let found = Spi::connect(|client| {
+        let t = client.select(&sql, None, &[new_row])?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        t.first().get_two::<JsonB, Vec<Option<i64>>>().map(Some)
+    })
+    .map_err(fail)?;
+    match found {
+        None => Ok(None),
+        Some((Some(row), Some(v))) => Ok(Some((row, RowStamp::from_array(&v).map_err(fail)?))),
+        Some((Some(row), None)) => Ok(Some((row, RowStamp::ZERO))),
+        Some((None, _)) => Err(fail("existing row without a jsonb form")),
     }
 }
 

@@ -28,6 +28,7 @@ struct Pending {
     key: JsonB,
     local_row: Option<JsonB>,
     remote_row: Option<JsonB>,
+    local_version: Option<Vec<Option<i64>>>,
     remote_version: Option<Vec<Option<i64>>>,
 }
 
@@ -35,7 +36,7 @@ fn load(id: i64) -> Pending {
     let row = as_extension_owner(|| {
         Spi::connect(|client| {
             let t = client.select(
-                "SELECT schema_name::text, table_name::text, status, key, local_row, remote_row, remote_version
+                "SELECT schema_name::text, table_name::text, status, key, local_row, remote_row, remote_version, local_version
                    FROM edgesync.conflict_log WHERE id = $1 FOR UPDATE",
                 None,
                 &[id.into()],
@@ -52,6 +53,7 @@ fn load(id: i64) -> Pending {
                 local_row: r.get(5)?,
                 remote_row: r.get(6)?,
                 remote_version: r.get(7)?,
+                local_version: r.get(8)?,
             }))
         })
     })
@@ -131,6 +133,9 @@ fn resolve_conflict(id: i64, resolution: &str, row_data: default!(Option<JsonB>,
         &[JsonB(c.key.0.clone()).into()],
     )
     .unwrap_or_else(|e| error!("edgesync: reading the current row: {e}"));
+    let current_version: Option<Vec<Option<i64>>> = current.as_ref().and_then(|row| {
+        row.0.get(VERSION_COLUMN).and_then(|v| v.as_array()).map(|a| a.iter().map(|x| x.as_i64()).collect())
+    });
     let local = current.or(c.local_row);
 
     let kept: Option<serde_json::Map<String, serde_json::Value>> = match choice {
@@ -174,11 +179,13 @@ fn resolve_conflict(id: i64, resolution: &str, row_data: default!(Option<JsonB>,
         Resolution::Pending => unreachable!("not a choice"),
     };
 
-    let prev = c
-        .remote_version
-        .as_deref()
-        .and_then(|v| RowStamp::from_array(v).ok())
-        .map(|s| s.version);
+    // On the other node the row is the conflict's remote row: written on top
+    // of it, the resolution arrives there as the next change. If the local
+    // row moved on since the conflict (a later change, another resolution),
+    // the resolution is an ordinary write on top of what is here now.
+    let stamp = |v: &Option<Vec<Option<i64>>>| v.as_deref().and_then(|v| RowStamp::from_array(v).ok()).map(|s| s.version);
+    let now_version = current_version.as_deref().and_then(|v| RowStamp::from_array(v).ok()).map(|s| s.version);
+    let prev = if now_version.is_none() || now_version == stamp(&c.local_version) { stamp(&c.remote_version) } else { None };
     let written = {
         let _resolution = ResolutionWrite::begin(prev);
         match &kept {

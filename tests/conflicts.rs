@@ -1,0 +1,304 @@
+//! Conflict handling on a native bidirectional subscription
+//! (`origin = none`, `copy_data = false`) between two real nodes.
+
+mod common;
+
+use common::{Cluster, Node, DEADLINE};
+
+const TABLE: &str = "CREATE TABLE public.inventory (sku text PRIMARY KEY, qty int NOT NULL, note text)";
+
+/// Two nodes, `a` (node id 1) and `b` (node id 2), replicating
+/// `public.inventory` both ways under `policy`.
+fn pair(test: &str, policy: &str) -> (Cluster, Node, Node) {
+    let mut c = Cluster::new(test);
+    let a = c.add_node("a", &["wal_retrieve_retry_interval = '1s'"]);
+    let b = c.add_node("b", &["wal_retrieve_retry_interval = '1s'"]);
+    for (n, id) in [(&a, 1), (&b, 2)] {
+        n.execute(&format!("CREATE EXTENSION edgesync; SELECT edgesync.create_node('{}', {id}); {TABLE};", n.name));
+        n.execute(&format!("SELECT edgesync.set_conflict_policy('public.inventory', '{policy}')"));
+        n.execute("CREATE PUBLICATION inventory_pub FOR TABLE public.inventory");
+    }
+    for (n, other) in [(&a, &b), (&b, &a)] {
+        n.execute(&format!(
+            "CREATE SUBSCRIPTION {}_from_{} CONNECTION '{}' PUBLICATION inventory_pub WITH (origin = none, copy_data = false)",
+            n.name,
+            other.name,
+            other.conninfo()
+        ));
+    }
+    for n in [&a, &b] {
+        c.wait_for(&format!("{}'s apply worker", n.name), DEADLINE, || {
+            Ok(n.try_query("SELECT 1 FROM edgesync.subscriptions WHERE worker_pid IS NOT NULL")?.len() == 1)
+        });
+    }
+    (c, a, b)
+}
+
+fn subscription(n: &Node) -> String {
+    format!("{}_from_{}", n.name, if n.name == "a" { "b" } else { "a" })
+}
+
+fn set_subscriptions(c: &Cluster, nodes: &[&Node], enabled: bool) {
+    for n in nodes {
+        n.execute(&format!("ALTER SUBSCRIPTION {} {}", subscription(n), if enabled { "ENABLE" } else { "DISABLE" }));
+    }
+    for n in nodes {
+        c.wait_for(&format!("{}'s worker {}", n.name, if enabled { "running" } else { "gone" }), DEADLINE, || {
+            let running = n.try_query("SELECT 1 FROM edgesync.subscriptions WHERE worker_pid IS NOT NULL")?.len() == 1;
+            Ok(running == enabled)
+        });
+    }
+}
+
+/// The table's rows with their versions, as one text: equal on both nodes once they converged.
+fn rows(n: &Node) -> Result<String, String> {
+    let r = n.try_query("SELECT coalesce(string_agg(format('%s=%s/%s %s', sku, qty, note, edgesync_version), ' ' ORDER BY sku), '') FROM public.inventory")?;
+    Ok(r[0].get(0))
+}
+
+fn wait_converged(c: &Cluster, a: &Node, b: &Node) -> String {
+    c.wait_for("both nodes hold the same rows", DEADLINE, || Ok(rows(a)? == rows(b)?));
+    rows(a).unwrap()
+}
+
+fn wait_rows(c: &Cluster, n: &Node, sql_count: &str, want: i64) {
+    c.wait_for(&format!("{}: {sql_count} = {want}", n.name), DEADLINE, || {
+        let r = n.try_query(sql_count)?;
+        Ok(r[0].get::<_, i64>(0) == want)
+    });
+}
+
+fn conflicts(n: &Node) -> Vec<(String, String, String, String)> {
+    n.query("SELECT key->>'sku', conflict_type, resolution, status FROM edgesync.conflict_log ORDER BY key->>'sku', id")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+fn c4(sku: &str, t: &str, res: &str, status: &str) -> (String, String, String, String) {
+    (sku.into(), t.into(), res.into(), status.into())
+}
+
+#[test]
+fn concurrent_changes_converge_to_the_newer_write_and_are_logged() {
+    let (c, a, b) = pair("lww", "last_writer_wins");
+    a.execute("INSERT INTO public.inventory VALUES ('u', 10, 'seed'), ('d', 10, 'seed')");
+    wait_rows(&c, &b, "SELECT count(*) FROM public.inventory", 2);
+
+    set_subscriptions(&c, &[&a, &b], false);
+    // a writes first, b later: b's writes are the newer ones
+    a.execute("UPDATE public.inventory SET qty = 11, note = 'a' WHERE sku = 'u'");
+    a.execute("INSERT INTO public.inventory VALUES ('i', 1, 'a')");
+    a.execute("UPDATE public.inventory SET qty = 11, note = 'a' WHERE sku = 'd'");
+    b.execute("UPDATE public.inventory SET qty = 12, note = 'b' WHERE sku = 'u'");
+    b.execute("INSERT INTO public.inventory VALUES ('i', 2, 'b')");
+    b.execute("DELETE FROM public.inventory WHERE sku = 'd'");
+    set_subscriptions(&c, &[&a, &b], true);
+
+    let converged = wait_converged(&c, &a, &b);
+    let plain: Vec<(String, i32, String)> = a
+        .query("SELECT sku, qty, note FROM public.inventory ORDER BY sku")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(plain, vec![("i".into(), 2, "b".into()), ("u".into(), 12, "b".into())], "{converged}");
+
+    c.wait_for("a logged three conflicts", DEADLINE, || Ok(a.try_query("SELECT 1 FROM edgesync.conflict_log")?.len() == 3));
+    assert_eq!(
+        conflicts(&a),
+        vec![
+            c4("d", "delete_origin_differs", "apply_remote", "resolved"),
+            c4("i", "insert_exists", "apply_remote", "resolved"),
+            c4("u", "update_origin_differs", "apply_remote", "resolved"),
+        ]
+    );
+    c.wait_for("b logged two conflicts", DEADLINE, || Ok(b.try_query("SELECT 1 FROM edgesync.conflict_log")?.len() == 2));
+    assert_eq!(
+        conflicts(&b),
+        vec![c4("i", "insert_exists", "keep_local", "resolved"), c4("u", "update_origin_differs", "keep_local", "resolved")]
+    );
+    // b's native apply worker skipped a's update of the row b deleted before any trigger: PostgreSQL counts it
+    c.wait_for("PostgreSQL counted b's update_missing", DEADLINE, || {
+        Ok(b.try_query("SELECT 1 FROM edgesync.subscriptions WHERE confl_update_missing = 1")?.len() == 1)
+    });
+
+    // the log carries both rows, both versions and the origins
+    let r = &a.query(
+        "SELECT local_row->>'qty', remote_row->>'qty', kept_row->>'qty', local_version[2], remote_version[2], local_origin, remote_origin
+           FROM edgesync.conflict_log WHERE key->>'sku' = 'u'",
+    )[0];
+    assert_eq!((r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2)), ("11".into(), "12".into(), "12".into()));
+    assert_eq!((r.get::<_, i64>(3), r.get::<_, i64>(4)), (1, 2));
+    assert_eq!(r.get::<_, String>(5), "local");
+    assert!(r.get::<_, String>(6).starts_with("pg_"), "native origin name");
+}
+
+#[test]
+fn one_way_traffic_logs_no_conflict() {
+    let (c, a, b) = pair("oneway", "last_writer_wins");
+    a.execute("INSERT INTO public.inventory SELECT 'sku' || g, g, 'new' FROM generate_series(1, 50) g");
+    for round in 0..5 {
+        a.execute(&format!("UPDATE public.inventory SET qty = qty + 1, note = 'round {round}'"));
+    }
+    a.execute("DELETE FROM public.inventory WHERE qty % 10 = 0");
+    a.execute("INSERT INTO public.inventory VALUES ('sku5', 1000, 'again')");
+    wait_converged(&c, &a, &b);
+    // b edits on top of what it received, a only receives now
+    b.execute("UPDATE public.inventory SET qty = qty * 2, note = 'from b'");
+    c.wait_for("b's edits on a", DEADLINE, || Ok(a.try_query("SELECT 1 FROM public.inventory WHERE note = 'from b'")?.len() == 46));
+    wait_converged(&c, &a, &b);
+    for n in [&a, &b] {
+        assert_eq!(n.scalar::<i64>("SELECT count(*) FROM edgesync.conflict_log"), 0, "no conflict on {}", n.name);
+    }
+}
+
+#[test]
+fn a_node_with_its_clock_behind_wins_with_an_edit_made_after_seeing_the_change() {
+    let (c, a, b) = pair("skew", "last_writer_wins");
+    c.psql(&b, "ALTER SYSTEM SET edgesync.clock_offset = '-600s'; SELECT pg_reload_conf();");
+    c.wait_for("b's clock ten minutes behind", DEADLINE, || {
+        Ok(b.try_query("SELECT 1 FROM pg_settings WHERE name = 'edgesync.clock_offset' AND setting = '-600000'")?.len() == 1)
+    });
+    a.execute("INSERT INTO public.inventory VALUES ('x', 1, 'a')");
+    wait_rows(&c, &b, "SELECT count(*) FROM public.inventory WHERE sku = 'x'", 1);
+    b.execute("UPDATE public.inventory SET qty = 2, note = 'b, clock behind' WHERE sku = 'x'");
+    let converged = wait_converged(&c, &a, &b);
+    assert!(converged.contains("x=2/b, clock behind"), "{converged}");
+    let (a_hlc, b_hlc): (i64, i64) = {
+        let r = &b.query("SELECT edgesync_version[3], edgesync_version[1] FROM public.inventory WHERE sku = 'x'")[0];
+        (r.get(0), r.get(1))
+    };
+    assert!(b_hlc > a_hlc, "b's version is past the one it saw, though its wall clock is behind");
+
+    // a concurrent pair: b's edit comes later in real time, with a clock 10 min behind a's.
+    // b has seen a's last version, so b's reading is past it: b still wins.
+    set_subscriptions(&c, &[&a, &b], false);
+    a.execute("UPDATE public.inventory SET qty = 3, note = 'a' WHERE sku = 'x'");
+    b.execute("UPDATE public.inventory SET qty = 4, note = 'b' WHERE sku = 'x'");
+    set_subscriptions(&c, &[&a, &b], true);
+    let converged = wait_converged(&c, &a, &b);
+    // a's write is newer by wall clock (b is ten minutes behind): last-writer-wins by the clock
+    assert!(converged.contains("x=3/a"), "{converged}");
+    for n in [&a, &b] {
+        c.wait_for("the conflict logged", DEADLINE, || Ok(n.try_query("SELECT 1 FROM edgesync.conflict_log")?.len() == 1));
+    }
+}
+
+#[test]
+fn equal_clock_readings_are_settled_by_node_id() {
+    let (c, a, b) = pair("tie", "last_writer_wins");
+    a.execute("INSERT INTO public.inventory VALUES ('e', 1, 'seed')");
+    wait_rows(&c, &b, "SELECT count(*) FROM public.inventory", 1);
+    let seed: Vec<i64> = a.scalar("SELECT edgesync_version FROM public.inventory WHERE sku = 'e'");
+    set_subscriptions(&c, &[&a, &b], false);
+    // Two writes with the very same clock reading: written with the trigger off so
+    // that the version is ours to choose; they replicate as ordinary changes.
+    let hlc = seed[0] + (1 << 20);
+    for (n, id, qty) in [(&a, 1, 100), (&b, 2, 200)] {
+        n.execute(&format!(
+            "BEGIN; ALTER TABLE public.inventory DISABLE TRIGGER edgesync_conflict;
+             UPDATE public.inventory SET qty = {qty}, note = '{}', edgesync_version = '{{{hlc},{id},{},{}}}' WHERE sku = 'e';
+             ALTER TABLE public.inventory ENABLE ALWAYS TRIGGER edgesync_conflict; COMMIT;",
+            n.name, seed[0], seed[1]
+        ));
+    }
+    set_subscriptions(&c, &[&a, &b], true);
+    let converged = wait_converged(&c, &a, &b);
+    assert!(converged.contains("e=200/b"), "node 2 wins the tie on both nodes: {converged}");
+    c.wait_for("a logged the tie", DEADLINE, || Ok(a.try_query("SELECT 1 FROM edgesync.conflict_log WHERE resolution = 'apply_remote'")?.len() == 1));
+    c.wait_for("b logged the tie", DEADLINE, || Ok(b.try_query("SELECT 1 FROM edgesync.conflict_log WHERE resolution = 'keep_local'")?.len() == 1));
+}
+
+#[test]
+fn manual_conflicts_wait_and_a_resolution_replicates() {
+    let (c, a, b) = pair("manual", "manual");
+    a.execute("INSERT INTO public.inventory VALUES ('m', 1, NULL), ('n', 1, 'seed')");
+    wait_rows(&c, &b, "SELECT count(*) FROM public.inventory", 2);
+    set_subscriptions(&c, &[&a, &b], false);
+    a.execute("UPDATE public.inventory SET qty = 5 WHERE sku = 'm'");
+    a.execute("UPDATE public.inventory SET qty = 5, note = NULL WHERE sku = 'n'");
+    b.execute("UPDATE public.inventory SET qty = 7, note = 'b' WHERE sku = 'm'");
+    b.execute("UPDATE public.inventory SET qty = 7, note = 'b' WHERE sku = 'n'");
+    set_subscriptions(&c, &[&a, &b], true);
+    for n in [&a, &b] {
+        c.wait_for(&format!("two pending conflicts on {}", n.name), DEADLINE, || {
+            Ok(n.try_query("SELECT 1 FROM edgesync.conflicts")?.len() == 2)
+        });
+    }
+    // each node kept its own rows
+    assert_eq!(a.scalar::<i32>("SELECT qty FROM public.inventory WHERE sku = 'm'"), 5);
+    assert_eq!(b.scalar::<i32>("SELECT qty FROM public.inventory WHERE sku = 'm'"), 7);
+    let health: String = a.scalar("SELECT status FROM edgesync.health WHERE component = 'conflicts'");
+    assert_eq!(health, "warning");
+
+    // the DBA on a takes b's row for m and merges n; both replicate to b as plain next changes
+    let m: i64 = a.scalar("SELECT id FROM edgesync.conflicts WHERE key->>'sku' = 'm'");
+    a.execute(&format!("SELECT edgesync.resolve_conflict({m}, 'apply_remote')"));
+    let n_id: i64 = a.scalar("SELECT id FROM edgesync.conflicts WHERE key->>'sku' = 'n'");
+    a.execute(&format!("SELECT edgesync.resolve_conflict({n_id}, 'merge')"));
+    c.wait_for("b got the resolutions", DEADLINE, || {
+        Ok(b.try_query("SELECT 1 FROM public.inventory WHERE (sku = 'm' AND qty = 7 AND note = 'b') OR (sku = 'n' AND qty = 5 AND note = 'b')")?.len() == 2)
+    });
+    wait_converged(&c, &a, &b);
+    assert_eq!(a.scalar::<i64>("SELECT count(*) FROM edgesync.conflicts"), 0);
+    let r = &a.query(&format!("SELECT resolution, resolved_by::text, kept_row->>'qty' FROM edgesync.conflict_log WHERE id = {m}"))[0];
+    assert_eq!((r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2)), ("apply_remote".into(), "postgres".into(), "7".into()));
+    assert_eq!(b.scalar::<i64>("SELECT count(*) FROM edgesync.conflict_log WHERE status = 'pending'"), 2, "b's own log still waits for its DBA");
+    assert_eq!(b.scalar::<i64>("SELECT edgesync.resolve_conflicts('public.inventory', 'keep_local')"), 2);
+    wait_converged(&c, &a, &b);
+
+    // bad input changes nothing
+    for (sql, msg) in [
+        (format!("SELECT edgesync.resolve_conflict({m}, 'apply_remote')"), "already resolved"),
+        ("SELECT edgesync.resolve_conflict(999999, 'keep_local')".to_string(), "does not exist"),
+        (format!("SELECT edgesync.resolve_conflict({m}, 'custom', '{{\"nope\": 1}}')"), "already resolved"),
+        ("SELECT edgesync.resolve_conflicts('public.inventory', 'custom')".to_string(), "custom needs a row"),
+    ] {
+        let err = a.try_connect().unwrap().batch_execute(&sql).unwrap_err();
+        assert!(format!("{err:?}").contains(msg), "{sql}: {err:?}");
+    }
+}
+
+#[test]
+fn custom_handlers_choose_the_row_and_a_failing_one_leaves_the_conflict_pending() {
+    let (c, a, b) = pair("custom", "last_writer_wins");
+    let handlers = "CREATE FUNCTION public.keep_max(rel regclass, kind text, l jsonb, r jsonb) RETURNS jsonb LANGUAGE sql AS
+                      $$ SELECT jsonb_build_object('qty', greatest((l->>'qty')::int, (r->>'qty')::int), 'note', 'max') $$;
+                    CREATE FUNCTION public.broken(rel regclass, kind text, l jsonb, r jsonb) RETURNS jsonb LANGUAGE plpgsql AS
+                      $$ BEGIN RAISE EXCEPTION 'handler bug'; END $$;";
+    for n in [&a, &b] {
+        n.execute(handlers);
+        n.execute("SELECT edgesync.set_conflict_policy('public.inventory', 'custom', handler => 'public.keep_max'::regproc)");
+    }
+    a.execute("INSERT INTO public.inventory VALUES ('k', 1, 'seed')");
+    wait_rows(&c, &b, "SELECT count(*) FROM public.inventory", 1);
+    set_subscriptions(&c, &[&a, &b], false);
+    a.execute("UPDATE public.inventory SET qty = 9, note = 'a' WHERE sku = 'k'");
+    b.execute("UPDATE public.inventory SET qty = 4, note = 'b' WHERE sku = 'k'");
+    set_subscriptions(&c, &[&a, &b], true);
+    let converged = wait_converged(&c, &a, &b);
+    assert!(converged.contains("k=9/max"), "{converged}");
+    for n in [&a, &b] {
+        let r: String = n.scalar("SELECT resolution || ' ' || status FROM edgesync.conflict_log");
+        assert_eq!(r, "custom resolved");
+    }
+
+    // a handler that raises: the apply workers keep running, the conflict waits
+    for n in [&a, &b] {
+        n.execute("SELECT edgesync.set_conflict_policy('public.inventory', 'custom', handler => 'public.broken'::regproc)");
+    }
+    set_subscriptions(&c, &[&a, &b], false);
+    a.execute("UPDATE public.inventory SET qty = 20, note = 'a' WHERE sku = 'k'");
+    b.execute("UPDATE public.inventory SET qty = 30, note = 'b' WHERE sku = 'k'");
+    set_subscriptions(&c, &[&a, &b], true);
+    for n in [&a, &b] {
+        c.wait_for(&format!("pending conflict on {}", n.name), DEADLINE, || {
+            Ok(n.try_query("SELECT 1 FROM edgesync.conflicts WHERE note LIKE '%handler bug%'")?.len() == 1)
+        });
+    }
+    // replication still flows
+    a.execute("INSERT INTO public.inventory VALUES ('after', 1, 'a')");
+    wait_rows(&c, &b, "SELECT count(*) FROM public.inventory WHERE sku = 'after'", 1);
+    let errors: i64 = b.scalar("SELECT apply_error_count FROM edgesync.subscriptions");
+    assert_eq!(errors, 0, "the handler's error never reached the apply worker");
+}
