@@ -12,7 +12,7 @@ PG_USER ?= postgres
 PGTEST_DATA_18 ?= /tmp/edgesync-pgtest-18
 PGTEST_DATA_15 ?= /tmp/edgesync-pgtest-15
 
-.PHONY: setup test test-unit test-pg18 test-pg15 test-integration install-pg18 demo demo-stop clean
+.PHONY: setup test test-unit test-pg18 test-pg15 test-integration install-pg18 install-pg18-release bench demo demo-stop clean
 
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +36,14 @@ install-pg18:
 test-integration: install-pg18
 	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \
 		cargo test --features integration --test health --test conflicts -- --test-threads=1
+
+# Benchmarks: a release build, ratios against baselines measured in the same run.
+install-pg18-release:
+	cargo pgrx install --release --pg-config $(PG18_CONFIG)
+
+bench: setup
+	@$(MAKE) --no-print-directory install-pg18-release
+	@PG_CONFIG=$(PG18_CONFIG) PG_USER=$(PG_USER) bash bench/bench.sh
 
 demo: setup
 	@$(MAKE) --no-print-directory install-pg18

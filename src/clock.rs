@@ -6,28 +6,23 @@
 //! (even with the wall clock set back) the clock never repeats or goes back.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock, PgSqlErrorCode};
+use pgrx::{pg_shmem_init, PgAtomic, PgLwLock, PgSqlErrorCode};
 
 use crate::guc;
 use crate::model::version::{self, hlc_from_millis};
 
-#[derive(Copy, Clone, Default)]
-pub struct ClockState {
-    /// The last reading handed out or observed.
-    last: i64,
-    /// The reading saved in `CLOCK_FILE`; `last` never passes it unsaved.
-    saved: i64,
-    /// `saved` has been read from the file since the server started.
-    loaded: bool,
-}
-
-unsafe impl PGRXSharedMemory for ClockState {}
-
-static CLOCK: PgLwLock<ClockState> = unsafe { PgLwLock::new(c"edgesync_clock") };
+/// The last reading handed out or observed. Readings are taken with a
+/// compare-and-swap: no lock on the write path.
+static LAST: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"edgesync_clock_last") };
+/// The mark saved in `CLOCK_FILE` (0: not read since the server started).
+/// No reading at or past it is handed out before the file says so.
+static SAVED: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"edgesync_clock_saved") };
+/// Serializes reading and writing `CLOCK_FILE`.
+static SAVING: PgLwLock<()> = unsafe { PgLwLock::new(c"edgesync_clock_file") };
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 /// This backend's database's node id, once read (0: not yet).
 static NODE_ID: AtomicI32 = AtomicI32::new(0);
@@ -41,7 +36,9 @@ const SAVE_AHEAD_MS: i64 = 10_000;
 /// Reserve the shared clock; only possible while preloading.
 pub fn init_shared_memory() {
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        pg_shmem_init!(CLOCK);
+        pg_shmem_init!(LAST);
+        pg_shmem_init!(SAVED);
+        pg_shmem_init!(SAVING);
         PRELOADED.store(true, Ordering::Relaxed);
     }
 }
@@ -86,44 +83,63 @@ fn write_saved(mark: i64) {
     }
 }
 
-/// Bring `st` up to date with the file and make sure `st.last` is covered by it.
-fn persist(st: &mut ClockState) {
-    if !st.loaded {
-        st.saved = read_saved();
-        st.last = st.last.max(st.saved);
-        st.loaded = true;
+/// Make sure the saved mark covers `reading` (and that the clock started
+/// from the saved mark after a restart). Rarely takes the lock.
+fn cover(reading: i64) {
+    if reading < SAVED.get().load(Ordering::Acquire) {
+        return;
     }
-    if st.last >= st.saved {
-        let mark = st.last + hlc_from_millis(SAVE_AHEAD_MS);
+    let _lock = SAVING.exclusive();
+    let saved = SAVED.get().load(Ordering::Acquire);
+    if saved == 0 {
+        // first use since the server started: resume from the file
+        let from_file = read_saved();
+        LAST.get().fetch_max(from_file, Ordering::AcqRel);
+    }
+    let last = LAST.get().load(Ordering::Acquire).max(reading);
+    if last >= saved {
+        let mark = last + hlc_from_millis(SAVE_AHEAD_MS);
         write_saved(mark);
-        st.saved = mark;
+        SAVED.get().store(mark, Ordering::Release);
     }
 }
 
 /// A new reading for a local write.
 pub fn tick() -> i64 {
     require_shared_clock();
+    if SAVED.get().load(Ordering::Acquire) == 0 {
+        cover(0);
+    }
     let wall = wall_millis();
-    let mut st = CLOCK.exclusive();
-    st.last = version::tick(st.last, wall);
-    persist(&mut st);
-    st.last
+    let last = LAST.get();
+    let mut current = last.load(Ordering::Acquire);
+    let reading = loop {
+        let next = version::tick(current, wall);
+        match last.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => break next,
+            Err(seen) => current = seen,
+        }
+    };
+    cover(reading);
+    reading
 }
 
 /// Move the clock past a remote reading (the HLC receive rule).
 pub fn observe(remote: i64) {
     require_shared_clock();
-    let mut st = CLOCK.exclusive();
-    if remote > st.last {
-        st.last = version::observe(st.last, remote);
-        persist(&mut st);
+    if SAVED.get().load(Ordering::Acquire) == 0 {
+        cover(0);
+    }
+    let before = LAST.get().fetch_max(remote, Ordering::AcqRel);
+    if remote > before {
+        cover(version::observe(before, remote));
     }
 }
 
 /// The current reading, without advancing the clock.
 pub fn peek() -> i64 {
     require_shared_clock();
-    CLOCK.share().last
+    LAST.get().load(Ordering::Acquire)
 }
 
 /// This database's node id; a clear error when the node was never created.

@@ -10,10 +10,15 @@
 //! Trigger arguments (written by `set_conflict_policy`): policy, handler
 //! (or ''), then the primary-key columns.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 
 use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::{JsonB, PgRelation, WhoAllocated};
 
 use crate::clock;
@@ -224,72 +229,117 @@ fn local_write<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Result
             let old_tuple = trigger.trigger_data().tg_trigtuple;
             let old = trigger.old().ok_or_else(|| fail("DELETE without an old row"))?;
             let deleted = RowStamp { version: Version::new(clock::tick(), node), prev: stamp_of(&old)?.version };
-            let row = to_json(composite(&table, old_tuple, trigger))?;
-            record_tombstone(&table, &key_of(&row, &table.keys), deleted)?;
+            record_tombstone(&table, composite(&table, old_tuple, trigger), deleted)?;
             Ok(Some(old.into_owned()))
         }
         PgTriggerOperation::Truncate => Ok(None),
     }
 }
 
-fn record_tombstone(table: &Table, key: &JsonB, stamp: RowStamp) -> Result<(), ConflictError> {
+thread_local! {
+    /// Plans of the per-table statements of the apply path, kept for the
+    /// backend's life (PostgreSQL revalidates them after DDL). Keyed by text.
+    static PLANS: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+/// The kept plan for `sql`, prepared on first use.
+fn plan_for(client: &SpiClient<'_>, sql: &str, args: &[PgOid], mutating: bool) -> pgrx::spi::Result<Rc<OwnedPreparedStatement>> {
+    if let Some(plan) = PLANS.with(|plans| plans.borrow().get(sql).cloned()) {
+        return Ok(plan);
+    }
+    let stmt = if mutating { client.prepare_mut(sql, args)? } else { client.prepare(sql, args)? };
+    let plan = Rc::new(stmt.keep());
+    PLANS.with(|plans| plans.borrow_mut().insert(sql.to_string(), plan.clone()));
+    Ok(plan)
+}
+
+/// `jsonb_build_object('k1', (ROW).k1, ...)`: the key object, built the way
+/// `to_jsonb` builds the row, so both spellings of a key compare equal.
+fn key_expression(table: &Table, row: &str) -> String {
+    let parts: Vec<String> = table
+        .keys
+        .iter()
+        .map(|k| format!("{}, ({row}).{}", crate::model::sql_text::quote_literal(k), quote_ident(k)))
+        .collect();
+    format!("pg_catalog.jsonb_build_object({})", parts.join(", "))
+}
+
+/// Record that the row `row` (a composite of the table's type) was deleted.
+fn record_tombstone(table: &Table, row: DatumWithOid<'_>, stamp: RowStamp) -> Result<(), ConflictError> {
+    let sql = format!(
+        "INSERT INTO edgesync.tombstone AS t (relid, key, version) SELECT $2, {}, $3
+         ON CONFLICT (relid, key) DO UPDATE SET version = EXCLUDED.version, deleted_at = now()",
+        key_expression(table, &format!("$1::{}", table.qualified))
+    );
+    let args = [PgOid::from(table.rowtype), PgOid::from(pg_sys::OIDOID), PgOid::from(pg_sys::INT8ARRAYOID)];
     as_extension_owner(|| {
-        Spi::run_with_args(
-            "INSERT INTO edgesync.tombstone AS t (relid, key, version) VALUES ($1, $2, $3)
-             ON CONFLICT (relid, key) DO UPDATE SET version = EXCLUDED.version, deleted_at = now()",
-            &[table.relid.into(), JsonB(key.0.clone()).into(), stamp_json(stamp).into()],
-        )
+        Spi::connect_mut(|client| {
+            let plan = plan_for(client, &sql, &args, true)?;
+            client.update(&*plan, None, &[row, table.relid.into(), stamp_json(stamp).into()]).map(|_| ())
+        })
     })
     .map_err(fail)
 }
 
-/// The tombstone's delete version for a key, unless expired.
-fn tombstone(table: &Table, key: &JsonB) -> Result<Option<Version>, ConflictError> {
-    let retention = guc::TOMBSTONE_RETENTION.get() as f64;
-    let found = as_extension_owner(|| {
-        Spi::connect(|client| {
-            let t = client.select(
-                "SELECT version FROM edgesync.tombstone
-                  WHERE relid = $1 AND key = $2 AND deleted_at > now() - make_interval(secs => $3)",
-                None,
-                &[table.relid.into(), JsonB(key.0.clone()).into(), retention.into()],
-            )?;
-            if t.is_empty() {
-                return Ok(None);
-            }
-            t.first().get_one::<Vec<Option<i64>>>()
-        })
-    })
-    .map_err(fail)?;
-    match found {
-        None => Ok(None),
-        Some(values) => Ok(Some(RowStamp::from_array(&values).map_err(fail)?.version)),
-    }
-}
-
-/// The local row with the key of `new_row`, if any: its jsonb and stamp.
-fn existing_row(table: &Table, new_row: DatumWithOid<'_>) -> Result<Option<(JsonB, RowStamp)>, ConflictError> {
+/// What this node holds for the key of `new_row`: the row's stamp, or the
+/// unexpired tombstone's delete version. One planned lookup per insert.
+fn local_state_for(table: &Table, new_row: DatumWithOid<'_>) -> Result<Local, ConflictError> {
+    let n = "n.r".to_string();
     let cond = table
         .keys
         .iter()
-        .map(|k| format!("t.{0} = ($1::{1}).{0}", quote_ident(k), table.qualified))
+        .map(|k| format!("t.{0} = ({n}).{0}", quote_ident(k)))
         .collect::<Vec<_>>()
         .join(" AND ");
-    let sql = format!("SELECT pg_catalog.to_jsonb(t), t.{VERSION_COLUMN} FROM {} AS t WHERE {cond}", table.qualified);
-    let found = Spi::connect(|client| {
-        let t = client.select(&sql, None, &[new_row])?;
+    let sql = format!(
+        "SELECT t.{VERSION_COLUMN}, tb.version
+           FROM (SELECT $1::{rel} AS r) AS n
+           LEFT JOIN {rel} AS t ON {cond}
+           LEFT JOIN edgesync.tombstone AS tb
+                  ON t.{VERSION_COLUMN} IS NULL AND tb.relid = $2 AND tb.key = {key}
+                 AND tb.deleted_at > now() - make_interval(secs => $3)",
+        rel = table.qualified,
+        key = key_expression(table, &n),
+    );
+    let args = [PgOid::from(table.rowtype), PgOid::from(pg_sys::OIDOID), PgOid::from(pg_sys::FLOAT8OID)];
+    let retention = guc::TOMBSTONE_RETENTION.get() as f64;
+    let (row, tomb) = as_extension_owner(|| {
+        Spi::connect(|client| {
+            let plan = plan_for(client, &sql, &args, false)?;
+            client
+                .select(&*plan, None, &[new_row, table.relid.into(), retention.into()])?
+                .first()
+                .get_two::<Vec<Option<i64>>, Vec<Option<i64>>>()
+        })
+    })
+    .map_err(fail)?;
+    Ok(match (row, tomb) {
+        (Some(v), _) => Local::Row(RowStamp::from_array(&v).map_err(fail)?),
+        (None, Some(t)) => Local::Deleted(RowStamp::from_array(&t).map_err(fail)?.version),
+        (None, None) => Local::Absent,
+    })
+}
+
+/// The local row with `key`, as jsonb (conflict path only).
+fn existing_row_json(table: &Table, key: &JsonB) -> Result<Option<JsonB>, ConflictError> {
+    let cond = table
+        .keys
+        .iter()
+        .map(|k| format!("t.{0} = r.{0}", quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let sql = format!(
+        "SELECT pg_catalog.to_jsonb(t) FROM {rel} AS t, pg_catalog.jsonb_populate_record(NULL::{rel}, $1) AS r WHERE {cond}",
+        rel = table.qualified
+    );
+    Spi::connect(|client| {
+        let t = client.select(&sql, None, &[JsonB(key.0.clone()).into()])?;
         if t.is_empty() {
             return Ok(None);
         }
-        t.first().get_two::<JsonB, Vec<Option<i64>>>().map(Some)
+        t.first().get_one::<JsonB>()
     })
-    .map_err(fail)?;
-    match found {
-        None => Ok(None),
-        Some((Some(row), Some(v))) => Ok(Some((row, RowStamp::from_array(&v).map_err(fail)?))),
-        Some((Some(row), None)) => Ok(Some((row, RowStamp::ZERO))),
-        Some((None, _)) => Err(fail("existing row without a jsonb form")),
-    }
+    .map_err(fail)
 }
 
 fn origin_name() -> String {
@@ -438,16 +488,7 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
             let new = trigger.new().ok_or_else(|| fail("INSERT without a new row"))?;
             let r = stamp_of(&new)?;
             clock::observe(r.version.hlc);
-            let existing = existing_row(&table, composite(&table, td.tg_trigtuple, trigger))?;
-            let remote_row = to_json(composite(&table, td.tg_trigtuple, trigger))?;
-            let key = key_of(&remote_row, &table.keys);
-            let (local, local_row, local_stamp) = match existing {
-                Some((row, stamp)) => (Local::Row(stamp), Some(row), Some(stamp)),
-                None => match tombstone(&table, &key)? {
-                    Some(deleted) => (Local::Deleted(deleted), None, None),
-                    None => (Local::Absent, None, None),
-                },
-            };
+            let local = local_state_for(&table, composite(&table, td.tg_trigtuple, trigger))?;
             let decision = decide(local, Remote::Insert(r), table.policy, me);
             if decision.conflict.is_none() {
                 return Ok(match decision.action {
@@ -455,6 +496,12 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
                     _ => None,
                 });
             }
+            let remote_row = to_json(composite(&table, td.tg_trigtuple, trigger))?;
+            let key = key_of(&remote_row, &table.keys);
+            let (local_row, local_stamp) = match local {
+                Local::Row(stamp) => (existing_row_json(&table, &key)?, Some(stamp)),
+                _ => (None, None),
+            };
             let row_exists = local_row.is_some();
             let outcome = settle(&table, decision, key, local_row, Some(JsonB(remote_row.0.clone())), local_stamp, Some(r))?;
             match outcome {
@@ -471,21 +518,21 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
             let old = trigger.old().ok_or_else(|| fail("DELETE without an old row"))?;
             let l = stamp_of(&old)?;
             let decision = decide(Local::Row(l), Remote::Delete { seen: None, version: None }, table.policy, me);
-            let local_row = to_json(composite(&table, td.tg_trigtuple, trigger))?;
-            let key = key_of(&local_row, &table.keys);
             let outcome = if decision.conflict.is_none() {
                 match decision.action {
                     Action::ApplyRemote => Outcome::Remote,
                     _ => Outcome::Skip,
                 }
             } else {
-                settle(&table, decision, JsonB(key.0.clone()), Some(local_row), None, Some(l), None)?
+                let local_row = to_json(composite(&table, td.tg_trigtuple, trigger))?;
+                let key = key_of(&local_row, &table.keys);
+                settle(&table, decision, key, Some(local_row), None, Some(l), None)?
             };
             match outcome {
                 Outcome::Remote => {
                     // what the deleting node removed is unknown here; the row's
                     // version is the delete's lower bound
-                    record_tombstone(&table, &key, RowStamp { version: l.version, prev: l.version })?;
+                    record_tombstone(&table, composite(&table, td.tg_trigtuple, trigger), RowStamp { version: l.version, prev: l.version })?;
                     Ok(Some(old.into_owned()))
                 }
                 Outcome::Skip => Ok(None),
