@@ -281,42 +281,99 @@ fn record_tombstone(table: &Table, row: DatumWithOid<'_>, stamp: RowStamp) -> Re
     .map_err(fail)
 }
 
-/// What this node holds for the key of `new_row`: the row's stamp, or the
-/// unexpired tombstone's delete version. One planned lookup per insert.
-fn local_state_for(table: &Table, new_row: DatumWithOid<'_>) -> Result<Local, ConflictError> {
-    let n = "n.r".to_string();
-    let cond = table
-        .keys
-        .iter()
-        .map(|k| format!("t.{0} = ({n}).{0}", quote_ident(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+/// The table's primary-key index.
+unsafe fn primary_key_index(rel: pg_sys::Relation) -> pg_sys::Oid {
+    #[cfg(feature = "pg15")]
+    let idx = unsafe { pg_sys::RelationGetPrimaryKeyIndex(rel) };
+    #[cfg(not(feature = "pg15"))]
+    let idx = unsafe { pg_sys::RelationGetPrimaryKeyIndex(rel, false) };
+    idx
+}
+
+/// The stamp of the local row with the new row's key, found through the
+/// primary key as the apply worker itself finds rows (no SQL, no plan).
+fn probe_existing(trigger: &PgTrigger<'_>) -> Result<Option<RowStamp>, ConflictError> {
+    let td = trigger.trigger_data();
+    unsafe {
+        let rel = td.tg_relation;
+        let idx = primary_key_index(rel);
+        if idx == pg_sys::InvalidOid {
+            return Err(fail("the table lost its primary key: re-run edgesync.set_conflict_policy"));
+        }
+        let search = td.tg_trigslot;
+        pg_sys::slot_getallattrs(search);
+        let out = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        let found = pg_sys::RelationFindReplTupleByIndex(rel, idx, pg_sys::LockTupleMode::LockTupleShare, search, out);
+        let stamp = if found {
+            let attnum = pg_sys::get_attnum((*rel).rd_id, c"edgesync_version".as_ptr());
+            let mut isnull = false;
+            let datum = pg_sys::slot_getattr(out, attnum as i32, &mut isnull);
+            match <Vec<Option<i64>> as FromDatum>::from_datum(datum, isnull) {
+                None => Some(RowStamp::ZERO),
+                Some(v) => Some(RowStamp::from_array(&v).map_err(fail)?),
+            }
+        } else {
+            None
+        };
+        pg_sys::ExecDropSingleTupleTableSlot(out);
+        Ok(stamp)
+    }
+}
+
+thread_local! {
+    static TOMBSTONE_RELID: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
+}
+
+/// No tombstone at all on this node (the tombstone table has no pages):
+/// the common case of append-only tables, where the lookup is skipped.
+fn no_tombstones() -> bool {
+    let relid = TOMBSTONE_RELID.with(|c| c.get());
+    let relid = if relid == pg_sys::InvalidOid {
+        let found = Spi::get_one::<pg_sys::Oid>("SELECT 'edgesync.tombstone'::regclass::oid").ok().flatten().unwrap_or(pg_sys::InvalidOid);
+        TOMBSTONE_RELID.with(|c| c.set(found));
+        found
+    } else {
+        relid
+    };
+    if relid == pg_sys::InvalidOid {
+        return false;
+    }
+    unsafe {
+        let rel = PgRelation::with_lock(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        pg_sys::RelationGetNumberOfBlocksInFork(rel.as_ptr(), pg_sys::ForkNumber::MAIN_FORKNUM) == 0
+    }
+}
+
+/// What this node holds for the key of the row being inserted: the row's
+/// stamp, or the unexpired tombstone's delete version.
+fn local_state_for<'d>(table: &Table, trigger: &PgTrigger<'_>, new_row: impl FnOnce() -> DatumWithOid<'d>) -> Result<Local, ConflictError> {
+    if let Some(stamp) = probe_existing(trigger)? {
+        return Ok(Local::Row(stamp));
+    }
+    if no_tombstones() {
+        return Ok(Local::Absent);
+    }
     let sql = format!(
-        "SELECT t.{VERSION_COLUMN}, tb.version
-           FROM (SELECT $1::{rel} AS r) AS n
-           LEFT JOIN {rel} AS t ON {cond}
-           LEFT JOIN edgesync.tombstone AS tb
-                  ON t.{VERSION_COLUMN} IS NULL AND tb.relid = $2 AND tb.key = {key}
-                 AND tb.deleted_at > now() - make_interval(secs => $3)",
-        rel = table.qualified,
-        key = key_expression(table, &n),
+        "SELECT version FROM edgesync.tombstone
+          WHERE relid = $2 AND key = {key} AND deleted_at > now() - make_interval(secs => $3)",
+        key = key_expression(table, &format!("$1::{}", table.qualified)),
     );
     let args = [PgOid::from(table.rowtype), PgOid::from(pg_sys::OIDOID), PgOid::from(pg_sys::FLOAT8OID)];
     let retention = guc::TOMBSTONE_RETENTION.get() as f64;
-    let (row, tomb) = as_extension_owner(|| {
+    let tomb = as_extension_owner(|| {
         Spi::connect(|client| {
             let plan = plan_for(client, &sql, &args, false)?;
-            client
-                .select(&*plan, None, &[new_row, table.relid.into(), retention.into()])?
-                .first()
-                .get_two::<Vec<Option<i64>>, Vec<Option<i64>>>()
+            let t = client.select(&*plan, None, &[new_row(), table.relid.into(), retention.into()])?;
+            if t.is_empty() {
+                return Ok(None);
+            }
+            t.first().get_one::<Vec<Option<i64>>>()
         })
     })
     .map_err(fail)?;
-    Ok(match (row, tomb) {
-        (Some(v), _) => Local::Row(RowStamp::from_array(&v).map_err(fail)?),
-        (None, Some(t)) => Local::Deleted(RowStamp::from_array(&t).map_err(fail)?.version),
-        (None, None) => Local::Absent,
+    Ok(match tomb {
+        Some(t) => Local::Deleted(RowStamp::from_array(&t).map_err(fail)?.version),
+        None => Local::Absent,
     })
 }
 
@@ -488,7 +545,7 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
             let new = trigger.new().ok_or_else(|| fail("INSERT without a new row"))?;
             let r = stamp_of(&new)?;
             clock::observe(r.version.hlc);
-            let local = local_state_for(&table, composite(&table, td.tg_trigtuple, trigger))?;
+            let local = local_state_for(&table, trigger, || composite(&table, td.tg_trigtuple, trigger))?;
             let decision = decide(local, Remote::Insert(r), table.policy, me);
             if decision.conflict.is_none() {
                 return Ok(match decision.action {
