@@ -100,7 +100,7 @@ fn fail(what: impl std::fmt::Display) -> ConflictError {
     ConflictError(what.to_string())
 }
 
-type Row<'a> = PgHeapTuple<'a, pgrx::AllocatedByRust>;
+type Row<'a> = PgHeapTuple<'a, pgrx::AllocatedByPostgres>;
 
 /// The row version a tuple carries (zero when the column is NULL: a row
 /// from a node where the table is not enrolled).
@@ -112,8 +112,25 @@ pub fn stamp_of<W: WhoAllocated>(tuple: &PgHeapTuple<'_, W>) -> Result<RowStamp,
     }
 }
 
-fn set_stamp(row: &mut Row<'_>, stamp: RowStamp) -> Result<(), ConflictError> {
-    row.set_by_name(VERSION_COLUMN, stamp.to_array().to_vec()).map_err(|e| fail(format!("setting {VERSION_COLUMN}: {e:?}")))
+/// The trigger's tuple with its version set to `stamp`: one
+/// `heap_modify_tuple_by_cols`, no lookups beyond the column's number.
+fn stamped<'a>(trigger: &'a PgTrigger<'a>, tuple: *mut pg_sys::HeapTupleData, stamp: RowStamp) -> Result<Row<'a>, ConflictError> {
+    unsafe {
+        let td = trigger.trigger_data();
+        let rel = td.tg_relation;
+        let attnum = pg_sys::get_attnum((*rel).rd_id, c"edgesync_version".as_ptr());
+        if attnum <= 0 {
+            return Err(fail(format!("{VERSION_COLUMN} is missing: re-run edgesync.set_conflict_policy")));
+        }
+        let mut elems = stamp.to_array().map(pg_sys::Datum::from);
+        let array = pg_sys::construct_array(elems.as_mut_ptr(), 4, pg_sys::INT8OID, 8, true, b'd' as std::ffi::c_char);
+        let mut columns = [attnum as std::ffi::c_int];
+        let mut values = [pg_sys::Datum::from(array)];
+        let mut nulls = [false];
+        let tupdesc = (*rel).rd_att;
+        let modified = pg_sys::heap_modify_tuple_by_cols(tuple, tupdesc, 1, columns.as_mut_ptr(), values.as_mut_ptr(), nulls.as_mut_ptr());
+        Ok(PgHeapTuple::from_heap_tuple(pgrx::PgTupleDesc::from_pg_unchecked(tupdesc), modified))
+    }
 }
 
 /// Everything the remote path needs to know about the table.
@@ -198,39 +215,36 @@ fn conflict_trigger<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>, C
 
 fn current<'a>(trigger: &'a PgTrigger<'a>, op: &PgTriggerOperation) -> Option<Row<'a>> {
     match op {
-        PgTriggerOperation::Delete => trigger.old().map(|t| t.into_owned()),
-        _ => trigger.new().map(|t| t.into_owned()),
+        PgTriggerOperation::Delete => trigger.old(),
+        _ => trigger.new(),
     }
 }
 
 /// The cheap path, on every local write: stamp and go.
 fn local_write<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Result<Option<Row<'a>>, ConflictError> {
+    let td = trigger.trigger_data();
     match op {
         PgTriggerOperation::Insert => {
             let node = clock::node_id();
-            let mut new = trigger.new().ok_or_else(|| fail("INSERT without a new row"))?.into_owned();
-            set_stamp(&mut new, RowStamp::local(clock::tick(), node, resolution_prev().unwrap_or(Version::ZERO)))?;
-            Ok(Some(new))
+            let stamp = RowStamp::local(clock::tick(), node, resolution_prev().unwrap_or(Version::ZERO));
+            Ok(Some(stamped(trigger, td.tg_trigtuple, stamp)?))
         }
         PgTriggerOperation::Update => {
             let node = clock::node_id();
-            let old = trigger.old().ok_or_else(|| fail("UPDATE without an old row"))?;
             let prev = match resolution_prev() {
                 Some(p) => p,
-                None => stamp_of(&old)?.version,
+                None => stamp_of(&trigger.old().ok_or_else(|| fail("UPDATE without an old row"))?)?.version,
             };
-            let mut new = trigger.new().ok_or_else(|| fail("UPDATE without a new row"))?.into_owned();
-            set_stamp(&mut new, RowStamp::local(clock::tick(), node, prev))?;
-            Ok(Some(new))
+            let stamp = RowStamp::local(clock::tick(), node, prev);
+            Ok(Some(stamped(trigger, td.tg_newtuple, stamp)?))
         }
         PgTriggerOperation::Delete => {
             let node = clock::node_id();
             let table = Table::from_trigger(trigger)?;
-            let old_tuple = trigger.trigger_data().tg_trigtuple;
             let old = trigger.old().ok_or_else(|| fail("DELETE without an old row"))?;
             let deleted = RowStamp { version: Version::new(clock::tick(), node), prev: stamp_of(&old)?.version };
-            record_tombstone(&table, composite(&table, old_tuple, trigger), deleted)?;
-            Ok(Some(old.into_owned()))
+            record_tombstone(&table, composite(&table, td.tg_trigtuple, trigger), deleted)?;
+            Ok(Some(old))
         }
         PgTriggerOperation::Truncate => Ok(None),
     }
@@ -528,7 +542,7 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
             let decision = decide(Local::Row(l), Remote::Update(r), table.policy, me);
             if decision.conflict.is_none() {
                 return Ok(match decision.action {
-                    Action::ApplyRemote => Some(new.into_owned()),
+                    Action::ApplyRemote => Some(new),
                     _ => None,
                 });
             }
@@ -537,7 +551,7 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
             let key = key_of(local_row.as_ref().unwrap(), &table.keys);
             let outcome = settle(&table, decision, key, local_row, remote_row, Some(l), Some(r))?;
             Ok(match outcome {
-                Outcome::Remote => Some(new.into_owned()),
+                Outcome::Remote => Some(new),
                 Outcome::Skip => None,
             })
         }
@@ -549,7 +563,7 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
             let decision = decide(local, Remote::Insert(r), table.policy, me);
             if decision.conflict.is_none() {
                 return Ok(match decision.action {
-                    Action::ApplyRemote => Some(new.into_owned()),
+                    Action::ApplyRemote => Some(new),
                     _ => None,
                 });
             }
@@ -567,7 +581,7 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
                     write_row_through(&table, &remote_row)?;
                     Ok(None)
                 }
-                Outcome::Remote => Ok(Some(new.into_owned())),
+                Outcome::Remote => Ok(Some(new)),
                 Outcome::Skip => Ok(None),
             }
         }
@@ -590,7 +604,7 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
                     // what the deleting node removed is unknown here; the row's
                     // version is the delete's lower bound
                     record_tombstone(&table, composite(&table, td.tg_trigtuple, trigger), RowStamp { version: l.version, prev: l.version })?;
-                    Ok(Some(old.into_owned()))
+                    Ok(Some(old))
                 }
                 Outcome::Skip => Ok(None),
             }
