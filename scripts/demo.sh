@@ -29,7 +29,7 @@ as_pg() {
 
 psql_on() { # node, then psql arguments
     local node="$1"; shift
-    "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$(port_of "$node")" -U postgres -d "$DB" "$@"
+    PGOPTIONS='-c client_min_messages=warning' "$BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$(port_of "$node")" -U postgres -d "$DB" "$@"
 }
 
 show() { # title, node, query
@@ -43,6 +43,17 @@ wait_for() { # description, node, query returning t when done; deadline 60 s
         if [ "$SECONDS" -ge "$deadline" ]; then
             echo "demo: timed out waiting for $what" >&2
             tail -n 20 "$DEMO_DIR"/*.log >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+
+wait_same() { # description, node, node, query: until both nodes return the same; deadline 60 s
+    local what="$1" a="$2" b="$3" sql="$4" deadline=$((SECONDS + 60))
+    until [ "$(psql_on "$a" -tAc "$sql" 2>/dev/null)" = "$(psql_on "$b" -tAc "$sql" 2>/dev/null)" ]; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "demo: timed out waiting for $what" >&2
             exit 1
         fi
         sleep 0.2
@@ -78,6 +89,64 @@ start_node() {
     echo "started $1 on port $(port_of "$1")"
 }
 
+set_link() { # ENABLE | DISABLE the two inventory subscriptions between cloud and edge1
+    psql_on cloud -c "ALTER SUBSCRIPTION store_from_edge1 $1" >/dev/null
+    psql_on edge1 -c "ALTER SUBSCRIPTION store_from_cloud $1" >/dev/null
+    local want; want=$([ "$1" = ENABLE ] && echo true || echo false)
+    for n in cloud edge1; do
+        wait_for "the store subscription on $n to be ${1,,}d" "$n" \
+            "SELECT coalesce(bool_or(worker_pid IS NOT NULL), false) = $want FROM edgesync.subscriptions WHERE name LIKE 'store_from_%'"
+    done
+}
+
+# Retail: a store (edge1) and head office (the cloud) both change inventory
+# and prices while the link is down. Native logical replication both ways
+# (origin = none); edgesync's trigger settles conflicts the same way on both.
+retail_conflicts() {
+    for n in cloud edge1; do
+        psql_on "$n" -c "SELECT edgesync.set_conflict_policy('inventory', 'last_writer_wins');
+                         SELECT edgesync.set_conflict_policy('price', 'manual');
+                         CREATE PUBLICATION store_pub FOR TABLE inventory, price" >/dev/null
+    done
+    psql_on cloud -c "CREATE SUBSCRIPTION store_from_edge1 CONNECTION 'host=127.0.0.1 port=$(port_of edge1) user=postgres dbname=$DB' PUBLICATION store_pub WITH (origin = none, copy_data = false)"
+    psql_on edge1 -c "CREATE SUBSCRIPTION store_from_cloud CONNECTION 'host=127.0.0.1 port=$(port_of cloud) user=postgres dbname=$DB' PUBLICATION store_pub WITH (origin = none, copy_data = false)"
+    set_link ENABLE
+    psql_on cloud -c "INSERT INTO inventory VALUES ('sku-1', 10, 'delivered'), ('sku-2', 10, 'delivered');
+                      INSERT INTO price VALUES ('sku-1', 1.99), ('sku-2', 4.50)"
+    wait_for "the catalogue at the store" edge1 "SELECT count(*) = 2 FROM price"
+
+    printf '\n--- the store loses its link; both sides keep working ---\n'
+    set_link DISABLE
+    psql_on edge1 -c "UPDATE inventory SET qty = qty - 3, note = 'sold 3 at the till' WHERE sku = 'sku-1';
+                      UPDATE price SET price = 1.79 WHERE sku = 'sku-2'"
+    psql_on cloud -c "UPDATE inventory SET qty = 40, note = 'restocked by head office' WHERE sku = 'sku-1';
+                      UPDATE price SET price = 4.99 WHERE sku = 'sku-2'"
+    printf -- '--- the link is back ---\n'
+    set_link ENABLE
+    wait_for "inventory settled on the store" edge1 "SELECT qty = 40 FROM inventory WHERE sku = 'sku-1'"
+    wait_for "the price conflict logged at head office" cloud "SELECT count(*) = 1 FROM edgesync.conflicts"
+    wait_for "the price conflict logged at the store" edge1 "SELECT count(*) = 1 FROM edgesync.conflicts"
+    for n in cloud edge1; do
+        show "inventory after the link healed (last writer wins)" "$n" "SELECT sku, qty, note FROM inventory ORDER BY sku"
+        show "conflict_log" "$n" \
+            "SELECT id, table_name, key->>'sku' AS sku, conflict_type, resolution, status,
+                    local_row->>'qty' AS local_qty, remote_row->>'qty' AS remote_qty, kept_row->>'qty' AS kept_qty,
+                    local_row->>'price' AS local_price, remote_row->>'price' AS remote_price, local_origin, remote_origin
+               FROM edgesync.conflict_log ORDER BY id"
+    done
+    show "pending conflicts (manual policy on price)" cloud "SELECT id, table_name, key, local_row, remote_row FROM edgesync.conflicts"
+    printf '\nHead office takes the store'"'"'s price: SELECT edgesync.resolve_conflict(id, '"'"'apply_remote'"'"')\n'
+    psql_on cloud -c "SELECT edgesync.resolve_conflict(id, 'apply_remote') AS kept FROM edgesync.conflicts"
+    wait_for "the resolution at the store" edge1 "SELECT price = 1.79 FROM price WHERE sku = 'sku-2'"
+    printf '\nThe store'"'"'s DBA settles its own log entry: SELECT edgesync.resolve_conflicts('"'"'price'"'"', '"'"'keep_local'"'"')\n'
+    psql_on edge1 -c "SELECT edgesync.resolve_conflicts('price', 'keep_local') AS settled"
+    wait_same "price on cloud and store" cloud edge1 \
+        "SELECT string_agg(sku || ':' || price || ':' || edgesync_version::text, ',' ORDER BY sku) FROM price"
+    for n in cloud edge1; do
+        show "price after resolve_conflict" "$n" "SELECT sku, price, edgesync_version FROM price ORDER BY sku"
+    done
+}
+
 start() {
     stop_all
     rm -rf "$DEMO_DIR"
@@ -105,7 +174,10 @@ CREATE TABLE sensor_readings (
     PRIMARY KEY (edge, sensor_id, reading_at)
 );
 CREATE TABLE config (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE inventory (sku text PRIMARY KEY, qty int NOT NULL, note text);
+CREATE TABLE price (sku text PRIMARY KEY, price numeric(10,2) NOT NULL);
 SQL
+        psql_on "$n" -c "SELECT edgesync.create_node('$n')" >/dev/null
     done
 
     # cloud -> edges: configuration; edges -> cloud: readings
@@ -180,6 +252,8 @@ SQL
           GROUP BY edge, sensor_id ORDER BY edge, sensor_id"
     show "the same readings, read on the read-only edge" edge_ro \
         "SELECT edge, count(*) AS readings FROM sensor_readings GROUP BY edge ORDER BY edge"
+
+    retail_conflicts
 
     cat <<TXT
 
