@@ -21,6 +21,9 @@ static LAST: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"edgesync_clock_last"
 /// The mark saved in `CLOCK_FILE` (0: not read since the server started).
 /// No reading at or past it is handed out before the file says so.
 static SAVED: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"edgesync_clock_saved") };
+/// Counts tombstones written since the server started (any database): a
+/// backend that saw no tombstone need not look again until this moves.
+static TOMBSTONES_WRITTEN: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"edgesync_tombstones_written") };
 /// Serializes reading and writing `CLOCK_FILE`.
 static SAVING: PgLwLock<()> = unsafe { PgLwLock::new(c"edgesync_clock_file") };
 static PRELOADED: AtomicBool = AtomicBool::new(false);
@@ -39,6 +42,7 @@ pub fn init_shared_memory() {
         pg_shmem_init!(LAST);
         pg_shmem_init!(SAVED);
         pg_shmem_init!(SAVING);
+        pg_shmem_init!(TOMBSTONES_WRITTEN);
         PRELOADED.store(true, Ordering::Relaxed);
     }
 }
@@ -134,6 +138,16 @@ pub fn observe(remote: i64) {
     if remote > before {
         cover(version::observe(before, remote));
     }
+}
+
+/// Note that a tombstone was written (see `tombstones_written`).
+pub fn tombstone_written() {
+    TOMBSTONES_WRITTEN.get().fetch_add(1, Ordering::AcqRel);
+}
+
+/// How many tombstones were written since the server started.
+pub fn tombstones_written() -> i64 {
+    TOMBSTONES_WRITTEN.get().load(Ordering::Acquire)
 }
 
 /// The current reading, without advancing the clock.

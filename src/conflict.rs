@@ -19,7 +19,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
-use pgrx::{JsonB, PgRelation, WhoAllocated};
+use pgrx::{JsonB, PgRelation};
 
 use crate::clock;
 use crate::guc;
@@ -102,26 +102,55 @@ fn fail(what: impl std::fmt::Display) -> ConflictError {
 
 type Row<'a> = PgHeapTuple<'a, pgrx::AllocatedByPostgres>;
 
-/// The row version a tuple carries (zero when the column is NULL: a row
-/// from a node where the table is not enrolled).
-pub fn stamp_of<W: WhoAllocated>(tuple: &PgHeapTuple<'_, W>) -> Result<RowStamp, ConflictError> {
-    let raw: Option<pgrx::Array<'_, i64>> = tuple.get_by_name(VERSION_COLUMN).map_err(|e| fail(format!("reading {VERSION_COLUMN}: {e}")))?;
-    match raw {
-        None => Ok(RowStamp::ZERO),
-        Some(values) => RowStamp::from_array(&values.iter().collect::<Vec<_>>()).map_err(fail),
+thread_local! {
+    /// Where `edgesync_version` sits in each table (checked against the
+    /// tuple descriptor on every use, so a re-added column is found again).
+    static VERSION_ATTNUM: RefCell<HashMap<pg_sys::Oid, i16>> = RefCell::new(HashMap::new());
+}
+
+/// The attribute number of `edgesync_version` in the trigger's table.
+fn version_attnum(trigger: &PgTrigger<'_>) -> Result<i16, ConflictError> {
+    unsafe {
+        let rel = trigger.trigger_data().tg_relation;
+        let relid = (*rel).rd_id;
+        let tupdesc = pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att);
+        let is_version = |attnum: i16| {
+            attnum > 0
+                && tupdesc.get(attnum as usize - 1).is_some_and(|a| !a.attisdropped && a.name() == VERSION_COLUMN)
+        };
+        if let Some(cached) = VERSION_ATTNUM.with(|c| c.borrow().get(&relid).copied()) {
+            if is_version(cached) {
+                return Ok(cached);
+            }
+        }
+        let attnum = pg_sys::get_attnum(relid, c"edgesync_version".as_ptr());
+        if !is_version(attnum) {
+            return Err(fail(format!("{VERSION_COLUMN} is missing: re-run edgesync.set_conflict_policy")));
+        }
+        VERSION_ATTNUM.with(|c| c.borrow_mut().insert(relid, attnum));
+        Ok(attnum)
+    }
+}
+
+/// The stamp in a trigger slot (old or new row) without copying the tuple.
+fn slot_stamp(trigger: &PgTrigger<'_>, slot: *mut pg_sys::TupleTableSlot) -> Result<RowStamp, ConflictError> {
+    let attnum = version_attnum(trigger)?;
+    unsafe {
+        let mut isnull = false;
+        let datum = pg_sys::slot_getattr(slot, attnum as i32, &mut isnull);
+        match <Vec<Option<i64>> as FromDatum>::from_datum(datum, isnull) {
+            None => Ok(RowStamp::ZERO),
+            Some(values) => RowStamp::from_array(&values).map_err(fail),
+        }
     }
 }
 
 /// The trigger's tuple with its version set to `stamp`: one
 /// `heap_modify_tuple_by_cols`, no lookups beyond the column's number.
 fn stamped<'a>(trigger: &'a PgTrigger<'a>, tuple: *mut pg_sys::HeapTupleData, stamp: RowStamp) -> Result<Row<'a>, ConflictError> {
+    let attnum = version_attnum(trigger)?;
     unsafe {
-        let td = trigger.trigger_data();
-        let rel = td.tg_relation;
-        let attnum = pg_sys::get_attnum((*rel).rd_id, c"edgesync_version".as_ptr());
-        if attnum <= 0 {
-            return Err(fail(format!("{VERSION_COLUMN} is missing: re-run edgesync.set_conflict_policy")));
-        }
+        let rel = trigger.trigger_data().tg_relation;
         let mut elems = stamp.to_array().map(pg_sys::Datum::from);
         let array = pg_sys::construct_array(elems.as_mut_ptr(), 4, pg_sys::INT8OID, 8, true, b'd' as std::ffi::c_char);
         let mut columns = [attnum as std::ffi::c_int];
@@ -233,7 +262,7 @@ fn local_write<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Result
             let node = clock::node_id();
             let prev = match resolution_prev() {
                 Some(p) => p,
-                None => stamp_of(&trigger.old().ok_or_else(|| fail("UPDATE without an old row"))?)?.version,
+                None => slot_stamp(trigger, td.tg_trigslot)?.version,
             };
             let stamp = RowStamp::local(clock::tick(), node, prev);
             Ok(Some(stamped(trigger, td.tg_newtuple, stamp)?))
@@ -242,7 +271,7 @@ fn local_write<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Result
             let node = clock::node_id();
             let table = Table::from_trigger(trigger)?;
             let old = trigger.old().ok_or_else(|| fail("DELETE without an old row"))?;
-            let deleted = RowStamp { version: Version::new(clock::tick(), node), prev: stamp_of(&old)?.version };
+            let deleted = RowStamp { version: Version::new(clock::tick(), node), prev: slot_stamp(trigger, td.tg_trigslot)?.version };
             record_tombstone(&table, composite(&table, td.tg_trigtuple, trigger), deleted)?;
             Ok(Some(old))
         }
@@ -292,7 +321,9 @@ fn record_tombstone(table: &Table, row: DatumWithOid<'_>, stamp: RowStamp) -> Re
             client.update(&*plan, None, &[row, table.relid.into(), stamp_json(stamp).into()]).map(|_| ())
         })
     })
-    .map_err(fail)
+    .map_err(fail)?;
+    clock::tombstone_written();
+    Ok(())
 }
 
 /// The table's primary-key index.
@@ -336,11 +367,19 @@ fn probe_existing(trigger: &PgTrigger<'_>) -> Result<Option<RowStamp>, ConflictE
 
 thread_local! {
     static TOMBSTONE_RELID: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
+    /// `clock::tombstones_written()` when this backend last found the
+    /// tombstone table empty (-1: not known to be empty).
+    static EMPTY_AT: std::cell::Cell<i64> = const { std::cell::Cell::new(-1) };
 }
 
-/// No tombstone at all on this node (the tombstone table has no pages):
-/// the common case of append-only tables, where the lookup is skipped.
+/// No tombstone at all in this database (the tombstone table has no pages):
+/// the common case of append-only tables, where the lookup is skipped. The
+/// table is looked at again only after some backend wrote a tombstone.
 fn no_tombstones() -> bool {
+    let written = clock::tombstones_written();
+    if EMPTY_AT.with(|c| c.get()) == written {
+        return true;
+    }
     let relid = TOMBSTONE_RELID.with(|c| c.get());
     let relid = if relid == pg_sys::InvalidOid {
         let found = Spi::get_one::<pg_sys::Oid>("SELECT 'edgesync.tombstone'::regclass::oid").ok().flatten().unwrap_or(pg_sys::InvalidOid);
@@ -352,10 +391,12 @@ fn no_tombstones() -> bool {
     if relid == pg_sys::InvalidOid {
         return false;
     }
-    unsafe {
+    let empty = unsafe {
         let rel = PgRelation::with_lock(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         pg_sys::RelationGetNumberOfBlocksInFork(rel.as_ptr(), pg_sys::ForkNumber::MAIN_FORKNUM) == 0
-    }
+    };
+    EMPTY_AT.with(|c| c.set(if empty { written } else { -1 }));
+    empty
 }
 
 /// What this node holds for the key of the row being inserted: the row's
@@ -535,9 +576,8 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
     let td = trigger.trigger_data();
     match op {
         PgTriggerOperation::Update => {
-            let old = trigger.old().ok_or_else(|| fail("UPDATE without an old row"))?;
             let new = trigger.new().ok_or_else(|| fail("UPDATE without a new row"))?;
-            let (l, r) = (stamp_of(&old)?, stamp_of(&new)?);
+            let (l, r) = (slot_stamp(trigger, td.tg_trigslot)?, slot_stamp(trigger, td.tg_newslot)?);
             clock::observe(r.version.hlc);
             let decision = decide(Local::Row(l), Remote::Update(r), table.policy, me);
             if decision.conflict.is_none() {
@@ -557,7 +597,7 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
         }
         PgTriggerOperation::Insert => {
             let new = trigger.new().ok_or_else(|| fail("INSERT without a new row"))?;
-            let r = stamp_of(&new)?;
+            let r = slot_stamp(trigger, td.tg_trigslot)?;
             clock::observe(r.version.hlc);
             let local = local_state_for(&table, trigger, || composite(&table, td.tg_trigtuple, trigger))?;
             let decision = decide(local, Remote::Insert(r), table.policy, me);
@@ -587,7 +627,7 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
         }
         PgTriggerOperation::Delete => {
             let old = trigger.old().ok_or_else(|| fail("DELETE without an old row"))?;
-            let l = stamp_of(&old)?;
+            let l = slot_stamp(trigger, td.tg_trigslot)?;
             let decision = decide(Local::Row(l), Remote::Delete { seen: None, version: None }, table.policy, me);
             let outcome = if decision.conflict.is_none() {
                 match decision.action {
