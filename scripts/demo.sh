@@ -143,7 +143,7 @@ retail_conflicts() {
     wait_same "price on cloud and store" cloud edge1 \
         "SELECT string_agg(sku || ':' || price || ':' || edgesync_version::text, ',' ORDER BY sku) FROM price"
     for n in cloud edge1; do
-        show "price after resolve_conflict" "$n" "SELECT sku, price, edgesync_version FROM price ORDER BY sku"
+        show "price after resolve_conflict" "$n" "SELECT sku, price, edgesync.row_version(edgesync_version) AS version FROM price ORDER BY sku"
     done
 }
 

@@ -190,9 +190,10 @@ BEGIN
 
     IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = relation AND attname = 'edgesync_version' AND NOT attisdropped) THEN
         -- Existing rows get the zero version: the same on every node, older than any write.
-        EXECUTE format('ALTER TABLE %s ADD COLUMN edgesync_version bigint[] NOT NULL DEFAULT ''{0,0,0,0}''', relation);
-    ELSIF (SELECT atttypid FROM pg_attribute WHERE attrelid = relation AND attname = 'edgesync_version' AND NOT attisdropped) <> 'bigint[]'::regtype THEN
-        RAISE EXCEPTION 'edgesync: %.edgesync_version exists and is not bigint[]', relation USING ERRCODE = 'duplicate_column';
+        EXECUTE format('ALTER TABLE %s ADD COLUMN edgesync_version bytea NOT NULL DEFAULT %L',
+                       relation, '\x' || repeat('00', 24));
+    ELSIF (SELECT atttypid FROM pg_attribute WHERE attrelid = relation AND attname = 'edgesync_version' AND NOT attisdropped) <> 'bytea'::regtype THEN
+        RAISE EXCEPTION 'edgesync: %.edgesync_version exists and is not bytea', relation USING ERRCODE = 'duplicate_column';
     END IF;
 
     SELECT string_agg(quote_literal(a), ', ') INTO args

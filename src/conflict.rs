@@ -28,8 +28,8 @@ use crate::model::sql_text::quote_ident;
 use crate::model::version::{RowStamp, Version};
 use crate::privilege::as_extension_owner;
 
-/// The column every table under conflict handling carries:
-/// `bigint[]` = `{hlc, node, prev_hlc, prev_node}`.
+/// The column every table under conflict handling carries: a 24-byte
+/// `bytea` (see `model::version`).
 pub const VERSION_COLUMN: &str = "edgesync_version";
 
 /// Set while edgesync writes a row to settle a conflict inside the apply
@@ -138,23 +138,25 @@ fn slot_stamp(trigger: &PgTrigger<'_>, slot: *mut pg_sys::TupleTableSlot) -> Res
     unsafe {
         let mut isnull = false;
         let datum = pg_sys::slot_getattr(slot, attnum as i32, &mut isnull);
-        match <Vec<Option<i64>> as FromDatum>::from_datum(datum, isnull) {
-            None => Ok(RowStamp::ZERO),
-            Some(values) => RowStamp::from_array(&values).map_err(fail),
+        if isnull {
+            return Ok(RowStamp::ZERO);
         }
+        let bytes = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+        let data = pgrx::varlena::varlena_to_byte_slice(bytes);
+        RowStamp::from_bytes(data).map_err(fail)
     }
 }
 
 /// The trigger's tuple with its version set to `stamp`: one
-/// `heap_modify_tuple_by_cols`, no lookups beyond the column's number.
+/// `heap_modify_tuple_by_cols`.
 fn stamped<'a>(trigger: &'a PgTrigger<'a>, tuple: *mut pg_sys::HeapTupleData, stamp: RowStamp) -> Result<Row<'a>, ConflictError> {
     let attnum = version_attnum(trigger)?;
     unsafe {
         let rel = trigger.trigger_data().tg_relation;
-        let mut elems = stamp.to_array().map(pg_sys::Datum::from);
-        let array = pg_sys::construct_array(elems.as_mut_ptr(), 4, pg_sys::INT8OID, 8, true, b'd' as std::ffi::c_char);
+        let bytes = stamp.to_bytes();
+        let value = pgrx::varlena::rust_byte_slice_to_bytea(&bytes);
         let mut columns = [attnum as std::ffi::c_int];
-        let mut values = [pg_sys::Datum::from(array)];
+        let mut values = [pg_sys::Datum::from(value.into_pg())];
         let mut nulls = [false];
         let tupdesc = (*rel).rd_att;
         let modified = pg_sys::heap_modify_tuple_by_cols(tuple, tupdesc, 1, columns.as_mut_ptr(), values.as_mut_ptr(), nulls.as_mut_ptr());
@@ -350,13 +352,7 @@ fn probe_existing(trigger: &PgTrigger<'_>) -> Result<Option<RowStamp>, ConflictE
         let out = pg_sys::table_slot_create(rel, std::ptr::null_mut());
         let found = pg_sys::RelationFindReplTupleByIndex(rel, idx, pg_sys::LockTupleMode::LockTupleShare, search, out);
         let stamp = if found {
-            let attnum = pg_sys::get_attnum((*rel).rd_id, c"edgesync_version".as_ptr());
-            let mut isnull = false;
-            let datum = pg_sys::slot_getattr(out, attnum as i32, &mut isnull);
-            match <Vec<Option<i64>> as FromDatum>::from_datum(datum, isnull) {
-                None => Some(RowStamp::ZERO),
-                Some(v) => Some(RowStamp::from_array(&v).map_err(fail)?),
-            }
+            Some(slot_stamp(trigger, out)?)
         } else {
             None
         };
@@ -565,7 +561,7 @@ fn settled_row(base: &Option<JsonB>, chosen: JsonB, keep: RowStamp) -> JsonB {
     if let serde_json::Value::Object(m) = chosen.0 {
         row.extend(m);
     }
-    row.insert(VERSION_COLUMN.to_string(), serde_json::json!(stamp_json(keep)));
+    row.insert(VERSION_COLUMN.to_string(), serde_json::Value::String(keep.to_hex()));
     JsonB(serde_json::Value::Object(row))
 }
 

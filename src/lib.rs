@@ -130,20 +130,20 @@ mod tests {
     #[pg_test]
     fn local_writes_are_stamped_with_this_node_and_the_previous_version() {
         enrolled_table();
-        let before = Spi::get_one::<Vec<i64>>("SELECT edgesync_version FROM public.stock WHERE sku = 'before'").unwrap().unwrap();
+        let before = Spi::get_one::<Vec<i64>>("SELECT edgesync.row_version(edgesync_version) FROM public.stock WHERE sku = 'before'").unwrap().unwrap();
         assert_eq!(before, vec![0, 0, 0, 0], "rows older than the policy carry the zero version");
         Spi::run("INSERT INTO public.stock VALUES ('a', 5, NULL)").unwrap();
-        let v1 = Spi::get_one::<Vec<i64>>("SELECT edgesync_version FROM public.stock WHERE sku = 'a'").unwrap().unwrap();
+        let v1 = Spi::get_one::<Vec<i64>>("SELECT edgesync.row_version(edgesync_version) FROM public.stock WHERE sku = 'a'").unwrap().unwrap();
         assert_eq!(v1[1], 7);
         assert!(v1[0] > 0);
         assert_eq!((v1[2], v1[3]), (0, 0));
         Spi::run("UPDATE public.stock SET qty = 6 WHERE sku = 'a'").unwrap();
-        let v2 = Spi::get_one::<Vec<i64>>("SELECT edgesync_version FROM public.stock WHERE sku = 'a'").unwrap().unwrap();
+        let v2 = Spi::get_one::<Vec<i64>>("SELECT edgesync.row_version(edgesync_version) FROM public.stock WHERE sku = 'a'").unwrap().unwrap();
         assert!(v2[0] > v1[0], "the clock moves forward");
         assert_eq!((v2[2], v2[3]), (v1[0], v1[1]), "prev is the replaced version");
         // a version written by hand is overwritten
-        Spi::run("UPDATE public.stock SET edgesync_version = '{1,1,1,1}' WHERE sku = 'a'").unwrap();
-        let v3 = Spi::get_one::<Vec<i64>>("SELECT edgesync_version FROM public.stock WHERE sku = 'a'").unwrap().unwrap();
+        Spi::run("UPDATE public.stock SET edgesync_version = edgesync.make_row_version('{1,1,1,1}') WHERE sku = 'a'").unwrap();
+        let v3 = Spi::get_one::<Vec<i64>>("SELECT edgesync.row_version(edgesync_version) FROM public.stock WHERE sku = 'a'").unwrap().unwrap();
         assert!(v3[0] > v2[0] && v3[1] == 7);
         // a local delete leaves a tombstone; no conflict is logged for local writes
         Spi::run("DELETE FROM public.stock WHERE sku = 'a'").unwrap();
@@ -199,6 +199,21 @@ mod tests {
     #[pg_test(error = "edgesync: unknown resolution \"wins\": expected one of apply_remote, keep_local, merge, custom")]
     fn an_unknown_resolution_is_refused() {
         Spi::run("SELECT edgesync.resolve_conflict(1, 'wins')").unwrap();
+    }
+
+    #[pg_test]
+    fn row_versions_are_24_bytes_and_readable() {
+        let (len, parts) = Spi::get_two::<i32, Vec<i64>>(
+            "SELECT octet_length(edgesync.make_row_version('{5,6,7,8}')), edgesync.row_version(edgesync.make_row_version('{5,6,7,8}'))",
+        )
+        .unwrap();
+        assert_eq!(len, Some(24));
+        assert_eq!(parts, Some(vec![5, 6, 7, 8]));
+    }
+
+    #[pg_test(error = "edgesync: edgesync_version must be 24 bytes, not 2")]
+    fn a_malformed_row_version_is_refused() {
+        Spi::run("SELECT edgesync.row_version('\\x0102'::bytea)").unwrap();
     }
 
     #[pg_test(error = "edgesync: this database is already node \"test_node\" (id 7)")]

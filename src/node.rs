@@ -5,6 +5,7 @@ use pgrx::PgSqlErrorCode;
 
 use crate::clock;
 use crate::model::lww::Policy;
+use crate::model::version::RowStamp;
 
 fn invalid(message: String) -> ! {
     ereport!(PgLogLevel::ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message);
@@ -60,6 +61,25 @@ fn create_node(name: Option<&str>, node_id: default!(Option<i32>, "NULL")) -> i3
 #[pg_extern(stable)]
 fn node_id() -> i32 {
     clock::node_id()
+}
+
+/// A row version (`edgesync_version`, 24 bytes) as
+/// `{hlc, node_id, prev_hlc, prev_node_id}`.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn row_version(version: &[u8]) -> Vec<i64> {
+    match RowStamp::from_bytes(version) {
+        Ok(s) => s.to_array().to_vec(),
+        Err(e) => invalid(format!("edgesync: {e}")),
+    }
+}
+
+/// The 24-byte row version for `{hlc, node_id, prev_hlc, prev_node_id}`.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn make_row_version(parts: Vec<Option<i64>>) -> Vec<u8> {
+    match RowStamp::from_array(&parts) {
+        Ok(s) => s.to_bytes().to_vec(),
+        Err(e) => invalid(format!("edgesync: {e}")),
+    }
 }
 
 /// The current reading of this node's hybrid logical clock (not advanced).

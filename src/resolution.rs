@@ -133,9 +133,10 @@ fn resolve_conflict(id: i64, resolution: &str, row_data: default!(Option<JsonB>,
         &[JsonB(c.key.0.clone()).into()],
     )
     .unwrap_or_else(|e| error!("edgesync: reading the current row: {e}"));
-    let current_version: Option<Vec<Option<i64>>> = current.as_ref().and_then(|row| {
-        row.0.get(VERSION_COLUMN).and_then(|v| v.as_array()).map(|a| a.iter().map(|x| x.as_i64()).collect())
-    });
+    let now_version = current
+        .as_ref()
+        .and_then(|row| row.0.get(VERSION_COLUMN).and_then(|v| v.as_str()).and_then(|t| RowStamp::from_hex(t).ok()))
+        .map(|s| s.version);
     let local = current.or(c.local_row);
 
     let kept: Option<serde_json::Map<String, serde_json::Value>> = match choice {
@@ -184,7 +185,6 @@ fn resolve_conflict(id: i64, resolution: &str, row_data: default!(Option<JsonB>,
     // row moved on since the conflict (a later change, another resolution),
     // the resolution is an ordinary write on top of what is here now.
     let stamp = |v: &Option<Vec<Option<i64>>>| v.as_deref().and_then(|v| RowStamp::from_array(v).ok()).map(|s| s.version);
-    let now_version = current_version.as_deref().and_then(|v| RowStamp::from_array(v).ok()).map(|s| s.version);
     let prev = if now_version.is_none() || now_version == stamp(&c.local_version) { stamp(&c.remote_version) } else { None };
     let written = {
         let _resolution = ResolutionWrite::begin(prev);

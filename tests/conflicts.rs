@@ -165,7 +165,7 @@ fn a_node_with_its_clock_behind_wins_with_an_edit_made_after_seeing_the_change()
     let converged = wait_converged(&c, &a, &b);
     assert!(converged.contains("x=2/b, clock behind"), "{converged}");
     let (a_hlc, b_hlc): (i64, i64) = {
-        let r = &b.query("SELECT edgesync_version[3], edgesync_version[1] FROM public.inventory WHERE sku = 'x'")[0];
+        let r = &b.query("SELECT v[3], v[1] FROM (SELECT edgesync.row_version(edgesync_version) AS v FROM public.inventory WHERE sku = 'x') s")[0];
         (r.get(0), r.get(1))
     };
     assert!(b_hlc > a_hlc, "b's version is past the one it saw, though its wall clock is behind");
@@ -189,7 +189,7 @@ fn equal_clock_readings_are_settled_by_node_id() {
     let (c, a, b) = pair("tie", "last_writer_wins");
     a.execute("INSERT INTO public.inventory VALUES ('e', 1, 'seed')");
     wait_rows(&c, &b, "SELECT count(*) FROM public.inventory", 1);
-    let seed: Vec<i64> = a.scalar("SELECT edgesync_version FROM public.inventory WHERE sku = 'e'");
+    let seed: Vec<i64> = a.scalar("SELECT edgesync.row_version(edgesync_version) FROM public.inventory WHERE sku = 'e'");
     set_subscriptions(&c, &[&a, &b], false);
     // Two writes with the very same clock reading: written with the trigger off so
     // that the version is ours to choose; they replicate as ordinary changes.
@@ -197,7 +197,7 @@ fn equal_clock_readings_are_settled_by_node_id() {
     for (n, id, qty) in [(&a, 1, 100), (&b, 2, 200)] {
         n.execute(&format!(
             "BEGIN; ALTER TABLE public.inventory DISABLE TRIGGER edgesync_conflict;
-             UPDATE public.inventory SET qty = {qty}, note = '{}', edgesync_version = '{{{hlc},{id},{},{}}}' WHERE sku = 'e';
+             UPDATE public.inventory SET qty = {qty}, note = '{}', edgesync_version = edgesync.make_row_version('{{{hlc},{id},{},{}}}') WHERE sku = 'e';
              ALTER TABLE public.inventory ENABLE ALWAYS TRIGGER edgesync_conflict; COMMIT;",
             n.name, seed[0], seed[1]
         ));
