@@ -171,7 +171,6 @@ struct Table {
     qualified: String,
     schema: String,
     name: String,
-    policy: Policy,
     handler: Option<String>,
     keys: Vec<String>,
 }
@@ -191,7 +190,6 @@ impl Table {
             qualified: format!("{}.{}", quote_ident(&schema), quote_ident(&name)),
             schema,
             name,
-            policy: args[0].parse().map_err(fail)?,
             handler: (!args[1].is_empty()).then(|| args[1].clone()),
             keys: args[2..].to_vec(),
         })
@@ -203,12 +201,42 @@ impl Table {
 }
 
 /// A tuple of the trigger as a composite value typed as the table's row type.
-fn composite<'a>(table: &Table, tuple: *mut pg_sys::HeapTupleData, trigger: &PgTrigger<'_>) -> DatumWithOid<'a> {
+fn composite<'a>(tuple: *mut pg_sys::HeapTupleData, trigger: &PgTrigger<'_>) -> DatumWithOid<'a> {
     unsafe {
-        let tupdesc = (*trigger.trigger_data().tg_relation).rd_att;
-        let datum = pg_sys::heap_copy_tuple_as_datum(tuple, tupdesc);
-        DatumWithOid::new(datum, table.rowtype)
+        let rel = trigger.trigger_data().tg_relation;
+        let datum = pg_sys::heap_copy_tuple_as_datum(tuple, (*rel).rd_att);
+        DatumWithOid::new(datum, (*(*rel).rd_rel).reltype)
     }
+}
+
+/// The table, read from the trigger only when a path needs more than the policy.
+struct LazyTable<'t> {
+    trigger: &'t PgTrigger<'t>,
+    table: std::cell::OnceCell<Table>,
+}
+
+impl<'t> LazyTable<'t> {
+    fn new(trigger: &'t PgTrigger<'t>) -> Self {
+        LazyTable { trigger, table: std::cell::OnceCell::new() }
+    }
+
+    fn get(&self) -> Result<&Table, ConflictError> {
+        if let Some(t) = self.table.get() {
+            return Ok(t);
+        }
+        let t = Table::from_trigger(self.trigger)?;
+        Ok(self.table.get_or_init(|| t))
+    }
+}
+
+/// The policy, the trigger's first argument, read without copying the others.
+fn policy_of(trigger: &PgTrigger<'_>) -> Result<Policy, ConflictError> {
+    let t = trigger.trigger();
+    if t.tgnargs < 3 || t.tgargs.is_null() {
+        return Err(fail("the conflict trigger needs (policy, handler, key columns...): re-run edgesync.set_conflict_policy"));
+    }
+    let first = unsafe { std::ffi::CStr::from_ptr(*t.tgargs) };
+    first.to_str().map_err(fail)?.parse().map_err(fail)
 }
 
 fn to_json(tuple: DatumWithOid<'_>) -> Result<JsonB, ConflictError> {
@@ -274,7 +302,7 @@ fn local_write<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Result
             let table = Table::from_trigger(trigger)?;
             let old = trigger.old().ok_or_else(|| fail("DELETE without an old row"))?;
             let deleted = RowStamp { version: Version::new(clock::tick(), node), prev: slot_stamp(trigger, td.tg_trigslot)?.version };
-            record_tombstone(&table, composite(&table, td.tg_trigtuple, trigger), deleted)?;
+            record_tombstone(&table, composite(td.tg_trigtuple, trigger), deleted)?;
             Ok(Some(old))
         }
         PgTriggerOperation::Truncate => Ok(None),
@@ -397,13 +425,14 @@ fn no_tombstones() -> bool {
 
 /// What this node holds for the key of the row being inserted: the row's
 /// stamp, or the unexpired tombstone's delete version.
-fn local_state_for<'d>(table: &Table, trigger: &PgTrigger<'_>, new_row: impl FnOnce() -> DatumWithOid<'d>) -> Result<Local, ConflictError> {
+fn local_state_for<'d>(table: &LazyTable<'_>, trigger: &PgTrigger<'_>, new_row: impl FnOnce() -> DatumWithOid<'d>) -> Result<Local, ConflictError> {
     if let Some(stamp) = probe_existing(trigger)? {
         return Ok(Local::Row(stamp));
     }
     if no_tombstones() {
         return Ok(Local::Absent);
     }
+    let table = table.get()?;
     let sql = format!(
         "SELECT version FROM edgesync.tombstone
           WHERE relid = $2 AND key = {key} AND deleted_at > now() - make_interval(secs => $3)",
@@ -567,7 +596,8 @@ fn settled_row(base: &Option<JsonB>, chosen: JsonB, keep: RowStamp) -> JsonB {
 
 /// A change that arrived through replication (native apply worker or edgesync's own apply).
 fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Result<Option<Row<'a>>, ConflictError> {
-    let table = Table::from_trigger(trigger)?;
+    let policy = policy_of(trigger)?;
+    let table = LazyTable::new(trigger);
     let me = clock::node_id();
     let td = trigger.trigger_data();
     match op {
@@ -575,17 +605,17 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
             let new = trigger.new().ok_or_else(|| fail("UPDATE without a new row"))?;
             let (l, r) = (slot_stamp(trigger, td.tg_trigslot)?, slot_stamp(trigger, td.tg_newslot)?);
             clock::observe(r.version.hlc);
-            let decision = decide(Local::Row(l), Remote::Update(r), table.policy, me);
+            let decision = decide(Local::Row(l), Remote::Update(r), policy, me);
             if decision.conflict.is_none() {
                 return Ok(match decision.action {
                     Action::ApplyRemote => Some(new),
                     _ => None,
                 });
             }
-            let local_row = Some(to_json(composite(&table, td.tg_trigtuple, trigger))?);
-            let remote_row = Some(to_json(composite(&table, td.tg_newtuple, trigger))?);
-            let key = key_of(local_row.as_ref().unwrap(), &table.keys);
-            let outcome = settle(&table, decision, key, local_row, remote_row, Some(l), Some(r))?;
+            let local_row = Some(to_json(composite(td.tg_trigtuple, trigger))?);
+            let remote_row = Some(to_json(composite(td.tg_newtuple, trigger))?);
+            let key = key_of(local_row.as_ref().unwrap(), &table.get()?.keys);
+            let outcome = settle(table.get()?, decision, key, local_row, remote_row, Some(l), Some(r))?;
             Ok(match outcome {
                 Outcome::Remote => Some(new),
                 Outcome::Skip => None,
@@ -595,26 +625,26 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
             let new = trigger.new().ok_or_else(|| fail("INSERT without a new row"))?;
             let r = slot_stamp(trigger, td.tg_trigslot)?;
             clock::observe(r.version.hlc);
-            let local = local_state_for(&table, trigger, || composite(&table, td.tg_trigtuple, trigger))?;
-            let decision = decide(local, Remote::Insert(r), table.policy, me);
+            let local = local_state_for(&table, trigger, || composite(td.tg_trigtuple, trigger))?;
+            let decision = decide(local, Remote::Insert(r), policy, me);
             if decision.conflict.is_none() {
                 return Ok(match decision.action {
                     Action::ApplyRemote => Some(new),
                     _ => None,
                 });
             }
-            let remote_row = to_json(composite(&table, td.tg_trigtuple, trigger))?;
-            let key = key_of(&remote_row, &table.keys);
+            let remote_row = to_json(composite(td.tg_trigtuple, trigger))?;
+            let key = key_of(&remote_row, &table.get()?.keys);
             let (local_row, local_stamp) = match local {
-                Local::Row(stamp) => (existing_row_json(&table, &key)?, Some(stamp)),
+                Local::Row(stamp) => (existing_row_json(table.get()?, &key)?, Some(stamp)),
                 _ => (None, None),
             };
             let row_exists = local_row.is_some();
-            let outcome = settle(&table, decision, key, local_row, Some(JsonB(remote_row.0.clone())), local_stamp, Some(r))?;
+            let outcome = settle(table.get()?, decision, key, local_row, Some(JsonB(remote_row.0.clone())), local_stamp, Some(r))?;
             match outcome {
                 // the key exists: the insert becomes an update of that row
                 Outcome::Remote if row_exists => {
-                    write_row_through(&table, &remote_row)?;
+                    write_row_through(table.get()?, &remote_row)?;
                     Ok(None)
                 }
                 Outcome::Remote => Ok(Some(new)),
@@ -624,22 +654,22 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
         PgTriggerOperation::Delete => {
             let old = trigger.old().ok_or_else(|| fail("DELETE without an old row"))?;
             let l = slot_stamp(trigger, td.tg_trigslot)?;
-            let decision = decide(Local::Row(l), Remote::Delete { seen: None, version: None }, table.policy, me);
+            let decision = decide(Local::Row(l), Remote::Delete { seen: None, version: None }, policy, me);
             let outcome = if decision.conflict.is_none() {
                 match decision.action {
                     Action::ApplyRemote => Outcome::Remote,
                     _ => Outcome::Skip,
                 }
             } else {
-                let local_row = to_json(composite(&table, td.tg_trigtuple, trigger))?;
-                let key = key_of(&local_row, &table.keys);
-                settle(&table, decision, key, Some(local_row), None, Some(l), None)?
+                let local_row = to_json(composite(td.tg_trigtuple, trigger))?;
+                let key = key_of(&local_row, &table.get()?.keys);
+                settle(table.get()?, decision, key, Some(local_row), None, Some(l), None)?
             };
             match outcome {
                 Outcome::Remote => {
                     // what the deleting node removed is unknown here; the row's
                     // version is the delete's lower bound
-                    record_tombstone(&table, composite(&table, td.tg_trigtuple, trigger), RowStamp { version: l.version, prev: l.version })?;
+                    record_tombstone(table.get()?, composite(td.tg_trigtuple, trigger), RowStamp { version: l.version, prev: l.version })?;
                     Ok(Some(old))
                 }
                 Outcome::Skip => Ok(None),
