@@ -103,9 +103,10 @@ fn fail(what: impl std::fmt::Display) -> ConflictError {
 type Row<'a> = PgHeapTuple<'a, pgrx::AllocatedByPostgres>;
 
 thread_local! {
-    /// Where `edgesync_version` sits in each table (checked against the
-    /// tuple descriptor on every use, so a re-added column is found again).
-    static VERSION_ATTNUM: RefCell<HashMap<pg_sys::Oid, i16>> = RefCell::new(HashMap::new());
+    /// Where `edgesync_version` sat in the table seen last (relid, attnum);
+    /// checked against the tuple descriptor on every use, so a re-added
+    /// column is found again.
+    static VERSION_ATTNUM: std::cell::Cell<(pg_sys::Oid, i16)> = const { std::cell::Cell::new((pg_sys::InvalidOid, 0)) };
 }
 
 /// The attribute number of `edgesync_version` in the trigger's table.
@@ -116,18 +117,19 @@ fn version_attnum(trigger: &PgTrigger<'_>) -> Result<i16, ConflictError> {
         let tupdesc = pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att);
         let is_version = |attnum: i16| {
             attnum > 0
-                && tupdesc.get(attnum as usize - 1).is_some_and(|a| !a.attisdropped && a.name() == VERSION_COLUMN)
+                && tupdesc.get(attnum as usize - 1).is_some_and(|a| {
+                    !a.attisdropped && std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == VERSION_COLUMN.as_bytes()
+                })
         };
-        if let Some(cached) = VERSION_ATTNUM.with(|c| c.borrow().get(&relid).copied()) {
-            if is_version(cached) {
-                return Ok(cached);
-            }
+        let (cached_rel, cached_attnum) = VERSION_ATTNUM.with(|c| c.get());
+        if cached_rel == relid && is_version(cached_attnum) {
+            return Ok(cached_attnum);
         }
         let attnum = pg_sys::get_attnum(relid, c"edgesync_version".as_ptr());
         if !is_version(attnum) {
             return Err(fail(format!("{VERSION_COLUMN} is missing: re-run edgesync.set_conflict_policy")));
         }
-        VERSION_ATTNUM.with(|c| c.borrow_mut().insert(relid, attnum));
+        VERSION_ATTNUM.with(|c| c.set((relid, attnum)));
         Ok(attnum)
     }
 }

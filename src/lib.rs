@@ -223,6 +223,82 @@ mod tests {
         Spi::run("SELECT edgesync.create_node('other')").unwrap();
     }
 
+    /// A pending conflict on public.stock (key 'a'), as the trigger would log it.
+    fn pending_conflict() -> i64 {
+        enrolled_table();
+        Spi::run("INSERT INTO public.stock VALUES ('a', 5, NULL)").unwrap();
+        Spi::get_one::<i64>(
+            "INSERT INTO edgesync.conflict_log (schema_name, table_name, conflict_type, resolution, key, local_row, remote_row,
+                                                local_version, remote_version, status)
+             SELECT 'public', 'stock', 'update_origin_differs', 'pending', '{\"sku\": \"a\"}',
+                    to_jsonb(s), '{\"sku\": \"a\", \"qty\": 9, \"note\": \"remote\"}', edgesync.row_version(s.edgesync_version), '{2,9,0,0}', 'pending'
+               FROM public.stock s WHERE sku = 'a'
+             RETURNING id",
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[pg_test(error = "edgesync: row_data has columns [\"colour\"] that public.stock does not have")]
+    fn custom_row_data_must_fit_the_table() {
+        let id = pending_conflict();
+        Spi::run(&format!("SELECT edgesync.resolve_conflict({id}, 'custom', '{{\"colour\": \"red\"}}')")).unwrap();
+    }
+
+    #[pg_test(error = "edgesync: row_data may not change key column sku")]
+    fn custom_row_data_may_not_change_the_key() {
+        let id = pending_conflict();
+        Spi::run(&format!("SELECT edgesync.resolve_conflict({id}, 'custom', '{{\"sku\": \"b\"}}')")).unwrap();
+    }
+
+    #[pg_test(error = "edgesync: resolution custom needs row_data, a jsonb object of the row to keep")]
+    fn custom_needs_row_data() {
+        let id = pending_conflict();
+        Spi::run(&format!("SELECT edgesync.resolve_conflict({id}, 'custom')")).unwrap();
+    }
+
+    #[pg_test]
+    fn merge_fills_nulls_and_resolves() {
+        let id = pending_conflict();
+        let kept = Spi::get_one::<pgrx::JsonB>(&format!("SELECT edgesync.resolve_conflict({id}, 'merge')")).unwrap().unwrap();
+        assert_eq!(kept.0["qty"], 5, "local values stay");
+        assert_eq!(kept.0["note"], "remote", "NULLs are filled from the remote row");
+        let (status, by) = Spi::get_two::<String, String>(&format!("SELECT status, resolved_by::text FROM edgesync.conflict_log WHERE id = {id}")).unwrap();
+        assert_eq!(status.as_deref(), Some("resolved"));
+        assert!(by.is_some());
+        let prev = Spi::get_one::<Vec<i64>>("SELECT edgesync.row_version(edgesync_version) FROM public.stock WHERE sku = 'a'").unwrap().unwrap();
+        assert_eq!((prev[2], prev[3]), (2, 9), "the resolution is written on top of the remote version");
+    }
+
+    #[pg_test(error = "edgesync: only members of edgesync_admin or the owner of public.stock may settle its conflicts")]
+    fn only_admins_and_owners_settle_conflicts() {
+        let id = pending_conflict();
+        Spi::run("CREATE ROLE es_clerk; GRANT EXECUTE ON FUNCTION edgesync.resolve_conflict(bigint, text, jsonb) TO es_clerk; SET ROLE es_clerk").unwrap();
+        Spi::run(&format!("SELECT edgesync.resolve_conflict({id}, 'keep_local')")).unwrap();
+    }
+
+    #[pg_test(error = "permission denied for function resolve_conflict")]
+    fn public_cannot_call_resolve() {
+        Spi::run("CREATE ROLE es_nobody; SET ROLE es_nobody").unwrap();
+        Spi::run("SELECT edgesync.resolve_conflict(1, 'keep_local')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: table public.t has no conflict policy")]
+    fn dropping_a_policy_that_is_not_there_is_refused() {
+        Spi::run("CREATE TABLE public.t (a int PRIMARY KEY)").unwrap();
+        Spi::run("SELECT edgesync.drop_conflict_policy('public.t')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: older_than must be a non-negative interval")]
+    fn purge_needs_a_sane_interval() {
+        Spi::run("SELECT edgesync.purge_conflict_log('-1 day')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: node name \"bad name\" must be 1 to 48 letters, digits or underscores")]
+    fn node_names_are_checked() {
+        Spi::run("SELECT edgesync.create_node('bad name')").unwrap();
+    }
+
     #[pg_test]
     fn conflict_data_is_not_public() {
         let public_can = Spi::get_one::<bool>(

@@ -169,7 +169,7 @@ fn resolve_conflict(id: i64, resolution: &str, row_data: default!(Option<JsonB>,
             let key = object(&Some(JsonB(c.key.0.clone())));
             for (k, v) in &key {
                 if given.get(k).is_some_and(|g| g != v) {
-                    raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("edgesync: row_data may not change key column {k} of conflict {id}"));
+                    raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("edgesync: row_data may not change key column {k}"));
                 }
             }
             let mut row = object(&local);
