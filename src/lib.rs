@@ -300,6 +300,32 @@ mod tests {
     }
 
     #[pg_test]
+    fn purges_remove_only_what_is_old_enough() {
+        enrolled_table();
+        Spi::run(
+            "INSERT INTO edgesync.tombstone (relid, key, version, deleted_at)
+             VALUES ('public.stock'::regclass, '{\"sku\": \"old\"}', '{1,7,0,0}', now() - interval '30 days'),
+                    ('public.stock'::regclass, '{\"sku\": \"new\"}', '{2,7,0,0}', now());
+             INSERT INTO edgesync.conflict_log (detected_at, schema_name, table_name, conflict_type, resolution, key, status)
+             VALUES (now() - interval '10 days', 'public', 'stock', 'insert_exists', 'keep_local', '{}', 'resolved'),
+                    (now() - interval '10 days', 'public', 'stock', 'insert_exists', 'pending', '{}', 'pending'),
+                    (now(), 'public', 'stock', 'insert_exists', 'keep_local', '{}', 'resolved');",
+        )
+        .unwrap();
+        assert_eq!(Spi::get_one::<i64>("SELECT edgesync.purge_tombstones()").unwrap(), Some(1));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM edgesync.tombstone").unwrap(), Some(1));
+        assert_eq!(Spi::get_one::<i64>("SELECT edgesync.purge_conflict_log('1 day')").unwrap(), Some(1), "pending ones stay");
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM edgesync.conflict_log").unwrap(), Some(2));
+        let (pending, health) = Spi::get_two::<i64, String>(
+            "SELECT (SELECT pending FROM edgesync.conflict_stats WHERE resolution = 'pending'),
+                    (SELECT status FROM edgesync.health WHERE component = 'conflicts' AND object = 'public.stock')",
+        )
+        .unwrap();
+        assert_eq!(pending, Some(1));
+        assert_eq!(health.as_deref(), Some("warning"));
+    }
+
+    #[pg_test]
     fn conflict_data_is_not_public() {
         let public_can = Spi::get_one::<bool>(
             "SELECT has_table_privilege('public', 'edgesync.conflict_log', 'SELECT')

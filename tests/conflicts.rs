@@ -302,3 +302,44 @@ fn custom_handlers_choose_the_row_and_a_failing_one_leaves_the_conflict_pending(
     let errors: i64 = b.scalar("SELECT apply_error_count FROM edgesync.subscriptions");
     assert_eq!(errors, 0, "the handler's error never reached the apply worker");
 }
+
+#[test]
+fn the_clock_never_goes_back_across_restarts_and_crashes() {
+    let mut c = Cluster::new("clock");
+    let n = c.add_node("n", &[]);
+    n.execute(&format!("CREATE EXTENSION edgesync; SELECT edgesync.create_node('n', 1); {TABLE};"));
+    n.execute("SELECT edgesync.set_conflict_policy('public.inventory')");
+    let hlc_of = |sku: &str| -> i64 {
+        n.scalar(&format!("SELECT (edgesync.row_version(edgesync_version))[1] FROM public.inventory WHERE sku = '{sku}'"))
+    };
+    n.execute("INSERT INTO public.inventory VALUES ('before', 1, NULL)");
+    let before = hlc_of("before");
+    // the wall clock steps back an hour, and the server restarts
+    c.psql(&n, "ALTER SYSTEM SET edgesync.clock_offset = '-3600s';");
+    c.restart(&n);
+    n.execute("INSERT INTO public.inventory VALUES ('after_restart', 1, NULL)");
+    let after_restart = hlc_of("after_restart");
+    assert!(after_restart > before, "{after_restart} > {before}");
+    // a crash: the saved mark is ahead of every reading handed out
+    n.execute("INSERT INTO public.inventory SELECT 'burst' || g, g, NULL FROM generate_series(1, 1000) g");
+    let burst: i64 = n.scalar("SELECT max((edgesync.row_version(edgesync_version))[1]) FROM public.inventory");
+    c.kill9(&n);
+    c.start(&n);
+    n.execute("INSERT INTO public.inventory VALUES ('after_crash', 1, NULL)");
+    assert!(hlc_of("after_crash") > burst);
+}
+
+#[test]
+fn conflict_handling_needs_the_preloaded_library() {
+    let mut c = Cluster::new("nopreload");
+    let n = c.add_node("plain", &["shared_preload_libraries = ''"]);
+    n.execute(&format!("CREATE EXTENSION edgesync; {TABLE};"));
+    let err = n.try_connect().unwrap().batch_execute("SELECT edgesync.set_conflict_policy('public.inventory')").unwrap_err();
+    let text = format!("{err:?}");
+    assert!(text.contains("edgesync must be loaded through shared_preload_libraries"), "{text}");
+    let columns: i64 = n.scalar("SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.inventory'::regclass AND attname = 'edgesync_version'");
+    assert_eq!(columns, 0, "nothing changed");
+    // the health views work without it, and diagnose() says what to do
+    let fix: String = n.scalar("SELECT fix FROM edgesync.diagnose() WHERE subject = 'shared_preload_libraries'");
+    assert_eq!(fix, "ALTER SYSTEM SET shared_preload_libraries = 'edgesync';");
+}
