@@ -367,27 +367,103 @@ unsafe fn primary_key_index(rel: pg_sys::Relation) -> pg_sys::Oid {
     idx
 }
 
-/// The stamp of the local row with the new row's key, found through the
-/// primary key as the apply worker itself finds rows (no SQL, no plan).
+/// How to look a table's primary key up: found once per table from the
+/// catalogs, rebuilt when the primary-key index changes.
+#[derive(Clone)]
+struct KeyProbe {
+    index: pg_sys::Oid,
+    heap_attnums: Vec<i16>,
+    procs: Vec<pg_sys::RegProcedure>,
+    collations: Vec<pg_sys::Oid>,
+}
+
+thread_local! {
+    static KEY_PROBES: RefCell<HashMap<pg_sys::Oid, KeyProbe>> = RefCell::new(HashMap::new());
+}
+
+const BT_EQUAL_STRATEGY: u16 = 3;
+
+unsafe fn key_probe(rel: pg_sys::Relation) -> Result<KeyProbe, ConflictError> {
+    unsafe {
+        let relid = (*rel).rd_id;
+        let index = primary_key_index(rel);
+        if index == pg_sys::InvalidOid {
+            return Err(fail("the table lost its primary key: re-run edgesync.set_conflict_policy"));
+        }
+        if let Some(p) = KEY_PROBES.with(|c| c.borrow().get(&relid).cloned()) {
+            if p.index == index {
+                return Ok(p);
+            }
+        }
+        let idxrel = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let nkeys = (*(*idxrel).rd_index).indnkeyatts as usize;
+        let indkey = (*(*idxrel).rd_index).indkey.values.as_ptr();
+        let mut probe = KeyProbe { index, heap_attnums: vec![], procs: vec![], collations: vec![] };
+        for i in 0..nkeys {
+            let opfamily = *(*idxrel).rd_opfamily.add(i);
+            let opcintype = *(*idxrel).rd_opcintype.add(i);
+            let op = pg_sys::get_opfamily_member(opfamily, opcintype, opcintype, BT_EQUAL_STRATEGY as i16);
+            if op == pg_sys::InvalidOid {
+                pg_sys::index_close(idxrel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+                return Err(fail("the primary key has no equality operator"));
+            }
+            probe.heap_attnums.push(*indkey.add(i));
+            probe.procs.push(pg_sys::get_opcode(op));
+            probe.collations.push(*(*idxrel).rd_indcollation.add(i));
+        }
+        pg_sys::index_close(idxrel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        KEY_PROBES.with(|c| c.borrow_mut().insert(relid, probe.clone()));
+        Ok(probe)
+    }
+}
+
+/// The stamp of the local row with the new row's key: one primary-key
+/// lookup in the apply worker's snapshot, with scan keys prepared once per
+/// table (no SQL, no catalog lookups per row). A row inserted by a local
+/// transaction still in progress is not seen: the apply worker's own insert
+/// then waits for it and retries the change if it committed.
 fn probe_existing(trigger: &PgTrigger<'_>) -> Result<Option<RowStamp>, ConflictError> {
     let td = trigger.trigger_data();
     unsafe {
         let rel = td.tg_relation;
-        let idx = primary_key_index(rel);
-        if idx == pg_sys::InvalidOid {
-            return Err(fail("the table lost its primary key: re-run edgesync.set_conflict_policy"));
-        }
+        let probe = key_probe(rel)?;
+        let n = probe.heap_attnums.len();
         let search = td.tg_trigslot;
-        pg_sys::slot_getallattrs(search);
+        let mut keys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); n];
+        for (i, key) in keys.iter_mut().enumerate() {
+            let mut isnull = false;
+            let value = pg_sys::slot_getattr(search, probe.heap_attnums[i] as i32, &mut isnull);
+            if isnull {
+                return Ok(None); // a NULL key matches nothing (the insert will fail on its own)
+            }
+            pg_sys::ScanKeyEntryInitialize(
+                key,
+                0,
+                (i + 1) as pg_sys::AttrNumber,
+                BT_EQUAL_STRATEGY,
+                pg_sys::InvalidOid,
+                probe.collations[i],
+                probe.procs[i],
+                value,
+            );
+        }
+        let mut snapshot = pg_sys::GetActiveSnapshot();
+        if snapshot.is_null() {
+            snapshot = pg_sys::GetTransactionSnapshot();
+        }
+        let idxrel = pg_sys::index_open(probe.index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        #[cfg(feature = "pg15")]
+        let scan = pg_sys::index_beginscan(rel, idxrel, snapshot, n as i32, 0);
+        #[cfg(not(feature = "pg15"))]
+        let scan = pg_sys::index_beginscan(rel, idxrel, snapshot, std::ptr::null_mut(), n as i32, 0);
+        pg_sys::index_rescan(scan, keys.as_mut_ptr(), n as i32, std::ptr::null_mut(), 0);
         let out = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        let found = pg_sys::RelationFindReplTupleByIndex(rel, idx, pg_sys::LockTupleMode::LockTupleShare, search, out);
-        let stamp = if found {
-            Some(slot_stamp(trigger, out)?)
-        } else {
-            None
-        };
+        let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, out);
+        let stamp = if found { Some(slot_stamp(trigger, out)) } else { None };
+        pg_sys::index_endscan(scan);
         pg_sys::ExecDropSingleTupleTableSlot(out);
-        Ok(stamp)
+        pg_sys::index_close(idxrel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        stamp.transpose()
     }
 }
 
