@@ -1,6 +1,7 @@
 //! Pure logic: no pgrx, no database client. Everything here is unit-tested
 //! with plain `#[test]`s and called by thin glue in the modules above.
 
+pub mod batch;
 pub mod diagnose;
 pub mod health;
 pub mod sql_text;
