@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod diagnose;
+pub mod forwarder;
 pub mod health;
 pub mod sql_text;
 pub mod lww;
