@@ -148,7 +148,8 @@ REVOKE EXECUTE ON FUNCTION edgesync.resolve_conflict(bigint, text, jsonb),
                            edgesync.create_node(text, integer),
                            edgesync.purge_conflict_log(interval),
                            edgesync.purge_tombstones(),
-                           edgesync.pending_conflict_counts() FROM PUBLIC;
+                           edgesync.pending_conflict_counts(),
+                           edgesync.conflict_trigger() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION edgesync.resolve_conflict(bigint, text, jsonb),
                           edgesync.resolve_conflicts(regclass, text, interval),
                           edgesync._resolve_conflicts(oid, text, interval) TO edgesync_admin WITH GRANT OPTION;
@@ -158,3 +159,6 @@ GRANT EXECUTE ON FUNCTION edgesync.set_conflict_policy(regclass, text, regproc),
                           edgesync.purge_conflict_log(interval),
                           edgesync.purge_tombstones() TO edgesync_admin;
 GRANT EXECUTE ON FUNCTION edgesync.pending_conflict_counts() TO pg_monitor, edgesync_admin;
+-- a trigger function is checked when a trigger is created, not when it fires:
+-- only set_conflict_policy's callers attach it
+GRANT EXECUTE ON FUNCTION edgesync.conflict_trigger() TO edgesync_admin;

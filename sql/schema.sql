@@ -79,28 +79,34 @@ SET search_path = pg_catalog
 AS $$ SELECT jsonb_object_agg(k, row_data -> k) FROM unnest(key_columns) AS k $$;
 
 -- Write a whole row given as jsonb: update the row with its key, or insert it.
--- Runs with the caller's rights. Generated columns are left to the table.
+-- Runs with the caller's rights. Generated columns are left to the table;
+-- identity columns keep the row's value (OVERRIDING SYSTEM VALUE).
 CREATE FUNCTION edgesync._write_row(relation regclass, row_data jsonb, key_columns text[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog
 AS $$
 DECLARE
-    cols  text;
-    match text;
-    n     bigint;
+    cols     text;
+    set_cols text;
+    match    text;
+    n        bigint;
 BEGIN
     SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols
       FROM pg_attribute
      WHERE attrelid = relation AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
-    SELECT string_agg(format('t.%I IS NOT DISTINCT FROM r.%I', k, k), ' AND ') INTO match
+    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO set_cols
+      FROM pg_attribute
+     WHERE attrelid = relation AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+       AND attidentity <> 'a' AND NOT (attname::text = ANY (key_columns));
+    SELECT string_agg(format('t.%I = r.%I', k, k), ' AND ') INTO match
       FROM unnest(key_columns) AS k;
     EXECUTE format('UPDATE %s AS t SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1)) '
                    'FROM jsonb_populate_record(NULL::%s, $1) AS r WHERE %s',
-                   relation, cols, cols, relation, relation, match)
+                   relation, set_cols, set_cols, relation, relation, match)
       USING row_data;
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n = 0 THEN
-        EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM jsonb_populate_record(NULL::%s, $1)',
+        EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM jsonb_populate_record(NULL::%s, $1)',
                        relation, cols, cols, relation)
           USING row_data;
     END IF;
@@ -115,7 +121,7 @@ AS $$
 DECLARE
     match text;
 BEGIN
-    SELECT string_agg(format('t.%I IS NOT DISTINCT FROM r.%I', k, k), ' AND ') INTO match
+    SELECT string_agg(format('t.%I = r.%I', k, k), ' AND ') INTO match
       FROM jsonb_object_keys(key) AS k;
     EXECUTE format('DELETE FROM %s AS t USING jsonb_populate_record(NULL::%s, $1) AS r WHERE %s',
                    relation, relation, match)
@@ -155,8 +161,15 @@ DECLARE
 BEGIN
     PERFORM edgesync._require_shared_clock();
     policy := edgesync._check_policy(policy);
-    IF (SELECT relkind FROM pg_class WHERE oid = relation) NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION 'edgesync: % is not a table', relation USING ERRCODE = 'wrong_object_type';
+    IF (SELECT relkind FROM pg_class WHERE oid = relation) <> 'r' THEN
+        RAISE EXCEPTION 'edgesync: % is not a plain table', relation
+          USING ERRCODE = 'wrong_object_type',
+                HINT = 'Partitioned tables are not supported yet: enrol each partition.';
+    END IF;
+    IF EXISTS (SELECT FROM pg_constraint WHERE conrelid = relation AND contype = 'p' AND condeferrable) THEN
+        RAISE EXCEPTION 'edgesync: the primary key of % is deferrable', relation
+          USING ERRCODE = 'invalid_table_definition',
+                HINT = 'Conflict handling looks rows up through the primary key, which must be checked immediately.';
     END IF;
     SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum)) INTO keys
       FROM pg_index i

@@ -13,7 +13,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, Ordering};
 
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::PgOid;
@@ -32,42 +32,43 @@ use crate::privilege::as_extension_owner;
 /// `bytea` (see `model::version`).
 pub const VERSION_COLUMN: &str = "edgesync_version";
 
-/// Set while edgesync writes a row to settle a conflict inside the apply
-/// path: the row already carries the version it must keep.
-static PASS_THROUGH: AtomicBool = AtomicBool::new(false);
+/// The table edgesync is writing a row of to settle a conflict inside the
+/// apply path (0: none): that row already carries the version it must keep.
+static PASS_THROUGH: AtomicU32 = AtomicU32::new(0);
 
-/// Set while a DBA's resolution is written: the previous version to put in
-/// the fresh stamp (the other node's version, so the write is the next
-/// change there, not a new conflict).
-static RESOLUTION_ACTIVE: AtomicBool = AtomicBool::new(false);
+/// The table a DBA's resolution is being written to (0: none), and the
+/// previous version to put in its fresh stamp (the other node's version, so
+/// the write is the next change there, not a new conflict).
+static RESOLUTION_RELID: AtomicU32 = AtomicU32::new(0);
 static RESOLUTION_PREV_HLC: AtomicI64 = AtomicI64::new(0);
 static RESOLUTION_PREV_NODE: AtomicI32 = AtomicI32::new(0);
 
-/// While alive, the trigger lets rows through unchanged. Reset on unwind.
+/// While alive, the trigger lets rows of `relid` through unchanged. Reset on unwind.
 pub struct PassThrough(());
 
 impl PassThrough {
-    pub fn begin() -> PassThrough {
-        PASS_THROUGH.store(true, Ordering::Relaxed);
+    pub fn begin(relid: pg_sys::Oid) -> PassThrough {
+        PASS_THROUGH.store(relid.to_u32(), Ordering::Relaxed);
         PassThrough(())
     }
 }
 
 impl Drop for PassThrough {
     fn drop(&mut self) {
-        PASS_THROUGH.store(false, Ordering::Relaxed);
+        PASS_THROUGH.store(0, Ordering::Relaxed);
     }
 }
 
-/// While alive, local stamps use `prev` as their previous version.
+/// While alive, local stamps of rows of `relid` use `prev` as their previous
+/// version (writes that cascade to other tables are stamped normally).
 pub struct ResolutionWrite(());
 
 impl ResolutionWrite {
-    pub fn begin(prev: Option<Version>) -> ResolutionWrite {
+    pub fn begin(relid: pg_sys::Oid, prev: Option<Version>) -> ResolutionWrite {
         if let Some(p) = prev {
             RESOLUTION_PREV_HLC.store(p.hlc, Ordering::Relaxed);
             RESOLUTION_PREV_NODE.store(p.node, Ordering::Relaxed);
-            RESOLUTION_ACTIVE.store(true, Ordering::Relaxed);
+            RESOLUTION_RELID.store(relid.to_u32(), Ordering::Relaxed);
         }
         ResolutionWrite(())
     }
@@ -75,13 +76,17 @@ impl ResolutionWrite {
 
 impl Drop for ResolutionWrite {
     fn drop(&mut self) {
-        RESOLUTION_ACTIVE.store(false, Ordering::Relaxed);
+        RESOLUTION_RELID.store(0, Ordering::Relaxed);
     }
 }
 
-fn resolution_prev() -> Option<Version> {
-    RESOLUTION_ACTIVE
-        .load(Ordering::Relaxed)
+fn relid_of(trigger: &PgTrigger<'_>) -> u32 {
+    unsafe { (*trigger.trigger_data().tg_relation).rd_id.to_u32() }
+}
+
+fn resolution_prev(trigger: &PgTrigger<'_>) -> Option<Version> {
+    let target = RESOLUTION_RELID.load(Ordering::Relaxed);
+    (target != 0 && target == relid_of(trigger))
         .then(|| Version::new(RESOLUTION_PREV_HLC.load(Ordering::Relaxed), RESOLUTION_PREV_NODE.load(Ordering::Relaxed)))
 }
 
@@ -263,7 +268,8 @@ fn stamp_json(stamp: RowStamp) -> Vec<i64> {
 #[pg_trigger]
 fn conflict_trigger<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>, ConflictError> {
     let op = trigger.op().map_err(fail)?;
-    if PASS_THROUGH.load(Ordering::Relaxed) {
+    let through = PASS_THROUGH.load(Ordering::Relaxed);
+    if through != 0 && through == relid_of(trigger) {
         return Ok(current(trigger, &op));
     }
     let remote = unsafe { pg_sys::replorigin_session_origin } != 0;
@@ -287,12 +293,12 @@ fn local_write<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Result
     match op {
         PgTriggerOperation::Insert => {
             let node = clock::node_id();
-            let stamp = RowStamp::local(clock::tick(), node, resolution_prev().unwrap_or(Version::ZERO));
+            let stamp = RowStamp::local(clock::tick(), node, resolution_prev(trigger).unwrap_or(Version::ZERO));
             Ok(Some(stamped(trigger, td.tg_trigtuple, stamp)?))
         }
         PgTriggerOperation::Update => {
             let node = clock::node_id();
-            let prev = match resolution_prev() {
+            let prev = match resolution_prev(trigger) {
                 Some(p) => p,
                 None => slot_stamp(trigger, td.tg_trigslot)?.version,
             };
@@ -339,18 +345,29 @@ fn key_expression(table: &Table, row: &str) -> String {
     format!("pg_catalog.jsonb_build_object({})", parts.join(", "))
 }
 
+/// The key object of `row` (a composite of the table's type), built with
+/// the caller's rights: the key's types may have casts of their owner's.
+fn key_json(table: &Table, row: DatumWithOid<'_>) -> Result<JsonB, ConflictError> {
+    let sql = format!("SELECT {}", key_expression(table, &format!("$1::{}", table.qualified)));
+    let args = [PgOid::from(table.rowtype)];
+    Spi::connect(|client| {
+        let plan = plan_for(client, &sql, &args, false)?;
+        client.select(&*plan, None, &[row])?.first().get_one::<JsonB>()
+    })
+    .map_err(fail)?
+    .ok_or_else(|| fail("row has no key"))
+}
+
 /// Record that the row `row` (a composite of the table's type) was deleted.
 fn record_tombstone(table: &Table, row: DatumWithOid<'_>, stamp: RowStamp) -> Result<(), ConflictError> {
-    let sql = format!(
-        "INSERT INTO edgesync.tombstone AS t (relid, key, version) SELECT $2, {}, $3
-         ON CONFLICT (relid, key) DO UPDATE SET version = EXCLUDED.version, deleted_at = now()",
-        key_expression(table, &format!("$1::{}", table.qualified))
-    );
-    let args = [PgOid::from(table.rowtype), PgOid::from(pg_sys::OIDOID), PgOid::from(pg_sys::INT8ARRAYOID)];
+    let key = key_json(table, row)?;
+    const SQL: &str = "INSERT INTO edgesync.tombstone AS t (relid, key, version) VALUES ($1, $2, $3)
+                       ON CONFLICT (relid, key) DO UPDATE SET version = EXCLUDED.version, deleted_at = now()";
+    let args = [PgOid::from(pg_sys::OIDOID), PgOid::from(pg_sys::JSONBOID), PgOid::from(pg_sys::INT8ARRAYOID)];
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
-            let plan = plan_for(client, &sql, &args, true)?;
-            client.update(&*plan, None, &[row, table.relid.into(), stamp_json(stamp).into()]).map(|_| ())
+            let plan = plan_for(client, SQL, &args, true)?;
+            client.update(&*plan, None, &[table.relid.into(), key.into(), stamp_json(stamp).into()]).map(|_| ())
         })
     })
     .map_err(fail)?;
@@ -447,10 +464,7 @@ fn probe_existing(trigger: &PgTrigger<'_>) -> Result<Option<RowStamp>, ConflictE
                 value,
             );
         }
-        let mut snapshot = pg_sys::GetActiveSnapshot();
-        if snapshot.is_null() {
-            snapshot = pg_sys::GetTransactionSnapshot();
-        }
+        let snapshot = if pg_sys::ActiveSnapshotSet() { pg_sys::GetActiveSnapshot() } else { pg_sys::GetTransactionSnapshot() };
         let idxrel = pg_sys::index_open(probe.index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         #[cfg(feature = "pg15")]
         let scan = pg_sys::index_beginscan(rel, idxrel, snapshot, n as i32, 0);
@@ -511,17 +525,15 @@ fn local_state_for<'d>(table: &LazyTable<'_>, trigger: &PgTrigger<'_>, new_row: 
         return Ok(Local::Absent);
     }
     let table = table.get()?;
-    let sql = format!(
-        "SELECT version FROM edgesync.tombstone
-          WHERE relid = $2 AND key = {key} AND deleted_at > now() - make_interval(secs => $3)",
-        key = key_expression(table, &format!("$1::{}", table.qualified)),
-    );
-    let args = [PgOid::from(table.rowtype), PgOid::from(pg_sys::OIDOID), PgOid::from(pg_sys::FLOAT8OID)];
+    let key = key_json(table, new_row())?;
+    const SQL: &str = "SELECT version FROM edgesync.tombstone
+                        WHERE relid = $1 AND key = $2 AND deleted_at > now() - make_interval(secs => $3)";
+    let args = [PgOid::from(pg_sys::OIDOID), PgOid::from(pg_sys::JSONBOID), PgOid::from(pg_sys::FLOAT8OID)];
     let retention = guc::TOMBSTONE_RETENTION.get() as f64;
     let tomb = as_extension_owner(|| {
         Spi::connect(|client| {
-            let plan = plan_for(client, &sql, &args, false)?;
-            let t = client.select(&*plan, None, &[new_row(), table.relid.into(), retention.into()])?;
+            let plan = plan_for(client, SQL, &args, false)?;
+            let t = client.select(&*plan, None, &[table.relid.into(), key.into(), retention.into()])?;
             if t.is_empty() {
                 return Ok(None);
             }
@@ -624,7 +636,7 @@ fn log_conflict(c: ConflictRecord<'_>) -> Result<(), ConflictError> {
 
 /// Write a whole row (jsonb) as edgesync's own settling write: it keeps the version it carries.
 fn write_row_through(table: &Table, row: &JsonB) -> Result<(), ConflictError> {
-    let _through = PassThrough::begin();
+    let _through = PassThrough::begin(table.relid);
     Spi::run_with_args(
         "SELECT edgesync._write_row($1::regclass, $2, $3)",
         &[table.relid.into(), JsonB(row.0.clone()).into(), table.key_array().into()],
@@ -652,7 +664,12 @@ fn ask_handler(table: &Table, conflict: ConflictType, local: &Option<JsonB>, rem
         Ok::<_, pgrx::spi::Error>((row.get::<bool>(1)?, row.get::<JsonB>(2)?, row.get::<String>(3)?))
     });
     match result {
-        Ok((Some(true), kept, _)) => Ok(kept.filter(|j| !j.0.is_null())),
+        Ok((Some(true), kept, _)) => match kept {
+            None => Ok(None),
+            Some(j) if j.0.is_null() => Ok(None),
+            Some(j) if j.0.is_object() => Ok(Some(j)),
+            Some(j) => Err(format!("the handler returned {}, not a jsonb object or NULL", j.0)),
+        },
         Ok((_, _, error)) => Err(error.unwrap_or_else(|| "handler failed".to_string())),
         Err(e) => Err(e.to_string()),
     }
@@ -706,10 +723,16 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
             let local = local_state_for(&table, trigger, || composite(td.tg_trigtuple, trigger))?;
             let decision = decide(local, Remote::Insert(r), policy, me);
             if decision.conflict.is_none() {
-                return Ok(match decision.action {
-                    Action::ApplyRemote => Some(new),
-                    _ => None,
-                });
+                return match (decision.action, local) {
+                    // written on top of the row we hold (a resolution that re-inserted it there): an update here
+                    (Action::ApplyRemote, Local::Row(_)) => {
+                        let remote_row = to_json(composite(td.tg_trigtuple, trigger))?;
+                        write_row_through(table.get()?, &remote_row)?;
+                        Ok(None)
+                    }
+                    (Action::ApplyRemote, _) => Ok(Some(new)),
+                    _ => Ok(None),
+                };
             }
             let remote_row = to_json(composite(td.tg_trigtuple, trigger))?;
             let key = key_of(&remote_row, &table.get()?.keys);
@@ -782,13 +805,16 @@ fn settle(
         Action::KeepLocal => (Outcome::Skip, local_row.as_ref().map(|j| JsonB(j.0.clone()))),
         Action::AskHandler => match ask_handler(table, conflict, &local_row, &remote_row) {
             Ok(Some(chosen)) => {
-                let newest = match (local_version, remote_version) {
-                    (Some(l), Some(r)) if r.version > l.version => r,
-                    (Some(l), _) => l,
-                    (None, Some(r)) => r,
-                    (None, None) => RowStamp::ZERO,
+                // Both nodes must end with the same row: complete the
+                // handler's columns from the newer row, not from each
+                // node's own, and give it the newer version.
+                let remote_newer = match (local_version, remote_version) {
+                    (Some(l), Some(r)) => r.version > l.version,
+                    (None, _) => true,
+                    (Some(_), None) => false,
                 };
-                let base = if local_row.is_some() { &local_row } else { &remote_row };
+                let newest = if remote_newer { remote_version } else { local_version }.unwrap_or(RowStamp::ZERO);
+                let base = if remote_newer && remote_row.is_some() { &remote_row } else { &local_row };
                 let row = settled_row(base, chosen, newest);
                 write_row_through(table, &row)?;
                 (Outcome::Skip, Some(row))

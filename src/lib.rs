@@ -326,6 +326,48 @@ mod tests {
     }
 
     #[pg_test]
+    fn bookkeeping_ignores_the_callers_search_path() {
+        enrolled_table();
+        Spi::run(
+            "CREATE ROLE es_owner; ALTER TABLE public.stock OWNER TO es_owner;
+             CREATE SCHEMA es_evil; GRANT USAGE ON SCHEMA es_evil TO es_owner;
+             CREATE FUNCTION es_evil.now() RETURNS timestamptz LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'hijacked'; END $$;
+             GRANT EXECUTE ON FUNCTION es_evil.now() TO es_owner;
+             SET ROLE es_owner; SET search_path = es_evil, pg_catalog;
+             DELETE FROM public.stock WHERE sku = 'before';
+             RESET ROLE; RESET search_path;",
+        )
+        .unwrap();
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM edgesync.tombstone").unwrap(), Some(1));
+    }
+
+    #[pg_test(error = "edgesync: public.parted is not a plain table")]
+    fn partitioned_tables_are_refused() {
+        Spi::run("CREATE TABLE public.parted (a int PRIMARY KEY) PARTITION BY RANGE (a)").unwrap();
+        Spi::run("SELECT edgesync.set_conflict_policy('public.parted')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: the primary key of public.deferred is deferrable")]
+    fn deferrable_keys_are_refused() {
+        Spi::run("CREATE TABLE public.deferred (a int PRIMARY KEY DEFERRABLE)").unwrap();
+        Spi::run("SELECT edgesync.set_conflict_policy('public.deferred')").unwrap();
+    }
+
+    #[pg_test]
+    fn identity_columns_survive_a_settling_write() {
+        Spi::run(
+            "SELECT edgesync.create_node('test_node', 7);
+             CREATE TABLE public.ident (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
+             SELECT edgesync.set_conflict_policy('public.ident');
+             SELECT edgesync._write_row('public.ident', '{\"id\": 42, \"v\": \"new\"}', ARRAY['id']);
+             SELECT edgesync._write_row('public.ident', '{\"id\": 42, \"v\": \"again\"}', ARRAY['id']);",
+        )
+        .unwrap();
+        assert_eq!(Spi::get_one::<String>("SELECT v FROM public.ident WHERE id = 42").unwrap().as_deref(), Some("again"));
+    }
+
+    #[pg_test]
     fn conflict_data_is_not_public() {
         let public_can = Spi::get_one::<bool>(
             "SELECT has_table_privilege('public', 'edgesync.conflict_log', 'SELECT')
@@ -334,6 +376,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(public_can, Some(false));
+        let attach = Spi::get_one::<bool>("SELECT has_function_privilege('public', 'edgesync.conflict_trigger()', 'EXECUTE')").unwrap();
+        assert_eq!(attach, Some(false), "only edgesync_admin attaches the conflict trigger");
         let admin_can = Spi::get_one::<bool>(
             "SELECT has_table_privilege('edgesync_admin', 'edgesync.conflict_log', 'SELECT')
                 AND has_function_privilege('edgesync_admin', 'edgesync.resolve_conflict(bigint, text, jsonb)', 'EXECUTE')",

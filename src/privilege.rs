@@ -24,23 +24,47 @@ fn extension_owner() -> pg_sys::Oid {
 struct RestoreUser {
     user: pg_sys::Oid,
     context: i32,
+    guc_level: i32,
 }
 
 impl Drop for RestoreUser {
     fn drop(&mut self) {
-        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) };
+        unsafe {
+            // On an error the transaction (or subtransaction) abort pops the
+            // setting; popping it here during unwinding would do it twice.
+            if !std::thread::panicking() {
+                pg_sys::AtEOXact_GUC(true, self.guc_level);
+            }
+            pg_sys::SetUserIdAndSecContext(self.user, self.context);
+        }
     }
 }
 
-/// Run `f` as the extension's owner; the caller's identity comes back
+/// Run `f` as the extension's owner, with `search_path` pinned to
+/// `pg_catalog, pg_temp` (as a SECURITY DEFINER function with a SET clause
+/// would): no function or operator of the caller's schemas can run with
+/// the owner's rights. The caller's identity and settings come back
 /// afterwards, on error too.
 pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
     let owner = extension_owner();
     let mut user = pg_sys::Oid::INVALID;
     let mut context = 0;
     unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut context) };
-    let _restore = RestoreUser { user, context };
-    unsafe { pg_sys::SetUserIdAndSecContext(owner, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32) };
+    let guc_level = unsafe { pg_sys::NewGUCNestLevel() };
+    let _restore = RestoreUser { user, context, guc_level };
+    unsafe {
+        pg_sys::SetUserIdAndSecContext(owner, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            pgrx::PgLogLevel::ERROR as i32,
+            false,
+        );
+    }
     f()
 }
 

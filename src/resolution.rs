@@ -95,9 +95,6 @@ fn resolve_conflict(id: i64, resolution: &str, row_data: default!(Option<JsonB>,
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("edgesync: row_data is only used with resolution custom, not {resolution}"));
     }
     let c = load(id);
-    if c.status != "pending" {
-        raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("edgesync: conflict {id} is already resolved"));
-    }
     let qualified = format!("{}.{}", quote_ident(&c.schema), quote_ident(&c.table));
     let (relid, owner) = Spi::get_two_with_args::<pg_sys::Oid, pg_sys::Oid>(
         "SELECT c.oid, c.relowner FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
@@ -114,6 +111,9 @@ fn resolve_conflict(id: i64, resolution: &str, row_data: default!(Option<JsonB>,
             format!("edgesync: only members of edgesync_admin or the owner of {qualified} may settle its conflicts"),
         );
     }
+    if c.status != "pending" {
+        raise(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("edgesync: conflict {id} is already resolved"));
+    }
     let keys: Vec<String> = as_extension_owner(|| {
         Spi::get_one_with_args::<Vec<Option<String>>>("SELECT key_columns FROM edgesync.conflict_table WHERE relid = $1", &[relid.into()])
     })
@@ -125,7 +125,7 @@ fn resolve_conflict(id: i64, resolution: &str, row_data: default!(Option<JsonB>,
     // the local row as it is now (it may have changed since the conflict)
     let cond = keys
         .iter()
-        .map(|k| format!("t.{0} IS NOT DISTINCT FROM r.{0}", quote_ident(k)))
+        .map(|k| format!("t.{0} = r.{0}", quote_ident(k)))
         .collect::<Vec<_>>()
         .join(" AND ");
     let current = Spi::get_one_with_args::<JsonB>(
@@ -187,7 +187,7 @@ fn resolve_conflict(id: i64, resolution: &str, row_data: default!(Option<JsonB>,
     let stamp = |v: &Option<Vec<Option<i64>>>| v.as_deref().and_then(|v| RowStamp::from_array(v).ok()).map(|s| s.version);
     let prev = if now_version.is_none() || now_version == stamp(&c.local_version) { stamp(&c.remote_version) } else { None };
     let written = {
-        let _resolution = ResolutionWrite::begin(prev);
+        let _resolution = ResolutionWrite::begin(relid, prev);
         match &kept {
             Some(row) => {
                 let mut row = row.clone();

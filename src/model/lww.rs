@@ -188,6 +188,8 @@ pub fn decide(local: Local, remote: Remote, policy: Policy, local_node: i32) -> 
             // the same write again (a re-sent batch, a relay): nothing to do
             Decision::plain(Action::KeepLocal)
         }
+        // written on top of what we hold (a resolution re-inserting a row the other node had lost)
+        (Remote::Insert(r), Local::Row(l)) if r.prev == l.version && l.version != Version::ZERO => Decision::plain(Action::ApplyRemote),
         (Remote::Insert(r), Local::Row(l)) => by_policy(policy, InsertExists, r.version > l.version),
         (Remote::Insert(r), Local::Deleted(t)) if r.version > t => Decision::plain(Action::ApplyRemote),
         (Remote::Insert(r), Local::Deleted(t)) => by_policy(policy, UpdateDeleted, r.version > t),
@@ -205,11 +207,14 @@ pub fn decide(local: Local, remote: Remote, policy: Policy, local_node: i32) -> 
             by_policy(policy, DeleteOriginDiffers, version.map(|v| v > l.version).unwrap_or(true))
         }
         (Remote::Delete { seen: None, .. }, Local::Row(l)) if l.version.node == local_node && l.version != Version::ZERO => {
-            // A native delete of a row last written here. Its version is
-            // unknown, and the deleting node already dropped our update
-            // (update_missing happens before any trigger there): the delete
-            // wins under last-writer-wins so that both nodes agree.
-            by_policy(policy, DeleteOriginDiffers, true)
+            // A native delete of a row last written here. It carries no
+            // version, so whether it was concurrent is unknown; and had it
+            // been, the deleting node already dropped our update
+            // (update_missing happens before any trigger there). Refusing
+            // it would leave the nodes apart for good, so it is applied
+            // under every policy; `manual` logs it as pending, and a DBA's
+            // keep_local puts the row back on both nodes.
+            Decision { action: Action::ApplyRemote, conflict: Some(DeleteOriginDiffers), pending: policy == Policy::Manual }
         }
         (Remote::Delete { seen: None, .. }, Local::Row(_)) => Decision::plain(Action::ApplyRemote),
         (Remote::Delete { .. }, Local::Deleted(_)) => Decision::plain(Action::KeepLocal),
@@ -246,6 +251,7 @@ mod tests {
             ("insert newer than a delete", Local::Deleted(v(200, A)), Remote::Insert(stamp(300, B, Version::ZERO)), ApplyRemote, None),
             ("insert older than a delete", Local::Deleted(v(200, A)), Remote::Insert(stamp(150, B, Version::ZERO)), KeepLocal, Some(UpdateDeleted)),
             ("next update in sequence", row, Remote::Update(stamp(150, B, v(200, A))), ApplyRemote, None),
+            ("insert made on top of our row", row, Remote::Insert(stamp(300, B, v(200, A))), ApplyRemote, None),
             ("stale update already built on", Local::Row(stamp(300, A, v(250, B))), Remote::Update(stamp(250, B, base)), KeepLocal, None),
             ("concurrent newer update", row, Remote::Update(stamp(300, B, base)), ApplyRemote, Some(UpdateOriginDiffers)),
             ("concurrent older update", row, Remote::Update(stamp(150, B, base)), KeepLocal, Some(UpdateOriginDiffers)),
@@ -287,6 +293,18 @@ mod tests {
         let next = Remote::Update(stamp(150, B, v(200, A)));
         for policy in [Policy::KeepLocal, Policy::Manual, Policy::Custom] {
             assert_eq!(decide(row, next, policy, A), Decision::plain(Action::ApplyRemote));
+        }
+    }
+
+    #[test]
+    fn native_deletes_apply_under_every_policy() {
+        let row = Local::Row(stamp(200, A, v(100, A)));
+        let native = Remote::Delete { seen: None, version: None };
+        for policy in [Policy::LastWriterWins, Policy::KeepLocal, Policy::ApplyRemote, Policy::Manual, Policy::Custom] {
+            let d = decide(row, native, policy, A);
+            assert_eq!(d.action, Action::ApplyRemote, "{policy:?}");
+            assert_eq!(d.conflict, Some(ConflictType::DeleteOriginDiffers));
+            assert_eq!(d.pending, policy == Policy::Manual);
         }
     }
 
