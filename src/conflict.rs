@@ -267,6 +267,17 @@ fn stamp_json(stamp: RowStamp) -> Vec<i64> {
 /// The trigger function behind every `edgesync_conflict` trigger.
 #[pg_trigger]
 fn conflict_trigger<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>, ConflictError> {
+    match fire(trigger) {
+        Ok(row) => Ok(row),
+        // a plain ERROR with a SQLSTATE, not pgrx's "Trigger function panic"
+        Err(e) => {
+            ereport!(PgLogLevel::ERROR, pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, e.to_string());
+            unreachable!()
+        }
+    }
+}
+
+fn fire<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>, ConflictError> {
     let op = trigger.op().map_err(fail)?;
     let through = PASS_THROUGH.load(Ordering::Relaxed);
     if through != 0 && through == relid_of(trigger) {

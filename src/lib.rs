@@ -367,6 +367,13 @@ mod tests {
         assert_eq!(Spi::get_one::<String>("SELECT v FROM public.ident WHERE id = 42").unwrap().as_deref(), Some("again"));
     }
 
+    #[pg_test(error = "edgesync: edgesync_version is missing: re-run edgesync.set_conflict_policy")]
+    fn a_dropped_version_column_gets_a_clear_error() {
+        enrolled_table();
+        Spi::run("ALTER TABLE public.stock DROP COLUMN edgesync_version").unwrap();
+        Spi::run("INSERT INTO public.stock VALUES ('x', 1, NULL)").unwrap();
+    }
+
     #[pg_test]
     fn conflict_data_is_not_public() {
         let public_can = Spi::get_one::<bool>(
