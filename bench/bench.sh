@@ -60,19 +60,37 @@ q "$PORT_A" -c "CREATE EXTENSION edgesync; SELECT edgesync.create_node('bench_a'
     CREATE SEQUENCE ids; CREATE TABLE plain $TABLE_DDL; CREATE TABLE lww $TABLE_DDL;
     SELECT edgesync.set_conflict_policy('lww');" >/dev/null
 
-insert_tps() { # table -> transactions per second of one pgbench run
+insert_script() { # table -> a pgbench script of single-row inserts into it
     printf '\\set s random(1, 100)\nINSERT INTO %s VALUES (nextval(%s), :s, random(), now());\n' "$1" "'ids'" > "$WORK/insert_$1.sql"
-    "$BINDIR/pgbench" -n -h 127.0.0.1 -p "$PORT_A" -U postgres -c 2 -j 2 -T "$DURATION" -f "$WORK/insert_$1.sql" postgres 2>/dev/null \
+    echo "$WORK/insert_$1.sql"
+}
+
+wait_until() { # description, seconds, port, query, expected value
+    local deadline=$((SECONDS + $2))
+    until [ "$(val "$3" "$4")" = "$5" ]; do
+        [ "$SECONDS" -lt "$deadline" ] || { echo "bench: timed out waiting for $1" >&2; exit 1; }
+        sleep 0.02
+    done
+}
+
+# Run `measure TABLE` for plain and lww, alternating so that drift hits
+# both alike, with `reset` between rounds; prints "plain_median lww_median".
+alternate_rounds() { # measure, reset
+    local plain=() lww=()
+    for _ in $(seq "$ROUNDS"); do
+        plain+=("$($1 plain)")
+        lww+=("$($1 lww)")
+        $2
+    done
+    echo "$(printf '%s\n' "${plain[@]}" | median) $(printf '%s\n' "${lww[@]}" | median)"
+}
+
+insert_tps() { # table -> transactions per second of one pgbench run
+    "$BINDIR/pgbench" -n -h 127.0.0.1 -p "$PORT_A" -U postgres -c 2 -j 2 -T "$DURATION" -f "$(insert_script "$1")" postgres 2>/dev/null \
         | awk '/^tps = / { print $3 }'
 }
-plain_runs=(); lww_runs=()
-for r in $(seq "$ROUNDS"); do   # alternate so that drift hits both alike
-    plain_runs+=("$(insert_tps plain)")
-    lww_runs+=("$(insert_tps lww)")
-    q "$PORT_A" -c "TRUNCATE plain, lww" >/dev/null
-done
-plain_tps=$(printf '%s\n' "${plain_runs[@]}" | median)
-lww_tps=$(printf '%s\n' "${lww_runs[@]}" | median)
+reset_a() { q "$PORT_A" -c "TRUNCATE plain, lww" >/dev/null; }
+read -r plain_tps lww_tps < <(alternate_rounds insert_tps reset_a)
 echo "local inserts, tps (median of $ROUNDS x ${DURATION}s): without policy $plain_tps, last_writer_wins $lww_tps"
 echo "RATIO local_insert_with_policy/without = $(ratio "$lww_tps" "$plain_tps")   (goal >= 0.95)"
 
@@ -83,35 +101,22 @@ q "$PORT_B" -c "CREATE EXTENSION edgesync; SELECT edgesync.create_node('bench_b'
 q "$PORT_A" -c "TRUNCATE plain, lww; CREATE PUBLICATION bench_plain FOR TABLE plain; CREATE PUBLICATION bench_lww FOR TABLE lww;" >/dev/null
 
 catch_up_rows_per_s() { # table
-    local t="$1"
+    local t="$1" workers="SELECT count(*) FROM pg_stat_subscription WHERE subname = 'sub_$1' AND pid IS NOT NULL"
     q "$PORT_B" -c "CREATE SUBSCRIPTION sub_$t CONNECTION 'host=127.0.0.1 port=$PORT_A user=postgres dbname=postgres' PUBLICATION bench_$t WITH (copy_data = false)" >/dev/null
-    until [ "$(val "$PORT_B" "SELECT count(*) FROM pg_stat_subscription WHERE subname = 'sub_$t' AND pid IS NOT NULL")" = 1 ]; do sleep 0.05; done
+    wait_until "sub_$t to start" 60 "$PORT_B" "$workers" 1
     q "$PORT_B" -c "ALTER SUBSCRIPTION sub_$t DISABLE" >/dev/null
-    until [ "$(val "$PORT_B" "SELECT count(*) FROM pg_stat_subscription WHERE subname = 'sub_$t' AND pid IS NOT NULL")" = 0 ]; do sleep 0.05; done
-    local base; base=$(val "$PORT_A" "SELECT coalesce(max(id), 0) FROM $t")
-    printf '\\set s random(1, 100)\nINSERT INTO %s VALUES (nextval(%s), :s, random(), now());\n' "$t" "'ids'" > "$WORK/backlog_$t.sql"
-    "$BINDIR/pgbench" -n -h 127.0.0.1 -p "$PORT_A" -U postgres -c 2 -j 2 -t $((BACKLOG / 2)) -f "$WORK/backlog_$t.sql" postgres >/dev/null 2>&1
+    wait_until "sub_$t to stop" 60 "$PORT_B" "$workers" 0
+    "$BINDIR/pgbench" -n -h 127.0.0.1 -p "$PORT_A" -U postgres -c 2 -j 2 -t $((BACKLOG / 2)) -f "$(insert_script "$t")" postgres >/dev/null 2>&1
     local want; want=$(val "$PORT_A" "SELECT count(*) FROM $t")
     local start end
     start=$(date +%s.%N)
     q "$PORT_B" -c "ALTER SUBSCRIPTION sub_$t ENABLE" >/dev/null
-    local deadline=$((SECONDS + 600))
-    until [ "$(val "$PORT_B" "SELECT count(*) FROM $t")" = "$want" ]; do
-        [ "$SECONDS" -lt "$deadline" ] || { echo "catch-up of $t did not finish" >&2; exit 1; }
-        sleep 0.02
-    done
+    wait_until "the catch-up of $t" 600 "$PORT_B" "SELECT count(*) FROM $t" "$want"
     end=$(date +%s.%N)
     q "$PORT_B" -c "DROP SUBSCRIPTION sub_$t" >/dev/null
     awk -v n="$BACKLOG" -v s="$start" -v e="$end" 'BEGIN { printf "%.0f", n / (e - s) }'
 }
-plain_cu=(); lww_cu=()
-for r in $(seq "$ROUNDS"); do
-    plain_cu+=("$(catch_up_rows_per_s plain)")
-    lww_cu+=("$(catch_up_rows_per_s lww)")
-    q "$PORT_A" -c "TRUNCATE plain, lww" >/dev/null
-    q "$PORT_B" -c "TRUNCATE plain, lww" >/dev/null
-done
-plain_rate=$(printf '%s\n' "${plain_cu[@]}" | median)
-lww_rate=$(printf '%s\n' "${lww_cu[@]}" | median)
+reset_both() { reset_a; q "$PORT_B" -c "TRUNCATE plain, lww" >/dev/null; }
+read -r plain_rate lww_rate < <(alternate_rounds catch_up_rows_per_s reset_both)
 echo "native subscription catch-up of $BACKLOG single-row transactions, rows/s (median of $ROUNDS): without policy $plain_rate, last_writer_wins $lww_rate"
 echo "RATIO native_catch_up_with_policy/without = $(ratio "$lww_rate" "$plain_rate")   (goal >= 0.8)"

@@ -37,9 +37,10 @@ show() { # title, node, query
     psql_on "$2" -P pager=off -P null='∅' -c "$3"
 }
 
-wait_for() { # description, node, query returning t when done; deadline 60 s
-    local what="$1" node="$2" sql="$3" deadline=$((SECONDS + 60))
-    until [ "$(psql_on "$node" -tAc "$sql" 2>/dev/null)" = "t" ]; do
+# Poll until the command succeeds, at most 60 s; then show the logs and fail.
+poll_until() { # description, command...
+    local what="$1" deadline=$((SECONDS + 60)); shift
+    until "$@"; do
         if [ "$SECONDS" -ge "$deadline" ]; then
             echo "demo: timed out waiting for $what" >&2
             tail -n 20 "$DEMO_DIR"/*.log >&2
@@ -49,16 +50,11 @@ wait_for() { # description, node, query returning t when done; deadline 60 s
     done
 }
 
-wait_same() { # description, node, node, query: until both nodes return the same; deadline 60 s
-    local what="$1" a="$2" b="$3" sql="$4" deadline=$((SECONDS + 60))
-    until [ "$(psql_on "$a" -tAc "$sql" 2>/dev/null)" = "$(psql_on "$b" -tAc "$sql" 2>/dev/null)" ]; do
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            echo "demo: timed out waiting for $what" >&2
-            exit 1
-        fi
-        sleep 0.2
-    done
-}
+returns_true() { [ "$(psql_on "$1" -tAc "$2" 2>/dev/null)" = "t" ]; }
+same_on_both() { [ "$(psql_on "$1" -tAc "$3" 2>/dev/null)" = "$(psql_on "$2" -tAc "$3" 2>/dev/null)" ]; }
+
+wait_for() { poll_until "$1" returns_true "$2" "$3"; }          # description, node, query returning t
+wait_same() { poll_until "$1" same_on_both "$2" "$3" "$4"; }    # description, node, node, query
 
 stop_all() {
     for n in "${NODES[@]}"; do

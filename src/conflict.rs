@@ -201,10 +201,6 @@ impl Table {
             keys: args[2..].to_vec(),
         })
     }
-
-    fn key_array(&self) -> Vec<String> {
-        self.keys.clone()
-    }
 }
 
 /// A tuple of the trigger as a composite value typed as the table's row type.
@@ -558,17 +554,12 @@ fn local_state_for<'d>(table: &LazyTable<'_>, trigger: &PgTrigger<'_>, new_row: 
     })
 }
 
-/// The local row with `key`, as jsonb (conflict path only).
-fn existing_row_json(table: &Table, key: &JsonB) -> Result<Option<JsonB>, ConflictError> {
-    let cond = table
-        .keys
-        .iter()
-        .map(|k| format!("t.{0} = r.{0}", quote_ident(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+/// The row of `qualified` whose key columns `keys` match the jsonb `key`
+/// (extra members are ignored), as jsonb; None when there is none.
+pub fn row_by_key(qualified: &str, keys: &[String], key: &JsonB) -> pgrx::spi::Result<Option<JsonB>> {
+    let cond = keys.iter().map(|k| format!("t.{0} = r.{0}", quote_ident(k))).collect::<Vec<_>>().join(" AND ");
     let sql = format!(
-        "SELECT pg_catalog.to_jsonb(t) FROM {rel} AS t, pg_catalog.jsonb_populate_record(NULL::{rel}, $1) AS r WHERE {cond}",
-        rel = table.qualified
+        "SELECT pg_catalog.to_jsonb(t) FROM {qualified} AS t, pg_catalog.jsonb_populate_record(NULL::{qualified}, $1) AS r WHERE {cond}"
     );
     Spi::connect(|client| {
         let t = client.select(&sql, None, &[JsonB(key.0.clone()).into()])?;
@@ -577,7 +568,6 @@ fn existing_row_json(table: &Table, key: &JsonB) -> Result<Option<JsonB>, Confli
         }
         t.first().get_one::<JsonB>()
     })
-    .map_err(fail)
 }
 
 fn origin_name() -> String {
@@ -650,7 +640,7 @@ fn write_row_through(table: &Table, row: &JsonB) -> Result<(), ConflictError> {
     let _through = PassThrough::begin(table.relid);
     Spi::run_with_args(
         "SELECT edgesync._write_row($1::regclass, $2, $3)",
-        &[table.relid.into(), JsonB(row.0.clone()).into(), table.key_array().into()],
+        &[table.relid.into(), JsonB(row.0.clone()).into(), table.keys.clone().into()],
     )
     .map_err(fail)
 }
@@ -748,7 +738,10 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
             let remote_row = to_json(composite(td.tg_trigtuple, trigger))?;
             let key = key_of(&remote_row, &table.get()?.keys);
             let (local_row, local_stamp) = match local {
-                Local::Row(stamp) => (existing_row_json(table.get()?, &key)?, Some(stamp)),
+                Local::Row(stamp) => {
+                    let t = table.get()?;
+                    (row_by_key(&t.qualified, &t.keys, &key).map_err(fail)?, Some(stamp))
+                }
                 _ => (None, None),
             };
             let row_exists = local_row.is_some();

@@ -270,6 +270,22 @@ mod tests {
         assert_eq!((prev[2], prev[3]), (2, 9), "the resolution is written on top of the remote version");
     }
 
+    #[pg_test]
+    fn keep_local_puts_back_a_row_a_remote_delete_removed() {
+        enrolled_table();
+        let id = Spi::get_one::<i64>(
+            "INSERT INTO edgesync.conflict_log (schema_name, table_name, conflict_type, resolution, key, local_row,
+                                                local_version, status)
+             VALUES ('public', 'stock', 'delete_origin_differs', 'pending', '{\"sku\": \"gone\"}',
+                     '{\"sku\": \"gone\", \"qty\": 3, \"note\": \"kept\"}', '{5,7,0,0}', 'pending')
+             RETURNING id",
+        )
+        .unwrap()
+        .unwrap();
+        Spi::run(&format!("SELECT edgesync.resolve_conflict({id}, 'keep_local')")).unwrap();
+        assert_eq!(Spi::get_one::<i32>("SELECT qty FROM public.stock WHERE sku = 'gone'").unwrap(), Some(3));
+    }
+
     #[pg_test(error = "edgesync: only members of edgesync_admin or the owner of public.stock may settle its conflicts")]
     fn only_admins_and_owners_settle_conflicts() {
         let id = pending_conflict();

@@ -9,7 +9,7 @@
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 
-use crate::conflict::{ResolutionWrite, VERSION_COLUMN};
+use crate::conflict::{row_by_key, ResolutionWrite, VERSION_COLUMN};
 use crate::guc;
 use crate::model::lww::Resolution;
 use crate::model::sql_text::quote_ident;
@@ -123,16 +123,7 @@ fn resolve_conflict(id: i64, resolution: &str, row_data: default!(Option<JsonB>,
     .unwrap_or_else(|| object(&Some(JsonB(c.key.0.clone()))).keys().cloned().collect());
 
     // the local row as it is now (it may have changed since the conflict)
-    let cond = keys
-        .iter()
-        .map(|k| format!("t.{0} = r.{0}", quote_ident(k)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let current = Spi::get_one_with_args::<JsonB>(
-        &format!("SELECT pg_catalog.to_jsonb(t) FROM {qualified} t, pg_catalog.jsonb_populate_record(NULL::{qualified}, $1) r WHERE {cond}"),
-        &[JsonB(c.key.0.clone()).into()],
-    )
-    .unwrap_or_else(|e| error!("edgesync: reading the current row: {e}"));
+    let current = row_by_key(&qualified, &keys, &c.key).unwrap_or_else(|e| error!("edgesync: reading the current row: {e}"));
     let now_version = current
         .as_ref()
         .and_then(|row| row.0.get(VERSION_COLUMN).and_then(|v| v.as_str()).and_then(|t| RowStamp::from_hex(t).ok()))
@@ -195,11 +186,7 @@ fn resolve_conflict(id: i64, resolution: &str, row_data: default!(Option<JsonB>,
                 let row = JsonB(serde_json::Value::Object(row));
                 Spi::run_with_args("SELECT edgesync._write_row($1::regclass, $2, $3)", &[relid.into(), JsonB(row.0.clone()).into(), keys.clone().into()])
                     .unwrap_or_else(|e| error!("edgesync: writing the kept row: {e}"));
-                Spi::get_one_with_args::<JsonB>(
-                    &format!("SELECT pg_catalog.to_jsonb(t) FROM {qualified} t, pg_catalog.jsonb_populate_record(NULL::{qualified}, $1) r WHERE {cond}"),
-                    &[row.into()],
-                )
-                .unwrap_or_else(|e| error!("edgesync: reading the kept row: {e}"))
+                row_by_key(&qualified, &keys, &row).unwrap_or_else(|e| error!("edgesync: reading the kept row: {e}"))
             }
             None => {
                 Spi::run_with_args("SELECT edgesync._delete_row($1::regclass, $2)", &[relid.into(), JsonB(c.key.0.clone()).into()])

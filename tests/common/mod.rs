@@ -27,6 +27,8 @@ static CLUSTER_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// The default deadline for a wait.
 pub const DEADLINE: Duration = Duration::from_secs(60);
+/// How often `wait_for` looks at its condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 fn pg_bindir() -> PathBuf {
     let pg_config = std::env::var("EDGESYNC_PG_CONFIG").unwrap_or_else(|_| "pg_config".to_string());
@@ -203,11 +205,10 @@ impl Cluster {
         let pid = pid_file.lines().next().unwrap().trim().to_string();
         let ok = Command::new("kill").args(["-9", &pid]).status().map(|s| s.success()).unwrap_or(false);
         assert!(ok, "kill -9 {pid}");
-        let deadline = Instant::now() + DEADLINE;
-        while Command::new("kill").args(["-0", &pid]).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false) {
-            assert!(Instant::now() < deadline, "postmaster {pid} survived kill -9");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_for(&format!("postmaster {pid} of {} to die", node.name), DEADLINE, || {
+            let alive = Command::new("kill").args(["-0", &pid]).stderr(Stdio::null()).status().map_err(|e| e.to_string())?.success();
+            Ok(!alive)
+        });
     }
 
     /// Run a SQL script through psql, statement by statement, as a DBA would paste it.
@@ -240,7 +241,7 @@ impl Cluster {
             if Instant::now() >= until {
                 panic!("timed out after {deadline:?} waiting for: {what}\nlast error: {last}\n{}", self.log_tails());
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(POLL_INTERVAL);
         }
     }
 
