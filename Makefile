@@ -35,7 +35,7 @@ install-pg18:
 
 test-integration: install-pg18
 	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \
-		cargo test --features integration --test health --test conflicts -- --test-threads=1
+		cargo test --features integration --test health --test conflicts --test forwarder -- --test-threads=1
 
 # Benchmarks: a release build, ratios against baselines measured in the same run.
 install-pg18-release:

@@ -47,6 +47,11 @@ pub fn init_shared_memory() {
     }
 }
 
+/// Was edgesync loaded through shared_preload_libraries (shared memory is there)?
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
 /// Raise a clear error unless edgesync was loaded through shared_preload_libraries.
 pub fn require_shared_clock() {
     if !PRELOADED.load(Ordering::Relaxed) {

@@ -59,6 +59,27 @@ impl Drop for PassThrough {
     }
 }
 
+/// The table whose missing row edgesync's apply is inserting in place of a
+/// remote update (0: none): the trigger judges that insert as the update it
+/// is (update_missing, or update_deleted against a tombstone).
+static MISSING_ROW_UPDATE: AtomicU32 = AtomicU32::new(0);
+
+/// While alive, remote inserts into `relid` are judged as updates of a missing row. Reset on unwind.
+pub struct MissingRowUpdate(());
+
+impl MissingRowUpdate {
+    pub fn begin(relid: pg_sys::Oid) -> MissingRowUpdate {
+        MISSING_ROW_UPDATE.store(relid.to_u32(), Ordering::Relaxed);
+        MissingRowUpdate(())
+    }
+}
+
+impl Drop for MissingRowUpdate {
+    fn drop(&mut self) {
+        MISSING_ROW_UPDATE.store(0, Ordering::Relaxed);
+    }
+}
+
 /// While alive, local stamps of rows of `relid` use `prev` as their previous
 /// version (writes that cascade to other tables are stamped normally).
 pub struct ResolutionWrite(());
@@ -331,7 +352,7 @@ thread_local! {
 }
 
 /// The kept plan for `sql`, prepared on first use.
-fn plan_for(client: &SpiClient<'_>, sql: &str, args: &[PgOid], mutating: bool) -> pgrx::spi::Result<Rc<OwnedPreparedStatement>> {
+pub(crate) fn plan_for(client: &SpiClient<'_>, sql: &str, args: &[PgOid], mutating: bool) -> pgrx::spi::Result<Rc<OwnedPreparedStatement>> {
     if let Some(plan) = PLANS.with(|plans| plans.borrow().get(sql).cloned()) {
         return Ok(plan);
     }
@@ -570,7 +591,7 @@ pub fn row_by_key(qualified: &str, keys: &[String], key: &JsonB) -> pgrx::spi::R
     })
 }
 
-fn origin_name() -> String {
+pub(crate) fn origin_name() -> String {
     unsafe {
         let origin = pg_sys::replorigin_session_origin;
         let mut name: *mut std::ffi::c_char = std::ptr::null_mut();
@@ -598,7 +619,7 @@ pub struct ConflictRecord<'r> {
     pub note: Option<String>,
 }
 
-fn log_conflict(c: ConflictRecord<'_>) -> Result<(), ConflictError> {
+pub(crate) fn log_conflict(c: ConflictRecord<'_>) -> Result<(), ConflictError> {
     let status = if c.resolution == Resolution::Pending { "pending" } else { "resolved" };
     let local_origin = c.local_version.map(|s| {
         if s.version == Version::ZERO {
@@ -722,7 +743,9 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
             let r = slot_stamp(trigger, td.tg_trigslot)?;
             clock::observe(r.version.hlc);
             let local = local_state_for(&table, trigger, || composite(td.tg_trigtuple, trigger))?;
-            let decision = decide(local, Remote::Insert(r), policy, me);
+            let as_update = MISSING_ROW_UPDATE.load(Ordering::Relaxed) == relid_of(trigger);
+            let remote = if as_update { Remote::Update(r) } else { Remote::Insert(r) };
+            let decision = decide(local, remote, policy, me);
             if decision.conflict.is_none() {
                 return match (decision.action, local) {
                     // written on top of the row we hold (a resolution that re-inserted it there): an update here

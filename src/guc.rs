@@ -3,6 +3,8 @@
 //! The lag thresholds are per session (`USERSET`): they only change what a
 //! reader of `edgesync.health` is told, so a monitoring role may set its own.
 
+use std::ffi::CString;
+
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 use crate::model::health::Thresholds;
@@ -18,7 +20,55 @@ pub static TOMBSTONE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 
 /// Milliseconds added to the wall clock that row versions are read from.
 pub static CLOCK_OFFSET_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+/// The database the forwarder workers run in (one per cluster).
+pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// Seconds a forwarder waits for its peer: to connect (unless the
+/// conninfo's connect_timeout says otherwise) and for each answer.
+pub static PEER_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60);
+/// Milliseconds of clock skew to a peer at which edgesync.health warns.
+pub static MAX_CLOCK_SKEW_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+/// zstd level of batches.
+pub static COMPRESSION_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(3);
+
 pub fn define() {
+    GucRegistry::define_string_guc(
+        c"edgesync.database",
+        c"The database whose edgesync peers the forwarder workers serve.",
+        c"One database per cluster runs forwarders; create the extension and the peers there.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"edgesync.peer_timeout",
+        c"How long a forwarder waits for its peer to connect or to answer.",
+        c"A connect_timeout in the peer's conninfo takes precedence for connecting.",
+        &PEER_TIMEOUT,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"edgesync.max_clock_skew",
+        c"Clock difference to a peer at which edgesync.health reports a warning.",
+        c"Measured by each forwarder when it connects.",
+        &MAX_CLOCK_SKEW_MS,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"edgesync.compression_level",
+        c"zstd level of the batches a forwarder sends.",
+        c"Higher levels save bandwidth for CPU on the sending node; 0 means zstd's default.",
+        &COMPRESSION_LEVEL,
+        -7,
+        19,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"edgesync.lag_warning_bytes",
         c"Replication lag or retained WAL at which edgesync.health reports a warning.",

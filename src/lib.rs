@@ -14,13 +14,18 @@ use pgrx::prelude::*;
 
 pub mod model;
 
+mod apply;
+mod capture;
 mod clock;
 mod conflict;
 mod guc;
 mod health;
 mod node;
+mod peers;
 mod privilege;
 mod resolution;
+mod transport;
+mod worker;
 
 ::pgrx::pg_module_magic!();
 
@@ -30,10 +35,21 @@ mod resolution;
 pub extern "C-unwind" fn _PG_init() {
     guc::define();
     clock::init_shared_memory();
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        peers::init_shared_memory();
+    }
+    worker::register_launcher();
 }
 
 // Roles, the node table and conflict bookkeeping: first, needing nothing from Rust.
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+// Sync enrolment, peers, the receiving side and the peers view: after the Rust functions they call.
+extension_sql_file!(
+    "../sql/forwarder.sql",
+    name = "forwarder",
+    requires = ["schema", apply::_apply_batch, apply::_batch_format, peers::_peer_status, peers::sync_now,
+                peers::_conninfo_error, peers::_wake_launcher_at_commit]
+);
 // The statistics views and every grant, last: they use the Rust functions.
 extension_sql_file!("../sql/health.sql", name = "health_views", finalize);
 

@@ -46,14 +46,19 @@ impl Drop for RestoreUser {
 /// the owner's rights. The caller's identity and settings come back
 /// afterwards, on error too.
 pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner = extension_owner();
+    as_role(extension_owner(), f)
+}
+
+/// Run `f` as `role`, with `search_path` pinned the same way (edgesync's
+/// apply writes each table as its owner, as PostgreSQL's own apply does).
+pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut user = pg_sys::Oid::INVALID;
     let mut context = 0;
     unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut context) };
     let guc_level = unsafe { pg_sys::NewGUCNestLevel() };
     let _restore = RestoreUser { user, context, guc_level };
     unsafe {
-        pg_sys::SetUserIdAndSecContext(owner, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        pg_sys::SetUserIdAndSecContext(role, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
         pg_sys::set_config_option(
             c"search_path".as_ptr(),
             c"pg_catalog, pg_temp".as_ptr(),

@@ -110,6 +110,11 @@ fn payload(batch: &Batch) -> Result<Vec<u8>, BatchError> {
 
 /// Encode a batch; `zstd_level` None sends it uncompressed.
 pub fn encode(batch: &Batch, zstd_level: Option<i32>) -> Result<Vec<u8>, BatchError> {
+    encode_measured(batch, zstd_level).map(|(bytes, _)| bytes)
+}
+
+/// Encode a batch; also returns the size of its payload before compression.
+pub fn encode_measured(batch: &Batch, zstd_level: Option<i32>) -> Result<(Vec<u8>, usize), BatchError> {
     let raw = payload(batch)?;
     let raw_len = u32::try_from(raw.len()).map_err(|_| BatchError::FieldTooLong("batch"))?;
     let (flags, body) = match zstd_level {
@@ -123,7 +128,7 @@ pub fn encode(batch: &Batch, zstd_level: Option<i32>) -> Result<Vec<u8>, BatchEr
     out.extend_from_slice(&raw_len.to_be_bytes());
     out.extend_from_slice(&crc32c::crc32c(&raw).to_be_bytes());
     out.extend_from_slice(&body);
-    Ok(out)
+    Ok((out, raw.len()))
 }
 
 struct Reader<'a> {

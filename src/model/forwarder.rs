@@ -150,8 +150,8 @@ pub fn step(state: State, event: Event, mode: Mode, backoff: Backoff, o: &Observ
             (State::Backoff { until_ms: o.now_ms + wait.as_millis() as u64 }, Disconnect)
         }
         (State::Round, Event::Succeeded) => (State::Idle, Wait(Duration::ZERO)),
-        // a sync_now request does not cut a backoff short: it waits for the round
-        (State::Backoff { until_ms }, Event::Wake) if o.now_ms < until_ms => {
+        // a DBA's sync_now is answered at once, backoff or not
+        (State::Backoff { until_ms }, Event::Wake) if o.now_ms < until_ms && !o.sync_requested => {
             (State::Backoff { until_ms }, Wait(Duration::from_millis(until_ms - o.now_ms)))
         }
         (State::Backoff { .. }, Event::Wake) => (State::Round, RunRound),
@@ -161,6 +161,61 @@ pub fn step(state: State, event: Event, mode: Mode, backoff: Backoff, o: &Observ
         // anything else (a stray event) changes nothing
         (s, _) => (s, Wait(REALTIME_POLL)),
     }
+}
+
+/// An LSN as PostgreSQL writes it (`16/B374D848`).
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    let hi = u32::from_str_radix(hi, 16).ok()?;
+    let lo = u32::from_str_radix(lo, 16).ok()?;
+    Some(((hi as u64) << 32) | lo as u64)
+}
+
+/// Mask the value of every `password` setting in a text that may echo a
+/// conninfo (an error message, a log line): `password=***`.
+pub fn redact_secrets(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut pos = 0;
+    while let Some(found) = lower[pos..].find("password") {
+        let key_end = pos + found + "password".len();
+        let rest = &text[key_end..];
+        let after_space = rest.len() - rest.trim_start().len();
+        if !rest[after_space..].starts_with('=') {
+            out.push_str(&text[pos..key_end]);
+            pos = key_end;
+            continue;
+        }
+        let value_start = key_end + after_space + 1;
+        let value = &text[value_start..];
+        let value = &value[value.len() - value.trim_start().len()..];
+        let skip = value_start + (text.len() - value_start - value.len());
+        let len = if let Some(quoted) = value.strip_prefix('\'') {
+            let mut n = 1;
+            let mut chars = quoted.char_indices();
+            while let Some((i, c)) = chars.next() {
+                if c == '\\' {
+                    chars.next();
+                } else if c == '\'' {
+                    n = i + 2;
+                    break;
+                }
+                n = i + 1 + c.len_utf8();
+            }
+            n
+        } else {
+            value.find(|c: char| c.is_whitespace() || c == '"').unwrap_or(value.len())
+        };
+        out.push_str(&text[pos..key_end]);
+        out.push_str("=***");
+        pos = skip + len;
+    }
+    out.push_str(&text[pos..]);
+    out
 }
 
 #[cfg(test)]
@@ -229,6 +284,8 @@ mod tests {
         assert_eq!(s2, s);
         assert_eq!(a, Action::Wait(Duration::from_millis(until_ms - 1_100)));
         // time is up: try again; the third failure in a row waits about 4 s
+        let asked = Observed { sync_requested: true, ..at(1_200, 5) };
+        assert_eq!(step(s, Event::Wake, Mode::Realtime, b, &asked, 0).1, Action::RunRound, "sync_now cuts a backoff short");
         let (s3, a) = step(s, Event::Wake, Mode::OnDemand, b, &at(until_ms, 0), 0);
         assert_eq!((s3, a), (State::Round, Action::RunRound), "a retry does not wait for the mode");
         let (s4, _) = step(State::Round, Event::Failed, Mode::Realtime, b, &failed(10_000, 3), 0);
@@ -245,5 +302,26 @@ mod tests {
         }
         assert_eq!(step(State::Paused, Event::Wake, Mode::Realtime, b, &o, 0).0, State::Paused);
         assert_eq!(step(State::Paused, Event::Resume, Mode::Realtime, b, &o, 0).0, State::Idle);
+    }
+
+    #[test]
+    fn lsns_read_and_write_as_postgres_does() {
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("x/1"), None);
+        assert_eq!(parse_lsn("12"), None);
+    }
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        assert_eq!(redact_secrets("host=a password=s3cret user=b"), "host=a password=*** user=b");
+        assert_eq!(redact_secrets("host=a password = 's3 cr\\'et' user=b"), "host=a password=*** user=b");
+        assert_eq!(redact_secrets("PASSWORD=x"), "PASSWORD=***");
+        assert_eq!(redact_secrets("password authentication failed for user \"edge\""), "password authentication failed for user \"edge\"");
+        assert_eq!(redact_secrets("no secrets"), "no secrets");
+        for s in ["password=", "password='unterminated", "password =", "x password"] {
+            assert!(!redact_secrets(s).contains("unterminated"), "{s}");
+        }
     }
 }

@@ -275,6 +275,11 @@ impl Drop for Cluster {
     }
 }
 
+/// The server's message for a failed statement, or the client error.
+pub fn db_message(e: &postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+}
+
 impl Node {
     pub fn conninfo(&self) -> String {
         format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
@@ -298,7 +303,7 @@ impl Node {
     }
 
     pub fn try_query(&self, sql: &str) -> Result<Vec<Row>, String> {
-        self.try_connect()?.query(sql, &[]).map_err(|e| format!("{sql} on {}: {e}", self.name))
+        self.try_connect()?.query(sql, &[]).map_err(|e| format!("{sql} on {}: {}", self.name, db_message(&e)))
     }
 
     /// First column of the only row.

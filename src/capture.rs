@@ -1,0 +1,92 @@
+//! A peer's replication slot on this node: what waits in it, reading it
+//! (peek, never consume), and moving it on once the peer confirmed.
+//! Runs inside the forwarder's transactions, through SPI.
+
+use pgrx::prelude::*;
+
+use crate::model::capture::{Reader, SourceTxn};
+use crate::model::forwarder::{format_lsn, parse_lsn};
+use crate::model::pgoutput::PROTOCOL_VERSION;
+
+/// The publication of the tables this node sends up.
+pub const PUBLICATION_UP: &str = "edgesync_up";
+
+/// What one peek read.
+pub struct Peek {
+    pub txns: Vec<SourceTxn>,
+    /// The flush LSN the peek read up to.
+    pub upto: u64,
+    /// Everything up to `upto` was read (the message limit did not cut it).
+    pub complete: bool,
+}
+
+fn lsn(text: Option<String>) -> Result<u64, String> {
+    let text = text.ok_or("no LSN")?;
+    parse_lsn(&text).ok_or_else(|| format!("bad LSN {text:?}"))
+}
+
+/// Logical decoding logs two lines each time it starts; a forwarder starts
+/// it several times a second. Keep them out of the server log.
+fn quiet(client: &pgrx::spi::SpiClient<'_>) -> pgrx::spi::Result<()> {
+    client.select("SELECT pg_catalog.set_config('log_min_messages', 'warning', true)", None, &[])?;
+    Ok(())
+}
+
+/// WAL written since the slot's confirmed position (bytes).
+pub fn backlog(slot: &str) -> Result<u64, String> {
+    Spi::connect(|client| {
+        let t = client.select(
+            "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_flush_lsn(), confirmed_flush_lsn)::bigint
+               FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            None,
+            &[slot.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(Err(format!("replication slot {slot} does not exist; drop the peer and add it again")));
+        }
+        Ok(Ok(t.first().get_one::<i64>()?.unwrap_or(0).max(0) as u64))
+    })
+    .map_err(|e: pgrx::spi::Error| e.to_string())?
+}
+
+/// Read whole transactions from the slot, at most about `max_messages`
+/// pgoutput messages, without consuming them.
+pub fn peek(slot: &str, max_messages: i64, reader: &mut Reader) -> Result<Peek, String> {
+    let (upto, messages) = Spi::connect(|client| {
+        quiet(client)?;
+        let upto = client.select("SELECT pg_catalog.pg_current_wal_flush_lsn()::text", None, &[])?.first().get_one::<String>()?;
+        // 16 and later leave out what came from peers (no echo); 15 is filtered below
+        let no_echo = pg_sys::PG_VERSION_NUM >= 160000;
+        let sql = format!(
+            "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3::int,
+                 'proto_version', '{PROTOCOL_VERSION}', 'publication_names', '{PUBLICATION_UP}'{})",
+            if no_echo { ", 'origin', 'none'" } else { "" }
+        );
+        let t = client.select(&sql, None, &[slot.into(), upto.clone().into(), (max_messages as i32).into()])?;
+        let mut messages = Vec::with_capacity(t.len());
+        for row in t {
+            messages.push(row.get::<Vec<u8>>(1)?.unwrap_or_default());
+        }
+        Ok::<_, pgrx::spi::Error>((upto, messages))
+    })
+    .map_err(|e| e.to_string())?;
+    let complete = (messages.len() as i64) < max_messages;
+    let txns = reader.read(messages)?;
+    Ok(Peek { txns, upto: lsn(upto)?, complete })
+}
+
+/// Move the slot's confirmed position to `to` (never back).
+pub fn advance(slot: &str, to: u64) -> Result<(), String> {
+    Spi::connect(|client| {
+        quiet(client)?;
+        client.select(
+            "SELECT pg_catalog.pg_replication_slot_advance(slot_name, $2::pg_lsn)
+               FROM pg_catalog.pg_replication_slots
+              WHERE slot_name = $1 AND confirmed_flush_lsn < $2::pg_lsn",
+            None,
+            &[slot.into(), format_lsn(to).into()],
+        )?;
+        Ok::<_, pgrx::spi::Error>(())
+    })
+    .map_err(|e| e.to_string())
+}

@@ -1,0 +1,379 @@
+//! What the forwarders tell the rest of the server, through shared memory:
+//! each forwarder's state, errors and counters (read by `edgesync.peers`),
+//! and the requests backends make of them (`sync_now`) and of the launcher
+//! (a peer was added, changed or dropped).
+//!
+//! The peers' settings live in the table `edgesync.peer` (sql/forwarder.sql);
+//! this is only what changes while they run, lost at a restart as
+//! `pg_stat_*` counters are.
+
+use std::time::Duration;
+
+use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
+use pgrx::{pg_shmem_init, PgLwLock, PgSqlErrorCode};
+
+use crate::model::forwarder::redact_secrets;
+use crate::transport;
+
+/// Forwarders that can run at once (per cluster).
+pub const MAX_PEERS: usize = 64;
+const ERROR_LEN: usize = 240;
+
+/// What a forwarder is doing, as `edgesync.peers.state` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Activity {
+    Starting,
+    Idle,
+    Connecting,
+    Pushing,
+    Backoff,
+}
+
+impl Activity {
+    fn name(code: u8) -> &'static str {
+        match code {
+            0 => "starting",
+            1 => "idle",
+            2 => "connecting",
+            3 => "pushing",
+            _ => "backoff",
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct PeerSlot {
+    pub dboid: u32,
+    /// `edgesync.peer.id`; 0: the slot is free.
+    pub peer_id: i32,
+    pub pid: i32,
+    /// The forwarder's process latch (shared memory, same address everywhere).
+    pub latch: usize,
+    pub activity: u8,
+    pub connected: bool,
+    pub last_success: i64,
+    pub last_error_at: i64,
+    pub error_len: u16,
+    pub last_error: [u8; ERROR_LEN],
+    pub failures: u32,
+    pub next_attempt: i64,
+    pub pending_changes: i64,
+    /// Commit time of the oldest change known not to be confirmed (0: none).
+    pub oldest_pending: i64,
+    pub rows_sent: i64,
+    pub batches_sent: i64,
+    pub bytes_raw: i64,
+    pub bytes_compressed: i64,
+    pub clock_skew_ms: i64,
+    pub skew_measured: bool,
+    /// `sync_now` asks for round `requested`; rounds finished so far.
+    pub rounds_requested: u64,
+    pub rounds_done: u64,
+    pub last_round_failed: bool,
+    pub last_round_rows: i64,
+}
+
+impl PeerSlot {
+    const FREE: PeerSlot = PeerSlot {
+        dboid: 0,
+        peer_id: 0,
+        pid: 0,
+        latch: 0,
+        activity: 0,
+        connected: false,
+        last_success: 0,
+        last_error_at: 0,
+        error_len: 0,
+        last_error: [0; ERROR_LEN],
+        failures: 0,
+        next_attempt: 0,
+        pending_changes: 0,
+        oldest_pending: 0,
+        rows_sent: 0,
+        batches_sent: 0,
+        bytes_raw: 0,
+        bytes_compressed: 0,
+        clock_skew_ms: 0,
+        skew_measured: false,
+        rounds_requested: 0,
+        rounds_done: 0,
+        last_round_failed: false,
+        last_round_rows: 0,
+    };
+
+    pub fn set_error(&mut self, message: &str) {
+        let message = redact_secrets(message);
+        let mut end = message.len().min(ERROR_LEN);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.last_error[..end].copy_from_slice(&message.as_bytes()[..end]);
+        self.error_len = end as u16;
+        self.last_error_at = now();
+    }
+
+    pub fn error(&self) -> Option<String> {
+        (self.error_len > 0).then(|| String::from_utf8_lossy(&self.last_error[..self.error_len as usize]).into_owned())
+    }
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Registry {
+    pub launcher_latch: usize,
+    pub slots: [PeerSlot; MAX_PEERS],
+}
+
+unsafe impl PGRXSharedMemory for Registry {}
+
+static REGISTRY: PgLwLock<Registry> = unsafe { PgLwLock::new(c"edgesync_peers") };
+
+pub fn init_shared_memory() {
+    pg_shmem_init!(REGISTRY = Registry { launcher_latch: 0, slots: [PeerSlot::FREE; MAX_PEERS] });
+}
+
+pub fn now() -> i64 {
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+fn my_database() -> u32 {
+    unsafe { pg_sys::MyDatabaseId.to_u32() }
+}
+
+fn my_latch() -> usize {
+    unsafe { pg_sys::MyLatch as usize }
+}
+
+/// The launcher announces itself; backends wake it after peer changes.
+pub fn register_launcher() {
+    REGISTRY.exclusive().launcher_latch = my_latch();
+}
+
+/// Claim the slot of `peer_id` for this forwarder. None: all taken.
+pub fn claim(peer_id: i32) -> Option<usize> {
+    let mut reg = REGISTRY.exclusive();
+    let db = my_database();
+    let index = reg
+        .slots
+        .iter()
+        .position(|s| s.peer_id == peer_id && s.dboid == db)
+        .or_else(|| reg.slots.iter().position(|s| s.peer_id == 0))?;
+    let slot = &mut reg.slots[index];
+    let (requested, done) = (slot.rounds_requested, slot.rounds_done);
+    *slot = PeerSlot::FREE;
+    slot.dboid = db;
+    slot.peer_id = peer_id;
+    slot.pid = unsafe { pg_sys::MyProcPid };
+    slot.latch = my_latch();
+    slot.activity = Activity::Starting as u8;
+    // a sync_now that waited on a crashed forwarder is answered by the next one
+    slot.rounds_requested = requested;
+    slot.rounds_done = done;
+    Some(index)
+}
+
+/// Give the slot up (the forwarder is exiting).
+pub fn release(index: usize) {
+    let mut reg = REGISTRY.exclusive();
+    let slot = &mut reg.slots[index];
+    if slot.pid != unsafe { pg_sys::MyProcPid } {
+        return; // a newer forwarder of the same peer took it over
+    }
+    slot.pid = 0;
+    slot.latch = 0;
+    slot.connected = false;
+}
+
+/// Change this forwarder's slot.
+pub fn update<R>(index: usize, f: impl FnOnce(&mut PeerSlot) -> R) -> R {
+    f(&mut REGISTRY.exclusive().slots[index])
+}
+
+pub fn read(index: usize) -> PeerSlot {
+    REGISTRY.share().slots[index]
+}
+
+fn find(peer_id: i32) -> Option<usize> {
+    let db = my_database();
+    REGISTRY.share().slots.iter().position(|s| s.peer_id == peer_id && s.dboid == db)
+}
+
+fn set_latch(latch: usize) {
+    if latch != 0 {
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+}
+
+fn require_preloaded() {
+    if !crate::clock::preloaded() {
+        ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "edgesync must be loaded through shared_preload_libraries to run forwarders",
+            "Run ALTER SYSTEM SET shared_preload_libraries = 'edgesync' (keeping any libraries already listed) and restart the server."
+        );
+    }
+}
+
+/// Wake the launcher when this transaction commits (it then sees the
+/// peer changes this transaction made).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _wake_launcher_at_commit() {
+    if !crate::clock::preloaded() {
+        return;
+    }
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, || {
+        set_latch(REGISTRY.share().launcher_latch);
+    });
+}
+
+/// NULL when `conninfo` is a valid libpq connection string, else why not.
+#[pg_extern(immutable, parallel_safe)]
+fn _conninfo_error(conninfo: &str) -> Option<String> {
+    transport::check_conninfo(conninfo).err()
+}
+
+/// The forwarders of this database, for `edgesync.peers`. Times are
+/// microseconds since 2000-01-01 (0: never); the view turns them into
+/// timestamps.
+#[pg_extern(volatile, parallel_safe)]
+#[allow(clippy::type_complexity)]
+fn _peer_status() -> TableIterator<
+    'static,
+    (
+        name!(peer_id, i32),
+        name!(pid, i32),
+        name!(state, String),
+        name!(connected, bool),
+        name!(last_success, i64),
+        name!(last_error, Option<String>),
+        name!(last_error_at, i64),
+        name!(consecutive_failures, i32),
+        name!(next_attempt, i64),
+        name!(pending_changes, i64),
+        name!(oldest_pending, i64),
+        name!(rows_sent, i64),
+        name!(batches_sent, i64),
+        name!(bytes_raw, i64),
+        name!(bytes_compressed, i64),
+        name!(clock_skew_ms, Option<i64>),
+    ),
+> {
+    if !crate::clock::preloaded() {
+        return TableIterator::new(Vec::new());
+    }
+    let db = my_database();
+    let rows: Vec<_> = REGISTRY
+        .share()
+        .slots
+        .iter()
+        .filter(|s| s.peer_id != 0 && s.dboid == db && s.pid != 0)
+        .map(|s| {
+            (
+                s.peer_id,
+                s.pid,
+                Activity::name(s.activity).to_string(),
+                s.connected,
+                s.last_success,
+                s.error(),
+                s.last_error_at,
+                s.failures as i32,
+                s.next_attempt,
+                s.pending_changes,
+                s.oldest_pending,
+                s.rows_sent,
+                s.batches_sent,
+                s.bytes_raw,
+                s.bytes_compressed,
+                s.skew_measured.then_some(s.clock_skew_ms),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// Ask the forwarder of `peer` for a round and wait until it is done;
+/// raise the round's error if it failed. Returns the rows it sent.
+#[pg_extern(volatile, parallel_unsafe)]
+fn sync_now(peer: &str, timeout: default!(pgrx::datum::Interval, "'5 min'")) -> i64 {
+    require_preloaded();
+    let found = Spi::get_two_with_args::<i32, bool>("SELECT id, paused FROM edgesync.peer WHERE name = $1", &[peer.into()]);
+    let (peer_id, paused) = match found {
+        Ok((Some(id), Some(paused))) => (id, paused),
+        _ => {
+            ereport!(PgLogLevel::ERROR, PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("edgesync: no peer named {peer:?}"));
+            unreachable!()
+        }
+    };
+    if paused {
+        ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("edgesync: peer {peer:?} is paused"),
+            format!("Resume it first: SELECT edgesync.resume_peer('{peer}');")
+        );
+    }
+    let limit = Duration::from_micros(timeout.as_micros().max(0) as u64 + timeout.days() as u64 * 86_400_000_000 + timeout.months() as u64 * 30 * 86_400_000_000);
+    let started = std::time::Instant::now();
+    // the launcher may be about to start the forwarder (a peer just added or resumed)
+    let index = loop {
+        if let Some(i) = find(peer_id).filter(|&i| read(i).pid != 0) {
+            break i;
+        }
+        if started.elapsed() > limit.min(Duration::from_secs(15)) {
+            ereport!(
+                PgLogLevel::ERROR,
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("edgesync: no forwarder is running for peer {peer:?}"),
+                "Forwarders run in the database named by edgesync.database; check it and the server log."
+            );
+        }
+        wait_a_little();
+    };
+    let (target, latch) = update(index, |s| {
+        s.rounds_requested += 1;
+        (s.rounds_requested, s.latch)
+    });
+    set_latch(latch);
+    loop {
+        let s = read(index);
+        if s.peer_id != peer_id {
+            error!("edgesync: the forwarder of peer {peer:?} went away");
+        }
+        if s.rounds_done >= target {
+            if s.last_round_failed {
+                ereport!(
+                    PgLogLevel::ERROR,
+                    PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+                    format!("edgesync: sync with peer {peer:?} failed: {}", s.error().unwrap_or_default())
+                );
+            }
+            return s.last_round_rows;
+        }
+        if started.elapsed() > limit {
+            ereport!(
+                PgLogLevel::ERROR,
+                PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+                format!("edgesync: sync with peer {peer:?} did not finish within the timeout"),
+                format!("Its state: {}; see edgesync.peers.", Activity::name(s.activity))
+            );
+        }
+        wait_a_little();
+    }
+}
+
+fn wait_a_little() {
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            10,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+}
