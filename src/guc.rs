@@ -27,6 +27,8 @@ pub static DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static PEER_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60);
 /// Milliseconds of clock skew to a peer at which edgesync.health warns.
 pub static MAX_CLOCK_SKEW_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+/// A point in a forwarder's round where it holds still (fault-injection tests).
+pub static FAULT_POINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// zstd level of batches.
 pub static COMPRESSION_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(3);
 
@@ -37,6 +39,14 @@ pub fn define() {
         c"One database per cluster runs forwarders; create the extension and the peers there.",
         &DATABASE,
         GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"edgesync.fault_point",
+        c"For fault-injection tests: a point where forwarders hold still (before_send, before_advance).",
+        c"Leave empty in production. A forwarder reaching the named point waits there, showing state 'held', until the setting changes.",
+        &FAULT_POINT,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

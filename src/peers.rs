@@ -29,6 +29,8 @@ pub enum Activity {
     Connecting,
     Pushing,
     Backoff,
+    /// Holding at `edgesync.fault_point`.
+    Held,
 }
 
 impl Activity {
@@ -38,7 +40,8 @@ impl Activity {
             1 => "idle",
             2 => "connecting",
             3 => "pushing",
-            _ => "backoff",
+            4 => "backoff",
+            _ => "held",
         }
     }
 }

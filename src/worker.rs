@@ -378,6 +378,21 @@ impl Forwarder {
         }
     }
 
+    /// Hold still while `edgesync.fault_point` names `point`.
+    fn hold_at(&self, point: &str) {
+        let armed = || guc::FAULT_POINT.get().is_some_and(|p| p.to_bytes() == point.as_bytes());
+        if !armed() {
+            return;
+        }
+        let before = peers::read(self.index).activity;
+        while armed() {
+            peers::update(self.index, |s| s.activity = Activity::Held as u8);
+            wait(Duration::from_millis(50));
+            reload_config_if_asked();
+        }
+        peers::update(self.index, |s| s.activity = before);
+    }
+
     fn disconnect(&mut self) {
         if self.conn.take().is_some() {
             peers::update(self.index, |s| s.connected = false);
@@ -448,6 +463,7 @@ impl Forwarder {
                     let rows: i64 = b.transactions.iter().map(|t| t.messages.iter().filter(|m| m.first() != Some(&b'R')).count() as i64).sum();
                     let next_oldest = batches.get(i + 1).map(|n| n.transactions[0].commit_time).unwrap_or(0);
                     let (encoded, raw_len) = batch::encode_measured(b, Some(guc::COMPRESSION_LEVEL.get())).map_err(|e| e.to_string())?;
+                    self.hold_at("before_send");
                     let conn = self.conn.as_mut().expect("connected above");
                     let answer = conn.query("SELECT edgesync.apply_batch($1)::text", &[Param::Binary(&encoded)], Self::timeout());
                     let answer = match answer {
@@ -462,6 +478,7 @@ impl Forwarder {
                             crate::model::forwarder::format_lsn(last)
                         ));
                     }
+                    self.hold_at("before_advance");
                     in_transaction(|| capture::advance(&peer.slot, last))?;
                     sent += rows;
                     pending_rows -= rows;

@@ -130,3 +130,231 @@ fn an_outage_drains_when_the_cloud_returns() {
     c.wait_for("the peer to recover", DEADLINE, || Ok(peer_field(e, "consecutive_failures")? == "0"));
     assert_eq!(readings_of(&cloud, &e.name).unwrap().0, 21_000);
 }
+
+fn kill9_pid(pid: i32) {
+    let ok = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "kill -9 {pid}");
+}
+
+fn set_fault_point(n: &Node, point: Option<&str>) {
+    match point {
+        Some(p) => n.execute(&format!("ALTER SYSTEM SET edgesync.fault_point = '{p}'")),
+        None => n.execute("ALTER SYSTEM RESET edgesync.fault_point"),
+    }
+    n.execute("SELECT pg_reload_conf()");
+}
+
+fn wait_up(c: &Cluster, n: &Node) {
+    c.wait_for(&format!("{} to accept connections", n.name), DRAIN, || Ok(n.try_query("SELECT 1").is_ok()));
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    Forwarder,
+    EdgeServer,
+    CloudServer,
+}
+
+/// kill -9 at three points of a push, of each of the three processes that
+/// take part: after every restart the rows are on the cloud exactly once.
+#[test]
+fn kill9_at_every_point_of_a_push_loses_and_doubles_nothing() {
+    let (c, cloud, edges) = hub("kill9", 1, "realtime");
+    let e = &edges[0];
+    let mut next_id = 1i64;
+    for point in ["before_send", "during_apply", "before_advance"] {
+        for victim in [Victim::Forwarder, Victim::EdgeServer, Victim::CloudServer] {
+            let what = format!("{point} / {victim:?}");
+            // the cloud blocks the apply on a lock: the batch is inside apply_batch
+            let mut locker = (point == "during_apply").then(|| {
+                let mut client = cloud.connect();
+                client.batch_execute("BEGIN; LOCK TABLE public.sensor_readings IN SHARE MODE").unwrap();
+                client
+            });
+            if point != "during_apply" {
+                set_fault_point(e, Some(point));
+            }
+            write_readings(e, next_id, 1_000, 100);
+            next_id += 1_000;
+            if point == "during_apply" {
+                c.wait_for(&format!("{what}: apply_batch waiting on the lock"), DEADLINE, || {
+                    Ok(cloud.try_query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%apply_batch%'")?.len() == 1)
+                });
+            } else {
+                c.wait_for(&format!("{what}: forwarder held"), DEADLINE, || Ok(peer_field(e, "state")? == "held"));
+            }
+            match victim {
+                Victim::Forwarder => {
+                    let pid: i32 = peer_field(e, "worker_pid").unwrap().parse().unwrap();
+                    kill9_pid(pid);
+                    // a crashed worker makes the postmaster restart every backend
+                    c.wait_for(&format!("{what}: edge restarting"), DEADLINE, || Ok(e.try_query("SELECT 1").is_err()));
+                    wait_up(&c, e);
+                }
+                Victim::EdgeServer => {
+                    c.kill9(e);
+                    c.start(e);
+                }
+                Victim::CloudServer => {
+                    c.kill9(&cloud);
+                    locker = None;
+                    c.start(&cloud);
+                }
+            }
+            drop(locker.take());
+            set_fault_point(e, None);
+            c.wait_for(&format!("{what}: all rows on the cloud"), DRAIN, || Ok(readings_of(&cloud, &e.name)? == readings_of(e, &e.name)?));
+            e.execute("SELECT edgesync.sync_now('cloud')");
+            let (count, _) = readings_of(&cloud, &e.name).unwrap();
+            assert_eq!(count, next_id - 1, "{what}: every row once");
+        }
+    }
+}
+
+#[test]
+fn conflicting_pushes_converge_on_the_newer_write() {
+    let (c, cloud, edges) = hub("conflict_push", 2, "on_demand");
+    let (e1, e2) = (&edges[0], &edges[1]);
+    // A: edge1 writes first, edge2 later; edge2's push arrives first
+    e1.execute("INSERT INTO public.inventory VALUES ('A', 1, 'edge1')");
+    e2.execute("INSERT INTO public.inventory VALUES ('A', 2, 'edge2')");
+    // B: the same, but the older write arrives first
+    e1.execute("INSERT INTO public.inventory VALUES ('B', 1, 'edge1')");
+    e2.execute("INSERT INTO public.inventory VALUES ('B', 2, 'edge2'); UPDATE public.inventory SET qty = 3 WHERE sku = 'B'");
+    e2.execute("SELECT edgesync.sync_now('cloud')");
+    e1.execute("SELECT edgesync.sync_now('cloud')");
+    let held: Vec<(String, i32, String)> = cloud
+        .query("SELECT sku, qty, note FROM public.inventory ORDER BY sku")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(held, vec![("A".into(), 2, "edge2".into()), ("B".into(), 3, "edge2".into())]);
+    let logged: Vec<(String, String, String)> = cloud
+        .query("SELECT key->>'sku', conflict_type, resolution FROM edgesync.conflict_log ORDER BY 1")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        logged,
+        vec![("A".into(), "insert_exists".into(), "keep_local".into()), ("B".into(), "insert_exists".into(), "keep_local".into())]
+    );
+    // the other order: the newer write arrives second and wins
+    e1.execute("UPDATE public.inventory SET qty = 10, note = 'edge1 late' WHERE sku = 'A'");
+    e1.execute("SELECT edgesync.sync_now('cloud')");
+    let a: i32 = cloud.scalar("SELECT qty FROM public.inventory WHERE sku = 'A'");
+    assert_eq!(a, 10, "edge1's later update wins over edge2's older row");
+    let remote_wins: i64 = cloud.scalar("SELECT count(*) FROM edgesync.conflict_log WHERE key->>'sku' = 'A' AND resolution = 'apply_remote'");
+    assert_eq!(remote_wins, 1);
+    let _ = c;
+}
+
+/// A batch as an edge would send it (format 1), built by hand from the
+/// documented layout: one transaction inserting `(edge, id)` rows into
+/// `table`.
+fn handmade_batch(sender: &str, table: &str, end_lsn: u64, ids: &[i64], compress: bool, format: u16) -> Vec<u8> {
+    fn cstr(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(s.as_bytes());
+        out.push(0);
+    }
+    let mut relation = vec![b'R'];
+    relation.extend_from_slice(&16_384u32.to_be_bytes());
+    cstr(&mut relation, "public");
+    cstr(&mut relation, table);
+    relation.push(b'd');
+    let cols: [(&str, u32); 5] = [("edge", 25), ("id", 20), ("sensor", 23), ("taken_at", 1184), ("value", 701)];
+    relation.extend_from_slice(&(cols.len() as u16).to_be_bytes());
+    for (i, (name, oid)) in cols.iter().enumerate() {
+        relation.push(u8::from(i < 2));
+        cstr(&mut relation, name);
+        relation.extend_from_slice(&oid.to_be_bytes());
+        relation.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+    let mut messages = vec![relation];
+    for id in ids {
+        let mut insert = vec![b'I'];
+        insert.extend_from_slice(&16_384u32.to_be_bytes());
+        insert.push(b'N');
+        insert.extend_from_slice(&(cols.len() as u16).to_be_bytes());
+        for v in [sender.to_string(), id.to_string(), "7".into(), "2026-01-01 00:00:00+00".into(), "1.5".into()] {
+            insert.push(b't');
+            insert.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            insert.extend_from_slice(v.as_bytes());
+        }
+        messages.push(insert);
+    }
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&(sender.len() as u16).to_be_bytes());
+    payload.extend_from_slice(sender.as_bytes());
+    payload.extend_from_slice(&1u32.to_be_bytes());
+    payload.extend_from_slice(&end_lsn.to_be_bytes());
+    payload.extend_from_slice(&0i64.to_be_bytes());
+    payload.extend_from_slice(&u16::MAX.to_be_bytes());
+    payload.extend_from_slice(&(messages.len() as u32).to_be_bytes());
+    for m in &messages {
+        payload.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        payload.extend_from_slice(m);
+    }
+    let body = if compress { zstd::bulk::compress(&payload, 3).unwrap() } else { payload.clone() };
+    let mut out = b"EDGB".to_vec();
+    out.extend_from_slice(&format.to_be_bytes());
+    out.extend_from_slice(&u16::from(compress).to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+#[test]
+fn apply_batch_refuses_bad_input_and_applies_a_resent_batch_once() {
+    let mut c = Cluster::new("bad_batches");
+    let cloud = c.add_node("cloud", &[]);
+    cloud.execute(&format!(
+        "CREATE EXTENSION edgesync; SELECT edgesync.create_node('cloud', 100); {READINGS};
+         CREATE TABLE public.not_enrolled (edge text, id bigint, sensor int, taken_at timestamptz, value float8, PRIMARY KEY (edge, id));
+         SELECT edgesync.add_table('public.sensor_readings', sync => 'up');
+         CREATE ROLE edge_login LOGIN; GRANT edgesync_peer TO edge_login; CREATE ROLE nobody LOGIN;"
+    ));
+    let as_role = |role: &str| {
+        postgres::Client::connect(&format!("host=127.0.0.1 port={} user={role} dbname=postgres", cloud.port), postgres::NoTls).unwrap()
+    };
+    let mut peer = as_role("edge_login");
+    let count = || -> i64 { cloud.scalar("SELECT count(*) FROM public.sensor_readings") };
+    let good = handmade_batch("edge9", "sensor_readings", 1_000, &[1, 2, 3], true, 1);
+
+    let mut refused = |bytes: &[u8], why: &str| {
+        let e = peer.query_one("SELECT edgesync.apply_batch($1)::text", &[&bytes]).expect_err(why);
+        let message = common::db_message(&e);
+        assert!(message.starts_with("edgesync: refused batch"), "{why}: {message}");
+        // the backend is alive and nothing was applied
+        assert_eq!(peer.query_one("SELECT 1", &[]).unwrap().get::<_, i32>(0), 1);
+        message
+    };
+    refused(b"", "empty");
+    refused(b"garbage, not a batch at all", "garbage");
+    refused(&good[..good.len() / 2], "truncated");
+    assert!(refused(&handmade_batch("edge9", "sensor_readings", 1_000, &[1], true, 2), "wrong version").contains("unsupported batch format 2"));
+    let mut flipped = handmade_batch("edge9", "sensor_readings", 1_000, &[1], false, 1);
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x55;
+    assert!(refused(&flipped, "wrong checksum").contains("checksum"));
+    assert!(refused(&handmade_batch("edge9", "not_enrolled", 1_000, &[1], true, 1), "not enrolled").contains("not enrolled"));
+    assert!(refused(&handmade_batch("bad name!", "sensor_readings", 1_000, &[1], true, 1), "bad sender").contains("not a node name"));
+    assert_eq!(count(), 0);
+
+    // a good batch applies, the same batch again changes nothing
+    let lsn: String = peer.query_one("SELECT edgesync.apply_batch($1)::text", &[&good]).unwrap().get(0);
+    assert_eq!(lsn, "0/3E8");
+    assert_eq!(count(), 3);
+    let again: String = peer.query_one("SELECT edgesync.apply_batch($1)::text", &[&good]).unwrap().get(0);
+    assert_eq!(again, "0/3E8");
+    assert_eq!(count(), 3);
+    let origin: String = cloud.scalar("SELECT roident::text FROM pg_replication_origin WHERE roname = 'edgesync_edge9'");
+    let tagged: i64 = cloud.scalar(&format!("SELECT count(*) FROM public.sensor_readings WHERE pg_xact_commit_timestamp_origin(xmin) IS NOT NULL AND (pg_xact_commit_timestamp_origin(xmin)).roident = {origin}"));
+    assert_eq!(tagged, 3, "rows carry the sender's origin");
+
+    // only edgesync_peer may push
+    let mut outsider = as_role("nobody");
+    let e = outsider.query_one("SELECT edgesync.apply_batch($1)::text", &[&good]).expect_err("no grant");
+    assert!(common::db_message(&e).contains("permission denied"), "{}", common::db_message(&e));
+    let _ = &mut c;
+}
