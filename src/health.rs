@@ -106,6 +106,27 @@ fn collect_checks() -> Vec<Check> {
         );
         checks.extend(subscriptions.iter().flat_map(|s| health::subscription_checks(s, &t)));
 
+        let peers = read_rows(
+            client,
+            "SELECT peer, state, consecutive_failures::bigint, extract(epoch FROM now() - last_success)::float8, last_error,
+                    pending_bytes::float8, lag_seconds, clock_skew_seconds::float8
+               FROM edgesync.peers ORDER BY 1",
+            |r| {
+                Ok(health::Peer {
+                    name: r.get(1)?.unwrap_or_default(),
+                    state: r.get(2)?.unwrap_or_default(),
+                    consecutive_failures: r.get(3)?.unwrap_or(0),
+                    since_success_seconds: r.get(4)?,
+                    last_error: r.get(5)?,
+                    pending_bytes: r.get(6)?,
+                    lag_seconds: r.get(7)?,
+                    clock_skew_seconds: r.get(8)?,
+                })
+            },
+        );
+        let max_skew = guc::MAX_CLOCK_SKEW_MS.get() as f64 / 1000.0;
+        checks.extend(peers.iter().flat_map(|p| health::peer_checks(p, &t, max_skew)));
+
         let pending = read_rows(
             client,
             "SELECT quote_ident(schema_name) || '.' || quote_ident(table_name), pending,

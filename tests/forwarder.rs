@@ -123,6 +123,9 @@ fn an_outage_drains_when_the_cloud_returns() {
         Ok(peer_field(e, "consecutive_failures")?.parse::<i64>().unwrap_or(0) >= 1 && !peer_field(e, "last_error")?.is_empty())
     });
     assert_eq!(peer_field(e, "connected").unwrap(), "false");
+    c.wait_for("edgesync.health to report the peer unreachable", DEADLINE, || {
+        Ok(e.try_query("SELECT 1 FROM edgesync.health WHERE component = 'peer' AND metric = 'unreachable_seconds' AND detail LIKE '%last error:%'")?.len() == 1)
+    });
     let refused = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("sync_now raises the round's error");
     assert!(refused.contains("sync with peer \"cloud\" failed"), "{refused}");
     c.start(&cloud);

@@ -322,6 +322,53 @@ pub fn pending_conflicts_check(relation: &str, pending: i64, oldest_seconds: Opt
     }
 }
 
+/// A peer this node pushes to, from `edgesync.peers`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Peer {
+    pub name: String,
+    pub state: String,
+    pub consecutive_failures: i64,
+    /// Seconds since the last successful round (None: never succeeded).
+    pub since_success_seconds: Option<f64>,
+    pub last_error: Option<String>,
+    pub pending_bytes: Option<f64>,
+    pub lag_seconds: Option<f64>,
+    pub clock_skew_seconds: Option<f64>,
+}
+
+/// Unreachable for how long, backlog, lag and clock skew of one peer.
+/// `max_skew_seconds` (edgesync.max_clock_skew) is the skew warning level;
+/// ten times it is critical.
+pub fn peer_checks(p: &Peer, t: &Thresholds, max_skew_seconds: f64) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let (status, detail) = match p.state.as_str() {
+        "paused" => (Status::Warning, "paused: changes wait in the replication slot (edgesync.resume_peer)".to_string()),
+        "stopped" => (
+            Status::Critical,
+            "no forwarder runs: is edgesync in shared_preload_libraries and edgesync.database this database? see the server log".to_string(),
+        ),
+        state => (Status::Ok, format!("forwarder {state}")),
+    };
+    checks.push(Check { component: "peer", object: p.name.clone(), status, metric: "forwarder", value: None, threshold: None, detail });
+    if p.consecutive_failures > 0 {
+        let error = p.last_error.clone().unwrap_or_default();
+        let mut c = metric_check("peer", &p.name, "unreachable_seconds", p.since_success_seconds, t.warning_seconds, t.critical_seconds, "unreachable for");
+        if p.since_success_seconds.is_none() {
+            c.status = Status::Warning;
+        }
+        c.detail = format!("{}; {} failed round(s) in a row, last error: {error}", c.detail, p.consecutive_failures);
+        checks.push(c);
+    }
+    checks.push(metric_check("peer", &p.name, "pending_bytes", p.pending_bytes, t.warning_bytes, t.critical_bytes, "WAL not yet sent"));
+    checks.push(metric_check("peer", &p.name, "lag_seconds", p.lag_seconds, t.warning_seconds, t.critical_seconds, "oldest unsent change age"));
+    if let Some(skew) = p.clock_skew_seconds {
+        let mut c = metric_check("peer", &p.name, "clock_skew_seconds", Some(skew.abs()), max_skew_seconds, max_skew_seconds * 10.0, "clock skew");
+        c.value = Some(skew);
+        checks.push(c);
+    }
+    checks
+}
+
 /// The row a node with nothing to watch still reports, so that an empty
 /// result never reads as "the check did not run".
 pub fn nothing_to_check(node: &str) -> Check {
@@ -437,5 +484,38 @@ mod tests {
         let c = wal_receiver_checks(&w, &t());
         assert_eq!(status_of(&c, "status"), Status::Ok);
         assert_eq!(status_of(&c, "replay_delay_seconds"), Status::Warning);
+    }
+
+    #[test]
+    fn peers_judged_on_reachability_backlog_lag_and_skew() {
+        let healthy = Peer {
+            name: "cloud".into(),
+            state: "idle".into(),
+            since_success_seconds: Some(1.0),
+            pending_bytes: Some(0.0),
+            lag_seconds: Some(0.0),
+            clock_skew_seconds: Some(-0.2),
+            ..Default::default()
+        };
+        let checks = peer_checks(&healthy, &t(), 5.0);
+        assert!(checks.iter().all(|c| c.status == Status::Ok), "{checks:?}");
+        assert_eq!(checks.len(), 4);
+
+        let down = Peer { consecutive_failures: 3, since_success_seconds: Some(90.0), last_error: Some("connection refused".into()), state: "backoff".into(), ..healthy.clone() };
+        let c = peer_checks(&down, &t(), 5.0).into_iter().find(|c| c.metric == "unreachable_seconds").unwrap();
+        assert_eq!(c.status, Status::Critical);
+        assert!(c.detail.contains("connection refused") && c.detail.contains("3 failed"), "{}", c.detail);
+        let never = Peer { since_success_seconds: None, ..down.clone() };
+        assert_eq!(peer_checks(&never, &t(), 5.0).into_iter().find(|c| c.metric == "unreachable_seconds").unwrap().status, Status::Warning);
+
+        let behind = Peer { pending_bytes: Some(500.0), lag_seconds: Some(61.0), clock_skew_seconds: Some(-60.0), ..healthy.clone() };
+        let by = |m: &str| peer_checks(&behind, &t(), 5.0).into_iter().find(|c| c.metric == m).unwrap();
+        assert_eq!(by("pending_bytes").status, Status::Warning);
+        assert_eq!(by("lag_seconds").status, Status::Critical);
+        assert_eq!(by("clock_skew_seconds").status, Status::Critical, "a clock a minute behind is ten times the limit");
+        assert_eq!(by("clock_skew_seconds").value, Some(-60.0), "the sign is kept");
+
+        assert_eq!(peer_checks(&Peer { state: "stopped".into(), ..healthy.clone() }, &t(), 5.0)[0].status, Status::Critical);
+        assert_eq!(peer_checks(&Peer { state: "paused".into(), ..healthy }, &t(), 5.0)[0].status, Status::Warning);
     }
 }
