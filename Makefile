@@ -12,14 +12,15 @@ PG_USER ?= postgres
 PGTEST_DATA_18 ?= /tmp/edgesync-pgtest-18
 PGTEST_DATA_15 ?= /tmp/edgesync-pgtest-15
 
-.PHONY: setup test test-unit test-pg18 test-pg15 test-integration install-pg18 install-pg18-release bench demo demo-stop clean
+.PHONY: setup test test-unit test-pg18 test-pg15 test-integration test-integration-pg15 install-pg18 install-pg15 install-pg18-release bench demo demo-stop clean
 
 setup:
 	@bash scripts/setup.sh
 
-# Every tier: pure unit tests, #[pg_test] on 18 and 15, multi-node tests on 18.
+# Every tier: pure unit tests, #[pg_test] on 18 and 15, multi-node tests on 18,
+# and the forwarder's multi-node tests on 15 too (it decodes differently there).
 test: setup
-	@$(MAKE) --no-print-directory test-unit test-pg18 test-pg15 test-integration
+	@$(MAKE) --no-print-directory test-unit test-pg18 test-pg15 test-integration test-integration-pg15
 
 test-unit:
 	cargo test --lib model::
@@ -33,9 +34,16 @@ test-pg15:
 install-pg18:
 	cargo pgrx install --pg-config $(PG18_CONFIG)
 
+install-pg15:
+	cargo pgrx install --pg-config $(PG15_CONFIG) --no-default-features --features pg15
+
 test-integration: install-pg18
 	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \
 		cargo test --features integration --test health --test conflicts --test forwarder -- --test-threads=1
+
+test-integration-pg15: install-pg15
+	EDGESYNC_PG_CONFIG=$(PG15_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \
+		cargo test --no-default-features --features "pg15 integration" --test forwarder -- --test-threads=1
 
 # Benchmarks: a release build, ratios against baselines measured in the same run.
 install-pg18-release:
