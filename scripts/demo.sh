@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # edgesync demo: a cloud node, two edge nodes and a read-only edge (a hot
-# standby of the cloud), all on loopback, wired with native replication:
-#   edge1, edge2 --(logical: sensor_readings)--> cloud
-#   cloud --(logical: config)--> edge1, edge2
+# standby of the cloud), all on loopback:
+#   edge1, edge2 --(edgesync forwarders: sensor_readings, over "the link")--> cloud
+#   cloud --(native logical: config)--> edge1, edge2
 #   cloud --(streaming)--> edge_ro
 # Usage: demo.sh start | stop      (make demo / make demo-stop)
 # Needs PG_CONFIG (a PostgreSQL 18 with edgesync installed) and PG_USER.
@@ -20,7 +20,23 @@ port_of() {
     case "$1" in
         cloud) echo $((BASE_PORT)) ;; edge1) echo $((BASE_PORT + 1)) ;;
         edge2) echo $((BASE_PORT + 2)) ;; edge_ro) echo $((BASE_PORT + 3)) ;;
+        link) echo $((BASE_PORT + 10)) ;;
     esac
+}
+
+# "The link": a TCP proxy the edges reach the cloud through, to cut and heal.
+link_up() {
+    python3 "$ROOT/scripts/byte_counting_proxy.py" "$(port_of link)" "$(port_of cloud)" "$DEMO_DIR/link.bytes" >/dev/null 2>&1 &
+    echo $! > "$DEMO_DIR/link.pid"
+    echo "link up: edges reach the cloud through port $(port_of link)"
+}
+
+link_down() {
+    if [ -f "$DEMO_DIR/link.pid" ]; then
+        kill "$(cat "$DEMO_DIR/link.pid")" 2>/dev/null || true
+        rm -f "$DEMO_DIR/link.pid"
+        echo "link cut"
+    fi
 }
 
 as_pg() {
@@ -57,6 +73,7 @@ wait_for() { poll_until "$1" returns_true "$2" "$3"; }          # description, n
 wait_same() { poll_until "$1" same_on_both "$2" "$3" "$4"; }    # description, node, node, query
 
 stop_all() {
+    link_down >/dev/null
     for n in "${NODES[@]}"; do
         if [ -f "$DEMO_DIR/$n/postmaster.pid" ]; then
             as_pg "$BINDIR/pg_ctl" -D "$DEMO_DIR/$n" -m fast -w stop >/dev/null && echo "stopped $n"
@@ -77,6 +94,7 @@ wal_level = logical
 track_commit_timestamp = on
 wal_receiver_status_interval = 1s
 max_slot_wal_keep_size = '1GB'
+edgesync.database = '$DB'
 CONF
 }
 
@@ -176,13 +194,19 @@ SQL
         psql_on "$n" -c "SELECT edgesync.create_node('$n')" >/dev/null
     done
 
-    # cloud -> edges: configuration; edges -> cloud: readings
+    # cloud -> edges: configuration (native logical replication)
     psql_on cloud -c "CREATE PUBLICATION config_pub FOR TABLE config"
     psql_on cloud -c "INSERT INTO config VALUES ('sample_interval', '10s'), ('alert_threshold', '80')"
     for e in edge1 edge2; do
-        psql_on "$e" -c "CREATE PUBLICATION readings_pub FOR TABLE sensor_readings"
-        psql_on cloud -c "CREATE SUBSCRIPTION readings_from_$e CONNECTION 'host=127.0.0.1 port=$(port_of "$e") user=postgres dbname=$DB' PUBLICATION readings_pub"
         psql_on "$e" -c "CREATE SUBSCRIPTION config_for_$e CONNECTION 'host=127.0.0.1 port=$(port_of cloud) user=postgres dbname=$DB' PUBLICATION config_pub"
+    done
+    # edges -> cloud: readings, pushed by edgesync's forwarders (the edge dials the cloud)
+    link_up
+    psql_on cloud -c "CREATE ROLE edge_login LOGIN; GRANT edgesync_peer TO edge_login;
+                      SELECT edgesync.add_table('sensor_readings', sync => 'up')" >/dev/null
+    for e in edge1 edge2; do
+        psql_on "$e" -c "SELECT edgesync.add_table('sensor_readings', sync => 'up');
+                         SELECT edgesync.add_peer('cloud', 'host=127.0.0.1 port=$(port_of link) dbname=$DB user=edge_login connect_timeout=5', mode => 'realtime')" >/dev/null
     done
 
     # the read-only edge: a hot standby of the cloud
@@ -202,6 +226,30 @@ SQL
             FROM generate_series(1, 8) s, generate_series(0, 359) t"
     done
     wait_for "readings on the cloud" cloud "SELECT count(*) = 2 * 8 * 360 FROM sensor_readings"
+    show "peers: edge1 pushing to the cloud" edge1 \
+        "SELECT peer, mode, state, connected, consecutive_failures, pending_changes, rows_sent, bytes_sent_raw, bytes_sent_compressed,
+                round(clock_skew_seconds, 3) AS skew_s FROM edgesync.peers"
+
+    # Cut the link: the edges keep writing, their slots keep the changes.
+    link_down
+    for e in edge1 edge2; do
+        psql_on "$e" -c "INSERT INTO sensor_readings
+            SELECT '$e', s, now() - make_interval(secs => 10 * t) - interval '1 hour', 20 + random()
+            FROM generate_series(1, 8) s, generate_series(0, 359) t"
+    done
+    wait_for "edge1 to notice the cut" edge1 "SELECT consecutive_failures > 0 FROM edgesync.peers"
+    show "peers while the link is down" edge1 \
+        "SELECT peer, state, connected, consecutive_failures, pending_changes, pending_bytes, round(lag_seconds::numeric, 1) AS lag_s,
+                next_attempt - now() AS retry_in, last_error FROM edgesync.peers"
+    show "health while the link is down (peer rows)" edge1 \
+        "SELECT component, object, status, metric, value, detail FROM edgesync.health WHERE component = 'peer' ORDER BY metric"
+
+    # Heal it: the forwarders reconnect by themselves and drain.
+    link_up
+    wait_for "the backlog on the cloud" cloud "SELECT count(*) = 2 * 8 * 720 FROM sensor_readings"
+    wait_for "edge1 to recover" edge1 "SELECT consecutive_failures = 0 AND pending_changes = 0 FROM edgesync.peers"
+    show "peers after the link healed" edge1 \
+        "SELECT peer, state, connected, consecutive_failures, pending_changes, last_success, rows_sent FROM edgesync.peers"
     wait_for "edge_ro caught up" cloud \
         "SELECT coalesce(bool_and(replay_lag_bytes = 0), false) FROM edgesync.streaming_replication WHERE name = 'edge_ro'"
 
@@ -213,7 +261,7 @@ SQL
             SELECT '$e', s, now() + make_interval(secs => t), 20 + random()
             FROM generate_series(1, 8) s, generate_series(1, 3000) t"
     done
-    wait_for "the second wave on the cloud" cloud "SELECT count(*) = 2 * 8 * 3360 FROM sensor_readings"
+    wait_for "the second wave on the cloud" cloud "SELECT count(*) = 2 * 8 * 3720 FROM sensor_readings"
     psql_on cloud -c "CHECKPOINT" >/dev/null
 
     show "streaming replication (edge_ro paused: replay lag)" cloud \
@@ -226,7 +274,7 @@ SQL
         "SELECT slot_name, slot_type, active, retained_wal_bytes, pending_bytes, wal_status, pg_size_pretty(safe_wal_size) AS safe_wal_size, disk_at_risk FROM edgesync.replication_slots ORDER BY 1"
     show "replication slots" edge1 \
         "SELECT slot_name, slot_type, active, retained_wal_bytes, pending_bytes, wal_status, disk_at_risk FROM edgesync.replication_slots ORDER BY 1"
-    show "subscriptions" cloud \
+    show "subscriptions (config, native)" edge1 \
         "SELECT name, enabled, worker_pid IS NOT NULL AS worker, received_lsn, round(seconds_since_last_message::numeric, 1) AS last_msg_s,
                 apply_error_count, confl_insert_exists, confl_update_origin_differs FROM edgesync.subscriptions ORDER BY 1"
     printf '\n(health with edgesync.lag_warning_bytes = 1MB so that the paused standby shows)\n'

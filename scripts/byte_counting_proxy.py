@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""A TCP proxy that counts the bytes it carries, for `make bench` (bytes on the wire) and `make demo` (a link to cut).
+
+    byte_counting_proxy.py LISTEN_PORT TARGET_PORT COUNT_FILE
+
+Forwards 127.0.0.1:LISTEN_PORT to 127.0.0.1:TARGET_PORT and keeps the total
+of bytes carried both ways in COUNT_FILE as "BYTES UNIX_TIME" (rewritten
+every 50 ms), so that a benchmark can read it once it was written after a
+measurement ended.
+"""
+import os
+import socket
+import sys
+import threading
+import time
+
+listen_port, target_port, count_file = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+total = 0
+lock = threading.Lock()
+
+
+def pump(src, dst):
+    global total
+    try:
+        while True:
+            data = src.recv(1 << 16)
+            if not data:
+                break
+            dst.sendall(data)
+            with lock:
+                total += len(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def serve():
+    server = socket.create_server(("127.0.0.1", listen_port), reuse_port=False)
+    while True:
+        client, _ = server.accept()
+        try:
+            upstream = socket.create_connection(("127.0.0.1", target_port))
+        except OSError:
+            client.close()
+            continue
+        for s in (client, upstream):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+
+threading.Thread(target=serve, daemon=True).start()
+while True:
+    with lock:
+        n = total
+    with open(count_file + ".tmp", "w") as f:
+        f.write(f"{n} {time.time():.6f}\n")
+    os.replace(count_file + ".tmp", count_file)
+    time.sleep(0.05)
