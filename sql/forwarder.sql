@@ -173,6 +173,11 @@ BEGIN
     VALUES (add_peer.name, add_peer.conninfo, add_peer.mode, add_peer.batch_interval,
             add_peer.max_batch_rows, add_peer.max_batch_bytes, slot);
     PERFORM edgesync._wake_launcher_at_commit();
+    IF current_setting('edgesync.database', true) IS DISTINCT FROM current_database() THEN
+        RAISE WARNING 'edgesync: forwarders run in database %, not in %: this peer will not be served',
+                      coalesce(current_setting('edgesync.database', true), '(edgesync not preloaded)'), current_database()
+          USING HINT = format('ALTER SYSTEM SET edgesync.database = %L; then restart the server.', current_database());
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION edgesync.add_peer(text, text, text, interval, integer, bigint) IS

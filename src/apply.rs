@@ -335,6 +335,18 @@ impl Target {
         format!("INSERT INTO {} ({names}) OVERRIDING SYSTEM VALUE VALUES ({values})", self.qualified)
     }
 
+    fn bulk_insert_sql(&self) -> String {
+        let cols: Vec<_> = self.columns.iter().flatten().collect();
+        let names = cols.iter().map(|(n, _)| quote_ident(n)).collect::<Vec<_>>().join(", ");
+        let aliases = (1..=cols.len()).map(|i| format!("c{i}")).collect::<Vec<_>>().join(", ");
+        let casts = cols.iter().enumerate().map(|(i, (_, t))| format!("c{}::{t}", i + 1)).collect::<Vec<_>>().join(", ");
+        let arrays = (1..=cols.len()).map(|i| format!("pg_catalog.unnest(${i}::pg_catalog.text[])")).collect::<Vec<_>>().join(", ");
+        format!(
+            "INSERT INTO {} ({names}) OVERRIDING SYSTEM VALUE SELECT {casts} FROM ROWS FROM ({arrays}) WITH ORDINALITY AS u({aliases}, n) ORDER BY n",
+            self.qualified
+        )
+    }
+
     fn key_condition(&self, first_param: usize) -> String {
         self.key
             .iter()
@@ -404,17 +416,54 @@ fn text_types(n: usize) -> Vec<PgOid> {
 }
 
 /// Apply a run of changes to one table, as its owner.
+/// Consecutive plain inserts go in one statement of at most this many rows.
+const BULK_INSERT_ROWS: usize = 1000;
+
+fn is_plain_insert(change: &Message) -> bool {
+    matches!(change, Message::Insert { new, .. } if !new.contains(&Value::Unchanged))
+}
+
 fn flush(run: &mut Vec<Message>, target: &Target) {
     let changes = std::mem::take(run);
     as_role(target.owner, || {
         Spi::connect_mut(|client| {
-            for change in &changes {
-                apply_change(client, target, change)?;
+            let mut rest = &changes[..];
+            while !rest.is_empty() {
+                let inserts = rest.iter().take(BULK_INSERT_ROWS).take_while(|c| is_plain_insert(c)).count();
+                if inserts > 1 {
+                    bulk_insert(client, target, &rest[..inserts])?;
+                    rest = &rest[inserts..];
+                } else {
+                    apply_change(client, target, &rest[0])?;
+                    rest = &rest[1..];
+                }
             }
             Ok::<_, pgrx::spi::Error>(())
         })
         .unwrap_or_else(|e| error!("edgesync: applying to {}: {e}", target.qualified))
     });
+}
+
+/// Insert rows in order with one statement: one text array per column,
+/// unnested and cast. Row triggers fire per row, in order, as they would
+/// for single inserts.
+fn bulk_insert(client: &mut pgrx::spi::SpiClient<'_>, t: &Target, inserts: &[Message]) -> pgrx::spi::Result<()> {
+    let written: Vec<usize> = (0..t.columns.len()).filter(|&i| t.columns[i].is_some()).collect();
+    let mut columns: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(inserts.len()); written.len()];
+    for change in inserts {
+        let Message::Insert { new, .. } = change else { unreachable!("only inserts are bulked") };
+        for (slot, &i) in columns.iter_mut().zip(&written) {
+            slot.push(match &new[i] {
+                Value::Text(s) => Some(s.as_str()),
+                _ => None,
+            });
+        }
+    }
+    let sql = t.bulk_insert_sql();
+    let plan = plan_for(client, &sql, &vec![PgOid::from(pg_sys::TEXTARRAYOID); written.len()], true)?;
+    let args: Vec<DatumWithOid<'_>> = columns.into_iter().map(|c| c.into()).collect();
+    client.update(&*plan, None, &args)?;
+    Ok(())
 }
 
 fn apply_change(client: &mut pgrx::spi::SpiClient<'_>, t: &Target, change: &Message) -> pgrx::spi::Result<()> {

@@ -33,14 +33,18 @@ pub static FAULT_POINT: GucSetting<Option<CString>> = GucSetting::<Option<CStrin
 pub static COMPRESSION_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(3);
 
 pub fn define() {
-    GucRegistry::define_string_guc(
-        c"edgesync.database",
-        c"The database whose edgesync peers the forwarder workers serve.",
-        c"One database per cluster runs forwarders; create the extension and the peers there.",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+    // a server-start setting can only be defined while preloading (and
+    // forwarders only run then)
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_string_guc(
+            c"edgesync.database",
+            c"The database whose edgesync peers the forwarder workers serve.",
+            c"One database per cluster runs forwarders; create the extension and the peers there.",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_string_guc(
         c"edgesync.fault_point",
         c"For fault-injection tests: a point where forwarders hold still (before_send, before_advance).",

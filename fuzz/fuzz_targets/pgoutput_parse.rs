@@ -1,0 +1,9 @@
+//! Any bytes as one pgoutput message: an error or a message, never a panic.
+#![no_main]
+
+use edgesync_fuzz::pgoutput;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = pgoutput::parse(data);
+});
