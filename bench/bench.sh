@@ -143,6 +143,11 @@ PORT_PROXY_NATIVE=$((PORT_B + 2))
 python3 "$ROOT/scripts/byte_counting_proxy.py" "$PORT_PROXY_NATIVE" "$PORT_A" "$WORK/proxy_native.bytes" &
 PROXY_NATIVE_PID=$!
 trap 'kill $PROXY_NATIVE_PID 2>/dev/null || true; cleanup' EXIT
+deadline=$((SECONDS + 30))
+until [ -s "$WORK/proxy.bytes" ] && [ -s "$WORK/proxy_native.bytes" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "bench: the byte-counting proxies did not start" >&2; exit 1; }
+    sleep 0.05
+done
 for n in "$PORT_A" "$PORT_B"; do
     q "$n" -c "CREATE TABLE es_plain $TABLE_DDL; CREATE TABLE es_lww $TABLE_DDL;
         SELECT edgesync.add_table('es_plain', sync => 'up'); SELECT edgesync.add_table('es_lww', sync => 'both');" >/dev/null

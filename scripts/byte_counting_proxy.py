@@ -39,8 +39,7 @@ def pump(src, dst):
                 pass
 
 
-def serve():
-    server = socket.create_server(("127.0.0.1", listen_port), reuse_port=False)
+def serve(server):
     while True:
         client, _ = server.accept()
         try:
@@ -54,7 +53,8 @@ def serve():
         threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
 
 
-threading.Thread(target=serve, daemon=True).start()
+# listening before the count file first appears: its presence means "ready"
+threading.Thread(target=serve, args=(socket.create_server(("127.0.0.1", listen_port)),), daemon=True).start()
 while True:
     with lock:
         n = total

@@ -26,8 +26,10 @@ port_of() {
 
 # "The link": a TCP proxy the edges reach the cloud through, to cut and heal.
 link_up() {
+    rm -f "$DEMO_DIR/link.bytes"
     python3 "$ROOT/scripts/byte_counting_proxy.py" "$(port_of link)" "$(port_of cloud)" "$DEMO_DIR/link.bytes" >/dev/null 2>&1 &
     echo $! > "$DEMO_DIR/link.pid"
+    poll_until "the link to listen" test -s "$DEMO_DIR/link.bytes"
     echo "link up: edges reach the cloud through port $(port_of link)"
 }
 

@@ -213,14 +213,14 @@ COMMENT ON FUNCTION edgesync.alter_peer(text, text, text, interval, integer, big
     'Change a peer''s conninfo, mode or batch limits (NULL keeps a setting); the forwarder picks them up at once';
 
 -- Stop or restart a peer's forwarder (its slot keeps the changes meanwhile).
-CREATE FUNCTION edgesync._set_peer_paused(peer text, pause boolean) RETURNS void
+CREATE FUNCTION edgesync._set_peer_paused(peer_name text, pause boolean) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    UPDATE edgesync.peer SET paused = pause WHERE name = peer;
+    UPDATE edgesync.peer p SET paused = pause WHERE p.name = peer_name;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'edgesync: no peer named %', coalesce(quote_literal(peer), 'NULL') USING ERRCODE = 'undefined_object';
+        RAISE EXCEPTION 'edgesync: no peer named %', coalesce(quote_literal(peer_name), 'NULL') USING ERRCODE = 'undefined_object';
     END IF;
     PERFORM edgesync._wake_launcher_at_commit();
 END
@@ -314,7 +314,8 @@ SELECT p.name AS peer,
        coalesce(s.consecutive_failures, 0) AS consecutive_failures,
        CASE WHEN s.next_attempt > 0 THEN t0 + make_interval(secs => s.next_attempt / 1e6) END AS next_attempt,
        coalesce(s.pending_changes, 0) AS pending_changes,
-       pg_wal_lsn_diff(pg_current_wal_flush_lsn(), sl.confirmed_flush_lsn)::bigint AS pending_bytes,
+       CASE WHEN NOT pg_is_in_recovery()
+            THEN pg_wal_lsn_diff(pg_current_wal_flush_lsn(), sl.confirmed_flush_lsn)::bigint END AS pending_bytes,
        CASE WHEN s.oldest_pending > 0
             THEN greatest(extract(epoch FROM clock_timestamp() - (t0 + make_interval(secs => s.oldest_pending / 1e6))), 0)
             ELSE 0 END::double precision AS lag_seconds,

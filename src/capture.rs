@@ -25,10 +25,12 @@ fn lsn(text: Option<String>) -> Result<u64, String> {
     parse_lsn(&text).ok_or_else(|| format!("bad LSN {text:?}"))
 }
 
-/// Logical decoding logs two lines each time it starts; a forwarder starts
-/// it several times a second. Keep them out of the server log.
+/// Logical decoding logs two lines at LOG each time it starts; a forwarder
+/// starts it several times a second. Keep them out of the server log for
+/// this transaction (LOG ranks above ERROR there: only `fatal` hides it; an
+/// error here reaches the forwarder, which logs it itself).
 fn quiet(client: &pgrx::spi::SpiClient<'_>) -> pgrx::spi::Result<()> {
-    client.select("SELECT pg_catalog.set_config('log_min_messages', 'warning', true)", None, &[])?;
+    client.select("SELECT pg_catalog.set_config('log_min_messages', 'fatal', true)", None, &[])?;
     Ok(())
 }
 

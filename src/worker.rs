@@ -25,12 +25,14 @@ use crate::capture;
 use crate::guc;
 use crate::model::batch;
 use crate::model::capture::{pack, Limits, Reader};
-use crate::model::forwarder::{parse_lsn, step, Action, Backoff, Event, Mode, Observed, State};
+use crate::model::forwarder::{format_lsn, parse_lsn, step, Action, Backoff, Event, Mode, Observed, State};
 use crate::peers::{self, Activity};
 use crate::transport::{Connection, Param};
 
 /// How long the launcher waits before restarting a forwarder that died.
 const RESTART_COOLDOWN: Duration = Duration::from_secs(5);
+/// How many batches' worth of messages one peek at the slot reads.
+const PEEK_BATCHES: i64 = 8;
 /// How often the launcher looks at the peers without being woken.
 const LAUNCHER_POLL: Duration = Duration::from_secs(5);
 
@@ -280,9 +282,15 @@ pub extern "C-unwind" fn edgesync_forwarder_main(arg: pg_sys::Datum) {
         warning!("edgesync: more than {} forwarders; peer {peer_id} is not served", peers::MAX_PEERS);
         return;
     };
+    // give the slot back however the worker ends (a SIGTERM ends it with FATAL)
+    unsafe { pg_sys::before_shmem_exit(Some(release_at_exit), pg_sys::Datum::from(index)) };
     let mut f = Forwarder { index, conn: None, reader: Reader::default(), conninfo: String::new() };
     f.run(peer_id);
-    peers::release(index);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn release_at_exit(_code: std::ffi::c_int, index: pg_sys::Datum) {
+    peers::release(index.value());
 }
 
 struct Forwarder {
@@ -438,48 +446,66 @@ impl Forwarder {
     }
 
     /// Push everything the slot holds now. Returns the rows sent.
+    ///
+    /// Each peek decodes the slot from its restart point, so a round reads
+    /// several batches' worth at once and moves the slot once per peek, after
+    /// the peer confirmed every batch sent from it (a crash in between
+    /// re-sends them, and the peer skips what it has).
     fn round(&mut self, peer: &PeerConfig, node: &str) -> Result<i64, String> {
         let mut sent = 0i64;
-        let max_messages = 3 * peer.limits.max_rows as i64 + 100;
+        let max_messages = PEEK_BATCHES * (3 * peer.limits.max_rows as i64 + 100);
         loop {
+            let started = Instant::now();
             let peek = in_transaction(|| capture::peek(&peer.slot, max_messages, &mut self.reader))?;
+            let peeked = started.elapsed();
             let last_read = peek.txns.last().map(|t| t.end_lsn).unwrap_or(0);
             // changes that came from a peer are not sent back (15 has no origin filter)
             let to_send: Vec<_> = peek.txns.into_iter().filter(|t| t.origin.is_none()).collect();
-            let mut pending_rows: i64 = to_send.iter().map(|t| t.rows as i64).sum();
-            let oldest = to_send.first().map(|t| t.commit_time).unwrap_or(0);
+            let mut batches = pack(node, to_send, peer.limits);
+            // a cut peek ends with a part batch: leave it for the next peek, which reads it again whole
+            let held_back = !peek.complete && batches.len() > 1;
+            if held_back {
+                batches.pop();
+            }
+            let rows_of = |b: &crate::model::batch::Batch| -> i64 {
+                b.transactions.iter().map(|t| t.messages.iter().filter(|m| m.first() != Some(&b'R')).count() as i64).sum()
+            };
+            let mut pending_rows: i64 = batches.iter().map(rows_of).sum();
+            let oldest = batches.first().map(|b| b.transactions[0].commit_time).unwrap_or(0);
             peers::update(self.index, |s| {
                 s.pending_changes = pending_rows;
                 s.oldest_pending = oldest;
             });
-            if !to_send.is_empty() {
+            let mut confirmed_to = 0u64;
+            if !batches.is_empty() {
                 if self.conn.is_none() {
                     self.connect(peer, node)?;
                 }
                 peers::update(self.index, |s| s.activity = Activity::Pushing as u8);
-                let batches = pack(node, to_send, peer.limits);
                 for (i, b) in batches.iter().enumerate() {
                     let last = b.transactions.last().map(|t| t.end_lsn).unwrap_or(0);
-                    let rows: i64 = b.transactions.iter().map(|t| t.messages.iter().filter(|m| m.first() != Some(&b'R')).count() as i64).sum();
+                    let rows = rows_of(b);
                     let next_oldest = batches.get(i + 1).map(|n| n.transactions[0].commit_time).unwrap_or(0);
+                    let t0 = Instant::now();
                     let (encoded, raw_len) = batch::encode_measured(b, Some(guc::COMPRESSION_LEVEL.get())).map_err(|e| e.to_string())?;
+                    let t1 = Instant::now();
                     self.hold_at("before_send");
                     let conn = self.conn.as_mut().expect("connected above");
-                    let answer = conn.query("SELECT edgesync.apply_batch($1)::text", &[Param::Binary(&encoded)], Self::timeout());
-                    let answer = match answer {
-                        Ok(a) => a,
-                        Err(e) => return Err(format!("the peer refused a batch: {e}")),
-                    };
+                    let answer = conn
+                        .query("SELECT edgesync.apply_batch($1)::text", &[Param::Binary(&encoded)], Self::timeout())
+                        .map_err(|e| format!("the peer refused a batch: {e}"))?;
                     let confirmed = answer.first().and_then(|r| r.first().cloned().flatten()).and_then(|l| parse_lsn(&l)).ok_or("the peer's answer is not an LSN")?;
                     if confirmed < last {
-                        return Err(format!(
-                            "the peer confirmed {} but was sent up to {}",
-                            crate::model::forwarder::format_lsn(confirmed),
-                            crate::model::forwarder::format_lsn(last)
-                        ));
+                        return Err(format!("the peer confirmed {} but was sent up to {}", format_lsn(confirmed), format_lsn(last)));
                     }
-                    self.hold_at("before_advance");
-                    in_transaction(|| capture::advance(&peer.slot, last))?;
+                    confirmed_to = last;
+                    debug1!(
+                        "edgesync: batch of {rows} rows, {raw_len} bytes ({} compressed): peek {peeked:?} (for {} batches), encode {:?}, peer {:?}",
+                        encoded.len(),
+                        batches.len(),
+                        t1 - t0,
+                        t1.elapsed()
+                    );
                     sent += rows;
                     pending_rows -= rows;
                     peers::update(self.index, |s| {
@@ -492,9 +518,14 @@ impl Forwarder {
                         s.last_success = peers::now();
                     });
                 }
+                self.hold_at("before_advance");
             }
-            // what was read is confirmed or not to be sent: move past it
-            let done_to = if peek.complete { peek.upto.max(last_read) } else { last_read };
+            // move past what the peer confirmed and what was read but is not to be sent
+            let done_to = match (held_back, peek.complete) {
+                (true, _) => confirmed_to,
+                (false, true) => peek.upto.max(last_read),
+                (false, false) => last_read,
+            };
             if done_to > 0 {
                 in_transaction(|| capture::advance(&peer.slot, done_to))?;
             }

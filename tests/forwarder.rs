@@ -365,3 +365,106 @@ fn apply_batch_refuses_bad_input_and_applies_a_resent_batch_once() {
     assert!(common::db_message(&e).contains("permission denied"), "{}", common::db_message(&e));
     let _ = &mut c;
 }
+
+/// The launcher follows pause, resume, alter and drop without a restart.
+#[test]
+fn peers_are_paused_resumed_altered_and_dropped_live() {
+    let (c, cloud, edges) = hub("peer_admin", 1, "realtime");
+    let e = &edges[0];
+    let worker_running = |want: bool| {
+        c.wait_for(&format!("the forwarder {}", if want { "running" } else { "gone" }), DEADLINE, || {
+            Ok(peer_field(e, "worker_pid")?.is_empty() != want)
+        })
+    };
+    e.execute("SELECT edgesync.pause_peer('cloud')");
+    worker_running(false);
+    assert_eq!(peer_field(e, "state").unwrap(), "paused");
+    write_readings(e, 1, 500, 100);
+    let refused = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("a paused peer does not sync");
+    assert!(refused.contains("is paused"), "{refused}");
+    assert_eq!(readings_of(&cloud, &e.name).unwrap().0, 0, "nothing leaves while paused");
+    assert!(peer_field(e, "pending_bytes").unwrap().parse::<i64>().unwrap() > 0, "the slot holds the changes");
+
+    e.execute("SELECT edgesync.resume_peer('cloud')");
+    worker_running(true);
+    wait_arrived(&c, &cloud, e, DEADLINE);
+
+    // a forwarder that dies is started again by the launcher after a cooldown
+    let first = peer_field(e, "worker_pid").unwrap();
+    e.execute(&format!("SELECT pg_terminate_backend({first})"));
+    c.wait_for("a new forwarder", DEADLINE, || {
+        let now = peer_field(e, "worker_pid")?;
+        Ok(!now.is_empty() && now != first)
+    });
+
+    // on_demand: nothing moves until asked
+    e.execute("SELECT edgesync.alter_peer('cloud', mode => 'on_demand')");
+    c.wait_for("the forwarder to take the new mode", DEADLINE, || Ok(peer_field(e, "mode")? == "on_demand"));
+    write_readings(e, 501, 100, 100);
+    let sent: i64 = e.scalar("SELECT edgesync.sync_now('cloud')");
+    assert_eq!(sent, 100);
+    assert_eq!(readings_of(&cloud, &e.name).unwrap(), readings_of(e, &e.name).unwrap());
+
+    // a bad conninfo is refused and changes nothing
+    let bad = e.try_query("SELECT edgesync.alter_peer('cloud', conninfo => 'host=x nonsense')").expect_err("bad conninfo");
+    assert!(bad.contains("invalid conninfo"), "{bad}");
+
+    e.execute("SELECT edgesync.drop_peer('cloud')");
+    worker_running(false);
+    let rows: i64 = e.scalar("SELECT count(*) FROM edgesync.peers");
+    assert_eq!(rows, 0);
+    let slots: i64 = e.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'edgesync_cloud'");
+    assert_eq!(slots, 0, "its slot is dropped");
+}
+
+/// Updates and deletes travel; an update of a row the cloud lacks is judged
+/// against the cloud's tombstone (the newer of the delete and the update
+/// wins), or recreates the row on a table without a policy; every such case
+/// is logged.
+#[test]
+fn updates_and_deletes_travel_and_missing_rows_are_judged() {
+    let (_c, cloud, edges) = hub("updates_deletes", 1, "on_demand");
+    let e = &edges[0];
+    let sync = || e.execute("SELECT edgesync.sync_now('cloud')");
+    let inventory = |n: &Node| -> Vec<(String, i32)> {
+        n.query("SELECT sku, qty FROM public.inventory ORDER BY sku").iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    e.execute("INSERT INTO public.inventory VALUES ('A', 1, ''), ('B', 1, ''), ('C', 1, ''), ('D', 1, '')");
+    sync();
+    e.execute("UPDATE public.inventory SET qty = 5 WHERE sku = 'A'; DELETE FROM public.inventory WHERE sku = 'B'");
+    sync();
+    assert_eq!(inventory(&cloud), vec![("A".into(), 5), ("C".into(), 1), ("D".into(), 1)]);
+
+    // C: the edge updates, then the cloud deletes: the later delete wins
+    e.execute("UPDATE public.inventory SET qty = 7 WHERE sku = 'C'");
+    cloud.execute("DELETE FROM public.inventory WHERE sku = 'C'");
+    // D: the cloud deletes, then the edge updates: the later update brings it back
+    cloud.execute("DELETE FROM public.inventory WHERE sku = 'D'");
+    e.execute("UPDATE public.inventory SET qty = 9 WHERE sku = 'D'");
+    sync();
+    assert_eq!(inventory(&cloud), vec![("A".into(), 5), ("D".into(), 9)]);
+    let judged: Vec<(String, String, String)> = cloud
+        .query("SELECT key->>'sku', conflict_type, resolution FROM edgesync.conflict_log WHERE table_name = 'inventory' ORDER BY 1")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        judged,
+        vec![("C".into(), "update_deleted".into(), "keep_local".into()), ("D".into(), "update_deleted".into(), "apply_remote".into())]
+    );
+
+    // a table without a policy: the missing row is put back, a missing delete is a no-op; both logged
+    write_readings(e, 1, 2, 2);
+    sync();
+    cloud.execute("DELETE FROM public.sensor_readings WHERE id IN (1, 2)");
+    e.execute("UPDATE public.sensor_readings SET value = 42 WHERE id = 1; DELETE FROM public.sensor_readings WHERE id = 2");
+    sync();
+    let value: f64 = cloud.scalar("SELECT value FROM public.sensor_readings WHERE id = 1");
+    assert_eq!(value, 42.0);
+    let logged: Vec<(String, String)> = cloud
+        .query("SELECT conflict_type, resolution FROM edgesync.conflict_log WHERE table_name = 'sensor_readings' ORDER BY 1")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(logged, vec![("delete_missing".into(), "keep_local".into()), ("update_missing".into(), "apply_remote".into())]);
+}
