@@ -23,19 +23,20 @@ test: setup
 	@$(MAKE) --no-print-directory test-unit test-pg18 test-pg15 test-integration test-integration-pg15
 
 test-unit:
-	cargo test --lib model::
+	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) cargo test --lib model::
 
+# EDGESYNC_PG_CONFIG: the server whose libpq edgesync links (build.rs)
 test-pg18:
-	cargo pgrx test pg18 --runas $(PG_USER) --pgdata $(PGTEST_DATA_18)
+	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) cargo pgrx test pg18 --runas $(PG_USER) --pgdata $(PGTEST_DATA_18)
 
 test-pg15:
-	cargo pgrx test pg15 --runas $(PG_USER) --pgdata $(PGTEST_DATA_15)
+	EDGESYNC_PG_CONFIG=$(PG15_CONFIG) cargo pgrx test pg15 --runas $(PG_USER) --pgdata $(PGTEST_DATA_15)
 
 install-pg18:
-	cargo pgrx install --pg-config $(PG18_CONFIG)
+	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) cargo pgrx install --pg-config $(PG18_CONFIG)
 
 install-pg15:
-	cargo pgrx install --pg-config $(PG15_CONFIG) --no-default-features --features pg15
+	EDGESYNC_PG_CONFIG=$(PG15_CONFIG) cargo pgrx install --pg-config $(PG15_CONFIG) --no-default-features --features pg15
 
 test-integration: install-pg18
 	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \
@@ -47,7 +48,7 @@ test-integration-pg15: install-pg15
 
 # Benchmarks: a release build, ratios against baselines measured in the same run.
 install-pg18-release:
-	cargo pgrx install --release --pg-config $(PG18_CONFIG)
+	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) cargo pgrx install --release --pg-config $(PG18_CONFIG)
 
 bench: setup
 	@$(MAKE) --no-print-directory install-pg18-release

@@ -25,7 +25,7 @@ use crate::capture;
 use crate::guc;
 use crate::model::batch;
 use crate::model::capture::{pack, Limits, Reader};
-use crate::model::forwarder::{format_lsn, parse_lsn, step, Action, Backoff, Event, Mode, Observed, State};
+use crate::model::forwarder::{format_lsn, parse_lsn, redact_secrets, step, Action, Backoff, Event, Mode, Observed, State};
 use crate::peers::{self, Activity};
 use crate::transport::{Connection, Param};
 
@@ -379,7 +379,7 @@ impl Forwarder {
                     });
                     match result {
                         Ok(_) => last_round_ms = Some(o.now_ms),
-                        Err(e) => log!("edgesync: round with peer {:?} failed ({failures} in a row): {e}", peer.name),
+                        Err(e) => log!("edgesync: round with peer {:?} failed ({failures} in a row): {}", peer.name, redact_secrets(&e)),
                     }
                 }
             }

@@ -405,6 +405,18 @@ fn peers_are_paused_resumed_altered_and_dropped_live() {
     assert_eq!(sent, 100);
     assert_eq!(readings_of(&cloud, &e.name).unwrap(), readings_of(e, &e.name).unwrap());
 
+    // a password in the conninfo shows nowhere: not in errors, views or the log
+    e.execute("SELECT edgesync.alter_peer('cloud', conninfo => 'host=127.0.0.1 port=1 dbname=postgres user=edge_login password=s3cret-pw connect_timeout=2')");
+    let failed = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("nothing listens on port 1");
+    assert!(failed.contains("failed") && !failed.contains("s3cret-pw"), "{failed}");
+    let shown: String = e.scalar("SELECT string_agg(row_to_json(p)::text, ' ') FROM edgesync.peers p");
+    assert!(!shown.contains("s3cret-pw") && shown.contains("Connection refused"), "{shown}");
+    let health: String = e.scalar("SELECT string_agg(detail, ' ') FROM edgesync.health");
+    assert!(!health.contains("s3cret-pw"), "{health}");
+    let log = std::fs::read_to_string(&e.logfile).unwrap();
+    assert!(!log.contains("s3cret-pw"), "the server log shows the password");
+    e.execute(&format!("SELECT edgesync.alter_peer('cloud', conninfo => 'host=127.0.0.1 port={} dbname=postgres user=edge_login')", cloud.port));
+
     // a bad conninfo is refused and changes nothing
     let bad = e.try_query("SELECT edgesync.alter_peer('cloud', conninfo => 'host=x nonsense')").expect_err("bad conninfo");
     assert!(bad.contains("invalid conninfo"), "{bad}");
