@@ -407,6 +407,7 @@ fn peers_are_paused_resumed_altered_and_dropped_live() {
 
     // a password in the conninfo shows nowhere: not in errors, views or the log
     e.execute("SELECT edgesync.alter_peer('cloud', conninfo => 'host=127.0.0.1 port=1 dbname=postgres user=edge_login password=s3cret-pw connect_timeout=2')");
+    write_readings(e, 601, 1, 1);
     let failed = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("nothing listens on port 1");
     assert!(failed.contains("failed") && !failed.contains("s3cret-pw"), "{failed}");
     let shown: String = e.scalar("SELECT string_agg(row_to_json(p)::text, ' ') FROM edgesync.peers p");
