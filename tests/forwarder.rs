@@ -404,6 +404,11 @@ fn peers_are_paused_resumed_altered_and_dropped_live() {
     let sent: i64 = e.scalar("SELECT edgesync.sync_now('cloud')");
     assert_eq!(sent, 100);
     assert_eq!(readings_of(&cloud, &e.name).unwrap(), readings_of(e, &e.name).unwrap());
+    // an asynchronous commit made before sync_now is covered by it (its WAL is flushed first)
+    e.execute("SET synchronous_commit = off; INSERT INTO public.sensor_readings VALUES ('edge1', 9999, 1, now(), 1)");
+    let sent: i64 = e.scalar("SELECT edgesync.sync_now('cloud')");
+    assert_eq!(sent, 1);
+    assert_eq!(readings_of(&cloud, &e.name).unwrap(), readings_of(e, &e.name).unwrap());
 
     // a password in the conninfo shows nowhere: not in errors, views or the log
     e.execute("SELECT edgesync.alter_peer('cloud', conninfo => 'host=127.0.0.1 port=1 dbname=postgres user=edge_login password=s3cret-pw connect_timeout=2')");
