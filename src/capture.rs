@@ -34,11 +34,12 @@ fn quiet(client: &pgrx::spi::SpiClient<'_>) -> pgrx::spi::Result<()> {
     Ok(())
 }
 
-/// WAL written since the slot's confirmed position (bytes).
+/// WAL written since the slot's confirmed position (bytes), flushed or
+/// not: an asynchronous commit counts before the WAL writer flushes it.
 pub fn backlog(slot: &str) -> Result<u64, String> {
     Spi::connect(|client| {
         let t = client.select(
-            "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_flush_lsn(), confirmed_flush_lsn)::bigint
+            "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint
                FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
             None,
             &[slot.into()],
@@ -49,6 +50,13 @@ pub fn backlog(slot: &str) -> Result<u64, String> {
         Ok(Ok(t.first().get_one::<i64>()?.unwrap_or(0).max(0) as u64))
     })
     .map_err(|e: pgrx::spi::Error| e.to_string())?
+}
+
+/// Flush the WAL written so far: decoding reads only flushed WAL, and an
+/// asynchronous commit would otherwise wait for the WAL writer (up to
+/// wal_writer_delay) before it could leave.
+pub fn flush_wal() {
+    unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
 }
 
 /// Read whole transactions from the slot, at most about `max_messages`

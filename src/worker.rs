@@ -346,11 +346,8 @@ impl Forwarder {
                 Action::Disconnect => self.disconnect(),
                 Action::RunRound => {
                     let asked = slot.rounds_requested;
-                    if asked > slot.rounds_done {
-                        // sync_now covers every commit made before it, asynchronous
-                        // ones too: decoding reads only flushed WAL
-                        unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
-                    }
+                    // a round (and sync_now) covers every commit made before it, asynchronous ones too
+                    capture::flush_wal();
                     let result = self.round(&peer, &node);
                     let event = if result.is_ok() { Event::Succeeded } else { Event::Failed };
                     failures = if result.is_ok() { 0 } else { failures + 1 };
