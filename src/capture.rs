@@ -34,12 +34,21 @@ fn quiet(client: &pgrx::spi::SpiClient<'_>) -> pgrx::spi::Result<()> {
     Ok(())
 }
 
-/// WAL written since the slot's confirmed position (bytes), flushed or
-/// not: an asynchronous commit counts before the WAL writer flushes it.
-pub fn backlog(slot: &str) -> Result<u64, String> {
+/// Where a slot stands, in bytes of WAL.
+pub struct Backlog {
+    /// Written since the slot's confirmed position, flushed or not: an
+    /// asynchronous commit counts before the WAL writer flushes it.
+    pub pending: u64,
+    /// Between the slot's restart point and its confirmed position: what
+    /// every peek decodes again before it reaches anything new.
+    pub restart_lag: u64,
+}
+
+pub fn backlog(slot: &str) -> Result<Backlog, String> {
     Spi::connect(|client| {
         let t = client.select(
-            "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint
+            "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint,
+                    pg_catalog.pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::bigint
                FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
             None,
             &[slot.into()],
@@ -47,16 +56,27 @@ pub fn backlog(slot: &str) -> Result<u64, String> {
         if t.is_empty() {
             return Ok(Err(format!("replication slot {slot} does not exist; drop the peer and add it again")));
         }
-        Ok(Ok(t.first().get_one::<i64>()?.unwrap_or(0).max(0) as u64))
+        let row = t.first();
+        let bytes = |i| -> pgrx::spi::Result<u64> { Ok(row.get::<i64>(i)?.unwrap_or(0).max(0) as u64) };
+        Ok(Ok(Backlog { pending: bytes(1)?, restart_lag: bytes(2)? }))
     })
     .map_err(|e: pgrx::spi::Error| e.to_string())?
+}
+
+/// Log a snapshot of running transactions, as the background writer does
+/// every 15 s: the next decoding finds a point to restart from there, and
+/// the slot's restart point moves up to it at the next advance. Without it
+/// a busy slot's peeks re-decode up to 15 s of WAL each.
+pub fn log_restart_point() {
+    unsafe { pg_sys::LogStandbySnapshot() };
 }
 
 /// Flush the WAL written so far: decoding reads only flushed WAL, and an
 /// asynchronous commit would otherwise wait for the WAL writer (up to
 /// wal_writer_delay) before it could leave.
 pub fn flush_wal() {
-    unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertRecPtr()) };
+    // the end of the last record written (the insert position may sit past a page header not written yet)
+    unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertEndRecPtr()) };
 }
 
 /// Read whole transactions from the slot, at most about `max_messages`

@@ -31,6 +31,10 @@ use crate::transport::{Connection, Param};
 
 /// How long the launcher waits before restarting a forwarder that died.
 const RESTART_COOLDOWN: Duration = Duration::from_secs(5);
+/// Restart-point lag of the slot beyond which a forwarder logs a running
+/// transactions snapshot itself, at most once per interval.
+const RESTART_LAG_LIMIT: u64 = 1 << 20;
+const RESTART_POINT_INTERVAL: Duration = Duration::from_secs(1);
 /// How many batches' worth of messages one peek at the slot reads.
 const PEEK_BATCHES: i64 = 8;
 /// How often the launcher looks at the peers without being woken.
@@ -307,6 +311,7 @@ impl Forwarder {
         let mut state = State::Idle;
         let mut failures = 0u32;
         let mut last_round_ms: Option<u64> = None;
+        let mut last_restart_point = Instant::now();
         peers::update(self.index, |s| s.activity = Activity::Idle as u8);
         loop {
             reload_config_if_asked();
@@ -316,7 +321,7 @@ impl Forwarder {
                 let pending = capture::backlog(&peer.slot)?;
                 Ok(Some((peer, node, pending)))
             });
-            let (peer, node, pending) = match looked {
+            let (peer, node, backlog) = match looked {
                 Ok(Some(found)) => found,
                 Ok(None) => return, // the peer was dropped
                 Err(e) => {
@@ -328,6 +333,11 @@ impl Forwarder {
             if peer.paused {
                 return;
             }
+            if backlog.restart_lag > RESTART_LAG_LIMIT && last_restart_point.elapsed() > RESTART_POINT_INTERVAL {
+                capture::log_restart_point();
+                last_restart_point = Instant::now();
+            }
+            let pending = backlog.pending;
             if self.conn.is_some() && self.conninfo != peer.conninfo {
                 self.disconnect();
             }
