@@ -207,8 +207,9 @@ SQL
     psql_on cloud -c "CREATE ROLE edge_login LOGIN; GRANT edgesync_peer TO edge_login;
                       SELECT edgesync.add_table('sensor_readings', sync => 'up')" >/dev/null
     for e in edge1 edge2; do
-        psql_on "$e" -c "SELECT edgesync.add_table('sensor_readings', sync => 'up');
-                         SELECT edgesync.add_peer('cloud', 'host=127.0.0.1 port=$(port_of link) dbname=$DB user=edge_login connect_timeout=5', mode => 'realtime')" >/dev/null
+        psql_on "$e" -c "SELECT edgesync.add_table('sensor_readings', sync => 'up')" >/dev/null
+        # its own transaction: a slot cannot be created in one that already wrote
+        psql_on "$e" -c "SELECT edgesync.add_peer('cloud', 'host=127.0.0.1 port=$(port_of link) dbname=$DB user=edge_login connect_timeout=5', mode => 'realtime')" >/dev/null
     done
 
     # the read-only edge: a hot standby of the cloud
