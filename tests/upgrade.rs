@@ -1,0 +1,64 @@
+//! `ALTER EXTENSION edgesync UPDATE` from the last release ends with the
+//! same objects, grants and behaviour as a fresh install.
+
+mod common;
+
+use common::{Cluster, Node};
+
+/// Install edgesync 0.1.0's script (kept as a fixture) next to the current one.
+fn install_old_script() {
+    let pg_config = std::env::var("EDGESYNC_PG_CONFIG").unwrap_or_else(|_| "pg_config".into());
+    let out = std::process::Command::new(&pg_config).arg("--sharedir").output().expect("pg_config");
+    let dir = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("extension");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/edgesync--0.1.0.sql"), dir.join("edgesync--0.1.0.sql"))
+        .expect("copy the 0.1.0 script into the extension directory");
+}
+
+/// The extension's members and their privileges, one line each.
+fn members(n: &Node, db: &str) -> Vec<String> {
+    let mut c = postgres::Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname={db}", n.port), postgres::NoTls).unwrap();
+    c.query(
+        "SELECT pg_describe_object(d.classid, d.objid, 0) || coalesce(' ' || p.proacl::text, '') || coalesce(' ' || r.relacl::text, '')
+           FROM pg_depend d
+           LEFT JOIN pg_proc p ON d.classid = 'pg_proc'::regclass AND p.oid = d.objid
+           LEFT JOIN pg_class r ON d.classid = 'pg_class'::regclass AND r.oid = d.objid
+          WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+            AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'edgesync')
+          ORDER BY 1",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[test]
+fn update_from_0_1_0_matches_a_fresh_install() {
+    install_old_script();
+    let mut c = Cluster::new("upgrade");
+    let n = c.add_node("n", &[]);
+    n.execute(
+        "CREATE EXTENSION edgesync VERSION '0.1.0'; SELECT edgesync.create_node('n', 1);
+         CREATE TABLE public.inventory (sku text PRIMARY KEY, qty int);
+         SELECT edgesync.set_conflict_policy('public.inventory');
+         INSERT INTO public.inventory VALUES ('A', 1);",
+    );
+    n.execute("ALTER EXTENSION edgesync UPDATE TO '0.2.0'");
+    let version: String = n.scalar("SELECT extversion FROM pg_extension WHERE extname = 'edgesync'");
+    assert_eq!(version, "0.2.0");
+    n.execute("CREATE DATABASE fresh");
+    let mut fresh = postgres::Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=fresh", n.port), postgres::NoTls).unwrap();
+    fresh.batch_execute("CREATE EXTENSION edgesync").unwrap();
+    let (upgraded, installed) = (members(&n, "postgres"), members(&n, "fresh"));
+    let missing: Vec<_> = installed.iter().filter(|m| !upgraded.contains(m)).collect();
+    let extra: Vec<_> = upgraded.iter().filter(|m| !installed.contains(m)).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing after the update: {missing:#?}\nonly in the update: {extra:#?}");
+    // the data and the conflict handling of 0.1.0 carry on; the new API works
+    n.execute("UPDATE public.inventory SET qty = 2 WHERE sku = 'A'; SELECT edgesync.add_table('public.inventory', sync => 'both')");
+    let stamped: i64 = n.scalar("SELECT (edgesync.row_version(edgesync_version))[1] FROM public.inventory");
+    assert!(stamped > 0);
+    let peers: i64 = n.scalar("SELECT count(*) FROM edgesync.peers");
+    assert_eq!(peers, 0);
+    let _ = &mut c;
+}
