@@ -134,6 +134,19 @@ pub fn apply(b: Batch, direction: Direction) -> u64 {
                         });
                         targets.insert(rel, Target::resolve(&b.sender, def, direction));
                     }
+                    let width = targets[&rel].columns.len();
+                    let rows_fit = match &change {
+                        Message::Insert { new, .. } => new.len() == width,
+                        Message::Update { old, new, .. } => new.len() == width && old.as_ref().is_none_or(|o| o.len() == width),
+                        Message::Delete { old, .. } => old.len() == width,
+                        _ => true,
+                    };
+                    if !rows_fit {
+                        raise(
+                            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                            format!("edgesync: refused batch: a row of relation {rel} does not have the {width} columns its description says"),
+                        );
+                    }
                     if !run.is_empty() && run_rel != rel {
                         flush(&mut run, &targets[&run_rel]);
                     }

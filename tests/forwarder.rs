@@ -259,6 +259,11 @@ fn conflicting_pushes_converge_on_the_newer_write() {
 /// documented layout: one transaction inserting `(edge, id)` rows into
 /// `table`.
 fn handmade_batch(sender: &str, table: &str, end_lsn: u64, ids: &[i64], compress: bool, format: u16) -> Vec<u8> {
+    handmade_batch_rows(sender, table, end_lsn, ids, compress, format, 5)
+}
+
+/// As `handmade_batch`, with rows of `width` values (the relation has 5 columns).
+fn handmade_batch_rows(sender: &str, table: &str, end_lsn: u64, ids: &[i64], compress: bool, format: u16, width: usize) -> Vec<u8> {
     fn cstr(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(s.as_bytes());
         out.push(0);
@@ -281,8 +286,8 @@ fn handmade_batch(sender: &str, table: &str, end_lsn: u64, ids: &[i64], compress
         let mut insert = vec![b'I'];
         insert.extend_from_slice(&16_384u32.to_be_bytes());
         insert.push(b'N');
-        insert.extend_from_slice(&(cols.len() as u16).to_be_bytes());
-        for v in [sender.to_string(), id.to_string(), "7".into(), "2026-01-01 00:00:00+00".into(), "1.5".into()] {
+        insert.extend_from_slice(&(width as u16).to_be_bytes());
+        for v in [sender.to_string(), id.to_string(), "7".into(), "2026-01-01 00:00:00+00".into(), "1.5".into()].into_iter().take(width) {
             insert.push(b't');
             insert.extend_from_slice(&(v.len() as u32).to_be_bytes());
             insert.extend_from_slice(v.as_bytes());
@@ -346,6 +351,7 @@ fn apply_batch_refuses_bad_input_and_applies_a_resent_batch_once() {
     assert!(refused(&flipped, "wrong checksum").contains("checksum"));
     assert!(refused(&handmade_batch("edge9", "not_enrolled", 1_000, &[1], true, 1), "not enrolled").contains("not enrolled"));
     assert!(refused(&handmade_batch("bad name!", "sensor_readings", 1_000, &[1], true, 1), "bad sender").contains("not a node name"));
+    assert!(refused(&handmade_batch_rows("edge9", "sensor_readings", 1_000, &[1], true, 1, 3), "short row").contains("columns"));
     assert_eq!(count(), 0);
 
     // a good batch applies, the same batch again changes nothing
