@@ -17,7 +17,6 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_batch_format_wrapper';
 
-
 CREATE  FUNCTION "_conninfo_error"(
 	"conninfo" TEXT /* & str */
 ) RETURNS TEXT /* Option < String > */
@@ -46,6 +45,19 @@ CREATE  FUNCTION "_peer_status"() RETURNS TABLE (
 STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_peer_status_wrapper';
+
+
+CREATE  FUNCTION "_require_superuser_for_conninfo"() RETURNS void
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_require_superuser_for_conninfo_wrapper';
+
+CREATE  FUNCTION "_require_table_owner"(
+	"relation" oid /* pg_sys :: Oid */
+) RETURNS void
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_require_table_owner_wrapper';
 
 CREATE  FUNCTION "_wake_launcher_at_commit"() RETURNS void
 STRICT VOLATILE PARALLEL UNSAFE
@@ -115,6 +127,7 @@ AS $$
 DECLARE
     published boolean;
 BEGIN
+    PERFORM edgesync._require_table_owner(relation);
     PERFORM edgesync._check_choice('sync', sync, ARRAY['up', 'down', 'both']);
     IF (SELECT relkind FROM pg_class WHERE oid = relation) <> 'r' THEN
         RAISE EXCEPTION 'edgesync: % is not a plain table', relation
@@ -148,6 +161,7 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM edgesync._require_table_owner(relation);
     DELETE FROM edgesync.sync_table WHERE relid = relation;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'edgesync: table % is not enrolled in sync', relation USING ERRCODE = 'undefined_object';
@@ -176,8 +190,8 @@ BEGIN
     IF batch_interval IS NULL OR batch_interval <= interval '0' THEN
         RAISE EXCEPTION 'edgesync: batch_interval must be positive' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF max_batch_rows IS NULL OR max_batch_rows < 1 THEN
-        RAISE EXCEPTION 'edgesync: max_batch_rows must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    IF max_batch_rows IS NULL OR max_batch_rows < 1 OR max_batch_rows > 1000000 THEN
+        RAISE EXCEPTION 'edgesync: max_batch_rows must be between 1 and 1000000' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF max_batch_bytes IS NULL OR max_batch_bytes < 1024 THEN
         RAISE EXCEPTION 'edgesync: max_batch_bytes must be at least 1024' USING ERRCODE = 'invalid_parameter_value';
@@ -200,6 +214,7 @@ BEGIN
           USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM edgesync._check_peer_settings(conninfo, mode, batch_interval, max_batch_rows, max_batch_bytes);
+    PERFORM edgesync._require_superuser_for_conninfo();
     IF NOT EXISTS (SELECT FROM edgesync.node) THEN
         RAISE EXCEPTION 'edgesync: this database is not a node yet'
           USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -243,6 +258,9 @@ BEGIN
     SELECT * INTO p FROM edgesync.peer WHERE peer.name = alter_peer.name FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'edgesync: no peer named %', coalesce(quote_literal(alter_peer.name), 'NULL') USING ERRCODE = 'undefined_object';
+    END IF;
+    IF alter_peer.conninfo IS NOT NULL THEN
+        PERFORM edgesync._require_superuser_for_conninfo();
     END IF;
     p.conninfo := coalesce(alter_peer.conninfo, p.conninfo);
     p.mode := coalesce(alter_peer.mode, p.mode);
@@ -377,7 +395,8 @@ REVOKE EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_t
                            edgesync.pause_peer(text), edgesync.resume_peer(text), edgesync._set_peer_paused(text, boolean),
                            edgesync.drop_peer(text), edgesync.sync_now(text, interval),
                            edgesync.hello(text), edgesync.apply_batch(bytea), edgesync._apply_batch(bytea),
-                           edgesync._peer_status(), edgesync._wake_launcher_at_commit() FROM PUBLIC;
+                           edgesync._peer_status(), edgesync._wake_launcher_at_commit(),
+                           edgesync._require_superuser_for_conninfo(), edgesync._require_table_owner(oid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_table(regclass),
                           edgesync.add_peer(text, text, text, interval, integer, bigint),
                           edgesync.alter_peer(text, text, text, interval, integer, bigint),

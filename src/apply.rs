@@ -196,9 +196,20 @@ fn begin_origin_session(sender: &str) {
             id => id,
         }
     });
+    if unsafe { pg_sys::GetCurrentTransactionNestLevel() } > 1 {
+        // the origin's progress would outlive a rolled-back savepoint
+        raise(
+            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            "edgesync: apply_batch cannot run inside a savepoint or an exception block".to_string(),
+        );
+    }
     let active = SESSION_ORIGIN.with(|s| s.get());
     if active == id {
-        return;
+        // progress is read as committed: a second batch here could apply twice
+        raise(
+            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            "edgesync: one batch per transaction: commit before applying the next".to_string(),
+        );
     }
     if active != 0 || unsafe { pg_sys::replorigin_session_origin } != 0 {
         raise(
@@ -315,7 +326,7 @@ impl Target {
                         format!("edgesync: table {qualified} has no primary key here"),
                     );
                 }
-                let key = pk
+                let key: Vec<usize> = pk
                     .iter()
                     .map(|k| {
                         def.columns.iter().position(|c| &c.name == k).unwrap_or_else(|| {
@@ -326,6 +337,12 @@ impl Target {
                         })
                     })
                     .collect();
+                if key.iter().any(|&k| columns[k].is_none()) {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
+                        format!("edgesync: refused batch from {sender}: a key column of {what} is generated here"),
+                    );
+                }
                 Ok::<_, pgrx::spi::Error>(Target {
                     relid,
                     owner,

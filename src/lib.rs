@@ -48,7 +48,8 @@ extension_sql_file!(
     "../sql/forwarder.sql",
     name = "forwarder",
     requires = ["schema", apply::_apply_batch, apply::_batch_format, peers::_peer_status, peers::sync_now,
-                peers::_conninfo_error, peers::_wake_launcher_at_commit]
+                peers::_conninfo_error, peers::_wake_launcher_at_commit, peers::_require_superuser_for_conninfo,
+                peers::_require_table_owner]
 );
 // The statistics views and every grant, last: they use the Rust functions.
 extension_sql_file!("../sql/health.sql", name = "health_views", finalize);
@@ -484,6 +485,24 @@ mod tests {
         Spi::run("SELECT edgesync.add_peer('cloud', 'host=cloud.example', mode => 'sometimes')").unwrap();
     }
 
+    #[pg_test(error = "edgesync: only the table's owner may enrol it in sync")]
+    fn add_table_needs_the_tables_owner() {
+        Spi::run("CREATE TABLE public.t_not_mine (a int PRIMARY KEY)").unwrap();
+        Spi::run("CREATE ROLE es_test_admin; GRANT edgesync_admin TO es_test_admin; SET LOCAL ROLE es_test_admin").unwrap();
+        Spi::run("SELECT edgesync.add_table('public.t_not_mine', sync => 'up')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: system catalogs do not sync")]
+    fn add_table_refuses_catalogs() {
+        Spi::run("SELECT edgesync.add_table('pg_catalog.pg_authid', sync => 'down')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: only a superuser may set a peer's conninfo")]
+    fn add_peer_conninfo_needs_a_superuser() {
+        Spi::run("CREATE ROLE es_test_admin2; GRANT edgesync_admin TO es_test_admin2; SET LOCAL ROLE es_test_admin2").unwrap();
+        Spi::run("SELECT edgesync.add_peer('cloud', 'dbname=postgres')").unwrap();
+    }
+
     #[pg_test(error = "edgesync: this database is not a node yet")]
     fn add_peer_needs_a_node() {
         Spi::run("SELECT edgesync.add_peer('cloud', 'host=cloud.example')").unwrap();
@@ -494,7 +513,7 @@ mod tests {
         Spi::run("SELECT edgesync.add_peer('the cloud', 'host=cloud.example')").unwrap();
     }
 
-    #[pg_test(error = "edgesync: max_batch_rows must be at least 1")]
+    #[pg_test(error = "edgesync: max_batch_rows must be between 1 and 1000000")]
     fn add_peer_checks_the_batch_limits() {
         Spi::run("SELECT edgesync.add_peer('cloud', 'host=cloud.example', max_batch_rows => 0)").unwrap();
     }

@@ -465,7 +465,8 @@ impl Forwarder {
     /// re-sends them, and the peer skips what it has).
     fn round(&mut self, peer: &PeerConfig, node: &str) -> Result<i64, String> {
         let mut sent = 0i64;
-        let max_messages = PEEK_BATCHES * (3 * peer.limits.max_rows as i64 + 100);
+        // the peek's limit is an int4: never let a large max_batch_rows wrap it
+        let max_messages = (PEEK_BATCHES * (3 * peer.limits.max_rows as i64 + 100)).min(i32::MAX as i64);
         loop {
             let started = Instant::now();
             let peek = in_transaction(|| capture::peek(&peer.slot, max_messages, &mut self.reader))?;

@@ -48,6 +48,9 @@ impl Reader {
     /// they complete. A peek returns whole transactions only, so a
     /// transaction left open is an error.
     pub fn read(&mut self, messages: impl IntoIterator<Item = Vec<u8>>) -> Result<Vec<SourceTxn>, String> {
+        // each peek starts at a transaction boundary: forget what a failed read left open
+        self.open = None;
+        self.defined.clear();
         let mut done = Vec::new();
         for raw in messages {
             let msg = pgoutput::parse(&raw)?;
@@ -223,6 +226,14 @@ mod tests {
 
     fn pg_walstream_origin(name: &str) -> Vec<u8> {
         crate::model::pgoutput::tests::wire(&pg_walstream::LogicalReplicationMessage::Origin { origin_lsn: 0, origin_name: name.into() })
+    }
+
+    #[test]
+    fn a_failed_read_does_not_poison_the_next() {
+        let mut r = Reader::default();
+        assert!(r.read(vec![begin_msg(1, 1)]).is_err());
+        let next = r.read(txn(Some(relation_msg(1, "t", &[("id", 20, true)])), 1, 100)).unwrap();
+        assert_eq!(next.len(), 1);
     }
 
     #[test]
