@@ -112,14 +112,26 @@ q "$PORT_B" -c "CREATE EXTENSION edgesync; SELECT edgesync.create_node('bench_b'
     CREATE TABLE plain $TABLE_DDL; CREATE TABLE lww $TABLE_DDL; SELECT edgesync.set_conflict_policy('lww');" >/dev/null
 q "$PORT_A" -c "TRUNCATE plain, lww; CREATE PUBLICATION bench_plain FOR TABLE plain; CREATE PUBLICATION bench_lww FOR TABLE lww;" >/dev/null
 
-catch_up_rows_per_s() { # table
+# A subscription on b to bench_TABLE, reaching a through PORT, created and
+# then disabled (its slot exists: changes from now on wait for it).
+paused_subscription() { # table, port
     local t="$1" workers="SELECT count(*) FROM pg_stat_subscription WHERE subname = 'sub_$1' AND pid IS NOT NULL"
-    q "$PORT_B" -c "CREATE SUBSCRIPTION sub_$t CONNECTION 'host=127.0.0.1 port=$PORT_A user=postgres dbname=postgres' PUBLICATION bench_$t WITH (copy_data = false)" >/dev/null
+    q "$PORT_B" -c "CREATE SUBSCRIPTION sub_$t CONNECTION 'host=127.0.0.1 port=$2 user=postgres dbname=postgres' PUBLICATION bench_$t WITH (copy_data = false)" >/dev/null
     wait_until "sub_$t to start" 60 "$PORT_B" "$workers" 1
     q "$PORT_B" -c "ALTER SUBSCRIPTION sub_$t DISABLE" >/dev/null
     wait_until "sub_$t to stop" 60 "$PORT_B" "$workers" 0
-    "$BINDIR/pgbench" -n -h 127.0.0.1 -p "$PORT_A" -U postgres -c 2 -j 2 -t $((BACKLOG / 2)) -f "$(insert_script "$t")" postgres >/dev/null 2>&1
-    local want; want=$(val "$PORT_A" "SELECT count(*) FROM $t")
+}
+
+# BACKLOG single-row transactions into TABLE on a; prints the table's row count.
+write_backlog() { # table
+    "$BINDIR/pgbench" -n -h 127.0.0.1 -p "$PORT_A" -U postgres -c 2 -j 2 -t $((BACKLOG / 2)) -f "$(insert_script "$1")" postgres >/dev/null 2>&1
+    val "$PORT_A" "SELECT count(*) FROM $1"
+}
+
+catch_up_rows_per_s() { # table
+    local t="$1"
+    paused_subscription "$t" "$PORT_A"
+    local want; want=$(write_backlog "$t")
     local start end
     start=$(date +%s.%N)
     q "$PORT_B" -c "ALTER SUBSCRIPTION sub_$t ENABLE" >/dev/null
@@ -173,33 +185,28 @@ bytes_now() { # proxy name
 # One catch-up of a BACKLOG-row backlog over `transport` (native | edgesync)
 # into `table` (plain | lww); prints "rows_per_s bytes_on_the_wire".
 catch_up() { # transport table
-    local transport="$1" t="$2" start end before after want
+    local transport="$1" table proxy start end before after want
     if [ "$transport" = native ]; then
-        local workers="SELECT count(*) FROM pg_stat_subscription WHERE subname = 'sub_$t' AND pid IS NOT NULL"
-        q "$PORT_B" -c "CREATE SUBSCRIPTION sub_$t CONNECTION 'host=127.0.0.1 port=$PORT_PROXY_NATIVE user=postgres dbname=postgres' PUBLICATION bench_$t WITH (copy_data = false)" >/dev/null
-        wait_until "sub_$t to start" 60 "$PORT_B" "$workers" 1
-        q "$PORT_B" -c "ALTER SUBSCRIPTION sub_$t DISABLE" >/dev/null
-        wait_until "sub_$t to stop" 60 "$PORT_B" "$workers" 0
-        "$BINDIR/pgbench" -n -h 127.0.0.1 -p "$PORT_A" -U postgres -c 2 -j 2 -t $((BACKLOG / 2)) -f "$(insert_script "$t")" postgres >/dev/null 2>&1
-        want=$(val "$PORT_A" "SELECT count(*) FROM $t")
-        before=$(bytes_now proxy_native)
-        start=$(date +%s.%N)
-        q "$PORT_B" -c "ALTER SUBSCRIPTION sub_$t ENABLE" >/dev/null
-        wait_until "the native catch-up of $t" 600 "$PORT_B" "SELECT count(*) FROM $t" "$want"
-        end=$(date +%s.%N)
-        after=$(bytes_now proxy_native)
-        q "$PORT_B" -c "DROP SUBSCRIPTION sub_$t" >/dev/null
+        table="$2" proxy=proxy_native
+        paused_subscription "$table" "$PORT_PROXY_NATIVE"
     else
+        table="es_$2" proxy=proxy
         # move the slot past the other transport's WAL first (not timed)
         q "$PORT_A" -c "SELECT edgesync.sync_now('cloud')" >/dev/null
-        "$BINDIR/pgbench" -n -h 127.0.0.1 -p "$PORT_A" -U postgres -c 2 -j 2 -t $((BACKLOG / 2)) -f "$(insert_script "es_$t")" postgres >/dev/null 2>&1
-        want=$(val "$PORT_A" "SELECT count(*) FROM es_$t")
-        before=$(bytes_now proxy)
-        start=$(date +%s.%N)
+    fi
+    want=$(write_backlog "$table")
+    before=$(bytes_now "$proxy")
+    start=$(date +%s.%N)
+    if [ "$transport" = native ]; then
+        q "$PORT_B" -c "ALTER SUBSCRIPTION sub_$table ENABLE" >/dev/null
+    else
         q "$PORT_A" -c "SELECT edgesync.sync_now('cloud')" >/dev/null
-        wait_until "the edgesync catch-up of es_$t" 600 "$PORT_B" "SELECT count(*) FROM es_$t" "$want"
-        end=$(date +%s.%N)
-        after=$(bytes_now proxy)
+    fi
+    wait_until "the $transport catch-up of $table" 600 "$PORT_B" "SELECT count(*) FROM $table" "$want"
+    end=$(date +%s.%N)
+    after=$(bytes_now "$proxy")
+    if [ "$transport" = native ]; then
+        q "$PORT_B" -c "DROP SUBSCRIPTION sub_$table" >/dev/null
     fi
     awk -v n="$BACKLOG" -v s="$start" -v e="$end" -v b="$before" -v a="$after" 'BEGIN { printf "%.0f %d\n", n / (e - s), a - b }'
 }

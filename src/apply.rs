@@ -22,7 +22,7 @@ use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 
-use crate::conflict::{log_conflict, plan_for, ConflictRecord, MissingRowUpdate};
+use crate::conflict::{log_conflict, plan_for, ConflictRecord, TableFlag};
 use crate::model::batch::{self, Batch};
 use crate::model::lww::{ConflictType, Resolution};
 use crate::model::pgoutput::{self, Message, Relation, Value};
@@ -39,14 +39,11 @@ const MAX_BATCH_RAW: usize = 1 << 30;
 pub enum Direction {
     /// Pushed up by an edge: tables enrolled `up` or `both` here.
     Up,
-    /// Pulled down from the cloud: tables enrolled `down` or `both` here.
-    #[allow(dead_code)] // the pull side (part 2 of the forwarder) applies with it
-    Down,
 }
 
 impl Direction {
     fn accepts(self, enrolled: &str) -> bool {
-        matches!((self, enrolled), (_, "both") | (Direction::Up, "up") | (Direction::Down, "down"))
+        matches!((self, enrolled), (_, "both") | (Direction::Up, "up"))
     }
 }
 
@@ -252,6 +249,12 @@ struct Target {
     columns: Vec<Option<(String, String)>>,
     /// The sender columns that hold the local primary key.
     key: Vec<usize>,
+    /// The sender columns written here, in order.
+    written: Vec<usize>,
+    /// Statements for this table, composed once per batch.
+    insert_sql: String,
+    bulk_insert_sql: String,
+    delete_sql: String,
 }
 
 impl Target {
@@ -281,7 +284,9 @@ impl Target {
                 let enrolled = row.get::<String>(4)?;
                 let has_policy = row.get::<bool>(5)?.unwrap_or(false);
                 if !enrolled.as_deref().is_some_and(|e| direction.accepts(e)) {
-                    let wanted = if direction == Direction::Up { "up or both" } else { "down or both" };
+                    let wanted = match direction {
+                        Direction::Up => "up or both",
+                    };
                     ereport!(
                         PgLogLevel::ERROR,
                         PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -343,7 +348,8 @@ impl Target {
                         format!("edgesync: refused batch from {sender}: a key column of {what} is generated here"),
                     );
                 }
-                Ok::<_, pgrx::spi::Error>(Target {
+                let written = (0..columns.len()).filter(|&i| columns[i].is_some()).collect();
+                let mut t = Target {
                     relid,
                     owner,
                     schema: def.namespace.clone(),
@@ -352,20 +358,28 @@ impl Target {
                     has_policy,
                     columns,
                     key,
-                })
+                    written,
+                    insert_sql: String::new(),
+                    bulk_insert_sql: String::new(),
+                    delete_sql: String::new(),
+                };
+                t.insert_sql = t.compose_insert();
+                t.bulk_insert_sql = t.compose_bulk_insert();
+                t.delete_sql = t.compose_delete();
+                Ok::<_, pgrx::spi::Error>(t)
             })
             .unwrap_or_else(|e| error!("edgesync: reading table {what}: {e}"))
         })
     }
 
-    fn insert_sql(&self) -> String {
+    fn compose_insert(&self) -> String {
         let cols: Vec<_> = self.columns.iter().flatten().collect();
         let names = cols.iter().map(|(n, _)| quote_ident(n)).collect::<Vec<_>>().join(", ");
         let values = cols.iter().enumerate().map(|(i, (_, t))| format!("${}::{t}", i + 1)).collect::<Vec<_>>().join(", ");
         format!("INSERT INTO {} ({names}) OVERRIDING SYSTEM VALUE VALUES ({values})", self.qualified)
     }
 
-    fn bulk_insert_sql(&self) -> String {
+    fn compose_bulk_insert(&self) -> String {
         let cols: Vec<_> = self.columns.iter().flatten().collect();
         let names = cols.iter().map(|(n, _)| quote_ident(n)).collect::<Vec<_>>().join(", ");
         let aliases = (1..=cols.len()).map(|i| format!("c{i}")).collect::<Vec<_>>().join(", ");
@@ -403,7 +417,7 @@ impl Target {
         format!("UPDATE {} SET {assignments} WHERE {}", self.qualified, self.key_condition(set.len() + 1))
     }
 
-    fn delete_sql(&self) -> String {
+    fn compose_delete(&self) -> String {
         format!("DELETE FROM {} WHERE {}", self.qualified, self.key_condition(1))
     }
 
@@ -478,19 +492,18 @@ fn flush(run: &mut Vec<Message>, target: &Target) {
 /// unnested and cast. Row triggers fire per row, in order, as they would
 /// for single inserts.
 fn bulk_insert(client: &mut pgrx::spi::SpiClient<'_>, t: &Target, inserts: &[Message]) -> pgrx::spi::Result<()> {
-    let written: Vec<usize> = (0..t.columns.len()).filter(|&i| t.columns[i].is_some()).collect();
+    let written = &t.written;
     let mut columns: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(inserts.len()); written.len()];
     for change in inserts {
         let Message::Insert { new, .. } = change else { unreachable!("only inserts are bulked") };
-        for (slot, &i) in columns.iter_mut().zip(&written) {
+        for (slot, &i) in columns.iter_mut().zip(written) {
             slot.push(match &new[i] {
                 Value::Text(s) => Some(s.as_str()),
                 _ => None,
             });
         }
     }
-    let sql = t.bulk_insert_sql();
-    let plan = plan_for(client, &sql, &vec![PgOid::from(pg_sys::TEXTARRAYOID); written.len()], true)?;
+    let plan = plan_for(client, &t.bulk_insert_sql, &vec![PgOid::from(pg_sys::TEXTARRAYOID); written.len()], true)?;
     let args: Vec<DatumWithOid<'_>> = columns.into_iter().map(|c| c.into()).collect();
     client.update(&*plan, None, &args)?;
     Ok(())
@@ -512,7 +525,7 @@ fn apply_change(client: &mut pgrx::spi::SpiClient<'_>, t: &Target, change: &Mess
             update_of_missing_row(client, t, new)
         }
         Message::Delete { old, .. } => {
-            let plan = plan_for(client, &t.delete_sql(), &text_types(t.key.len()), true)?;
+            let plan = plan_for(client, &t.delete_sql, &text_types(t.key.len()), true)?;
             let args: Vec<DatumWithOid<'_>> = t.key.iter().map(|&k| text_arg(&old[k])).collect();
             if client.update(&*plan, None, &args)?.len() == 0 {
                 log(t, ConflictType::DeleteMissing, Resolution::KeepLocal, old, None, None);
@@ -524,10 +537,8 @@ fn apply_change(client: &mut pgrx::spi::SpiClient<'_>, t: &Target, change: &Mess
 }
 
 fn insert(client: &mut pgrx::spi::SpiClient<'_>, t: &Target, new: &[Value]) -> pgrx::spi::Result<()> {
-    let sql = t.insert_sql();
-    let written: Vec<usize> = (0..new.len()).filter(|&i| t.columns[i].is_some()).collect();
-    let plan = plan_for(client, &sql, &text_types(written.len()), true)?;
-    let args: Vec<DatumWithOid<'_>> = written.iter().map(|&i| text_arg(&new[i])).collect();
+    let plan = plan_for(client, &t.insert_sql, &text_types(t.written.len()), true)?;
+    let args: Vec<DatumWithOid<'_>> = t.written.iter().map(|&i| text_arg(&new[i])).collect();
     client.update(&*plan, None, &args)?;
     Ok(())
 }
@@ -542,7 +553,7 @@ fn update_of_missing_row(client: &mut pgrx::spi::SpiClient<'_>, t: &Target, new:
         return Ok(());
     }
     if t.has_policy {
-        let _as_update = MissingRowUpdate::begin(t.relid);
+        let _as_update = TableFlag::missing_row_update(t.relid);
         return insert(client, t, new);
     }
     insert(client, t, new)?;

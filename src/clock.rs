@@ -64,9 +64,14 @@ pub fn require_shared_clock() {
     }
 }
 
+/// The system clock, in ms since 1970.
+pub fn unix_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The clock row versions are read from: the system clock plus `edgesync.clock_offset`.
 fn wall_millis() -> i64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    now + guc::CLOCK_OFFSET_MS.get() as i64
+    unix_millis() + guc::CLOCK_OFFSET_MS.get() as i64
 }
 
 fn read_saved() -> i64 {

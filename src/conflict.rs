@@ -43,19 +43,30 @@ static RESOLUTION_RELID: AtomicU32 = AtomicU32::new(0);
 static RESOLUTION_PREV_HLC: AtomicI64 = AtomicI64::new(0);
 static RESOLUTION_PREV_NODE: AtomicI32 = AtomicI32::new(0);
 
-/// While alive, the trigger lets rows of `relid` through unchanged. Reset on unwind.
-pub struct PassThrough(());
+/// While alive, `flag` names table `relid` (so the trigger treats its rows
+/// specially); cleared on drop, on unwind too.
+pub struct TableFlag(&'static AtomicU32);
 
-impl PassThrough {
-    pub fn begin(relid: pg_sys::Oid) -> PassThrough {
-        PASS_THROUGH.store(relid.to_u32(), Ordering::Relaxed);
-        PassThrough(())
+impl TableFlag {
+    fn set(flag: &'static AtomicU32, relid: pg_sys::Oid) -> TableFlag {
+        flag.store(relid.to_u32(), Ordering::Relaxed);
+        TableFlag(flag)
+    }
+
+    /// The trigger lets rows of `relid` through unchanged.
+    pub fn pass_through(relid: pg_sys::Oid) -> TableFlag {
+        TableFlag::set(&PASS_THROUGH, relid)
+    }
+
+    /// Remote inserts into `relid` are judged as updates of a missing row.
+    pub fn missing_row_update(relid: pg_sys::Oid) -> TableFlag {
+        TableFlag::set(&MISSING_ROW_UPDATE, relid)
     }
 }
 
-impl Drop for PassThrough {
+impl Drop for TableFlag {
     fn drop(&mut self) {
-        PASS_THROUGH.store(0, Ordering::Relaxed);
+        self.0.store(0, Ordering::Relaxed);
     }
 }
 
@@ -63,22 +74,6 @@ impl Drop for PassThrough {
 /// remote update (0: none): the trigger judges that insert as the update it
 /// is (update_missing, or update_deleted against a tombstone).
 static MISSING_ROW_UPDATE: AtomicU32 = AtomicU32::new(0);
-
-/// While alive, remote inserts into `relid` are judged as updates of a missing row. Reset on unwind.
-pub struct MissingRowUpdate(());
-
-impl MissingRowUpdate {
-    pub fn begin(relid: pg_sys::Oid) -> MissingRowUpdate {
-        MISSING_ROW_UPDATE.store(relid.to_u32(), Ordering::Relaxed);
-        MissingRowUpdate(())
-    }
-}
-
-impl Drop for MissingRowUpdate {
-    fn drop(&mut self) {
-        MISSING_ROW_UPDATE.store(0, Ordering::Relaxed);
-    }
-}
 
 /// While alive, local stamps of rows of `relid` use `prev` as their previous
 /// version (writes that cascade to other tables are stamped normally).
@@ -658,7 +653,7 @@ pub(crate) fn log_conflict(c: ConflictRecord<'_>) -> Result<(), ConflictError> {
 
 /// Write a whole row (jsonb) as edgesync's own settling write: it keeps the version it carries.
 fn write_row_through(table: &Table, row: &JsonB) -> Result<(), ConflictError> {
-    let _through = PassThrough::begin(table.relid);
+    let _through = TableFlag::pass_through(table.relid);
     Spi::run_with_args(
         "SELECT edgesync._write_row($1::regclass, $2, $3)",
         &[table.relid.into(), JsonB(row.0.clone()).into(), table.keys.clone().into()],

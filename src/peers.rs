@@ -16,6 +16,9 @@ use pgrx::{pg_shmem_init, PgLwLock, PgSqlErrorCode};
 use crate::model::forwarder::redact_secrets;
 use crate::transport;
 
+/// How often `sync_now` looks whether its round is done (the forwarder does
+/// not know the waiting backend's latch).
+const SYNC_NOW_POLL: Duration = Duration::from_millis(10);
 /// Forwarders that can run at once (per cluster).
 pub const MAX_PEERS: usize = 64;
 const ERROR_LEN: usize = 240;
@@ -382,7 +385,7 @@ fn sync_now(peer: &str, timeout: default!(pgrx::datum::Interval, "'5 min'")) -> 
                 "Forwarders run in the database named by edgesync.database; check it and the server log."
             );
         }
-        wait_a_little();
+        wait_on_latch(SYNC_NOW_POLL);
     };
     let (target, latch) = update(index, |s| {
         s.rounds_requested += 1;
@@ -412,16 +415,18 @@ fn sync_now(peer: &str, timeout: default!(pgrx::datum::Interval, "'5 min'")) -> 
                 format!("Its state: {}; see edgesync.peers.", Activity::name(s.activity))
             );
         }
-        wait_a_little();
+        wait_on_latch(SYNC_NOW_POLL);
     }
 }
 
-fn wait_a_little() {
+/// Sleep on this process's latch at most `d` (a `set_latch` wakes it
+/// early), then answer interrupts (cancel, SIGTERM).
+pub fn wait_on_latch(d: Duration) {
     unsafe {
         pg_sys::WaitLatch(
             pg_sys::MyLatch,
             (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            10,
+            d.as_millis().min(i32::MAX as u128) as _,
             pg_sys::PG_WAIT_EXTENSION,
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);

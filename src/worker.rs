@@ -230,25 +230,12 @@ fn load_peer(id: i32) -> Result<Option<(PeerConfig, String)>, String> {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    crate::clock::unix_millis() as u64
 }
 
 fn noise() -> u32 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     nanos ^ (unsafe { pg_sys::MyProcPid } as u32).wrapping_mul(2_654_435_761)
-}
-
-fn wait(d: Duration) {
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            d.as_millis().min(i32::MAX as u128) as _,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
-    pgrx::check_for_interrupts!();
 }
 
 // PostgreSQL's own handlers, called straight from the signal (pgrx's
@@ -326,7 +313,7 @@ impl Forwarder {
                 Ok(None) => return, // the peer was dropped
                 Err(e) => {
                     peers::update(self.index, |s| s.set_error(&e));
-                    wait(Duration::from_secs(1));
+                    peers::wait_on_latch(Duration::from_secs(1));
                     continue;
                 }
             };
@@ -352,7 +339,7 @@ impl Forwarder {
             let (next, action) = step(state, Event::Wake, peer.mode, backoff, &o, noise());
             state = next;
             match action {
-                Action::Wait(d) => wait(d),
+                Action::Wait(d) => peers::wait_on_latch(d),
                 Action::Disconnect => self.disconnect(),
                 Action::RunRound => {
                     let asked = slot.rounds_requested;
@@ -407,7 +394,7 @@ impl Forwarder {
         let before = peers::read(self.index).activity;
         while armed() {
             peers::update(self.index, |s| s.activity = Activity::Held as u8);
-            wait(Duration::from_millis(50));
+            peers::wait_on_latch(Duration::from_millis(50));
             reload_config_if_asked();
         }
         peers::update(self.index, |s| s.activity = before);
@@ -507,7 +494,10 @@ impl Forwarder {
                     let answer = conn
                         .query("SELECT edgesync.apply_batch($1)::text", &[Param::Binary(&encoded)], Self::timeout())
                         .map_err(|e| format!("the peer refused a batch: {e}"))?;
-                    let confirmed = answer.first().and_then(|r| r.first().cloned().flatten()).and_then(|l| parse_lsn(&l)).ok_or("the peer's answer is not an LSN")?;
+                    let answered = answer.first().and_then(|r| r.first().cloned().flatten());
+                    let confirmed = answered.as_deref().and_then(parse_lsn).ok_or_else(|| {
+                        format!("the peer answered apply_batch with {answered:?}, not an LSN: does it run the same edgesync version?")
+                    })?;
                     if confirmed < last {
                         return Err(format!("the peer confirmed {} but was sent up to {}", format_lsn(confirmed), format_lsn(last)));
                     }

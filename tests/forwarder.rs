@@ -220,7 +220,7 @@ fn kill9_at_every_point_of_a_push_loses_and_doubles_nothing() {
 
 #[test]
 fn conflicting_pushes_converge_on_the_newer_write() {
-    let (c, cloud, edges) = hub("conflict_push", 2, "on_demand");
+    let (_cluster, cloud, edges) = hub("conflict_push", 2, "on_demand");
     let (e1, e2) = (&edges[0], &edges[1]);
     // A: edge1 writes first, edge2 later; edge2's push arrives first
     e1.execute("INSERT INTO public.inventory VALUES ('A', 1, 'edge1')");
@@ -252,7 +252,6 @@ fn conflicting_pushes_converge_on_the_newer_write() {
     assert_eq!(a, 10, "edge1's later update wins over edge2's older row");
     let remote_wins: i64 = cloud.scalar("SELECT count(*) FROM edgesync.conflict_log WHERE key->>'sku' = 'A' AND resolution = 'apply_remote'");
     assert_eq!(remote_wins, 1);
-    let _ = c;
 }
 
 /// A batch as an edge would send it (format 1), built by hand from the
@@ -318,8 +317,8 @@ fn handmade_batch_rows(sender: &str, table: &str, end_lsn: u64, ids: &[i64], com
 
 #[test]
 fn apply_batch_refuses_bad_input_and_applies_a_resent_batch_once() {
-    let mut c = Cluster::new("bad_batches");
-    let cloud = c.add_node("cloud", &[]);
+    let mut cluster = Cluster::new("bad_batches");
+    let cloud = cluster.add_node("cloud", &[]);
     cloud.execute(&format!(
         "CREATE EXTENSION edgesync; SELECT edgesync.create_node('cloud', 100); {READINGS};
          CREATE TABLE public.not_enrolled (edge text, id bigint, sensor int, taken_at timestamptz, value float8, PRIMARY KEY (edge, id));
@@ -369,7 +368,6 @@ fn apply_batch_refuses_bad_input_and_applies_a_resent_batch_once() {
     let mut outsider = as_role("nobody");
     let e = outsider.query_one("SELECT edgesync.apply_batch($1)::text", &[&good]).expect_err("no grant");
     assert!(common::db_message(&e).contains("permission denied"), "{}", common::db_message(&e));
-    let _ = &mut c;
 }
 
 /// The launcher follows pause, resume, alter and drop without a restart.

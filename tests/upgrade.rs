@@ -36,8 +36,8 @@ fn members(n: &Node, db: &str) -> Vec<String> {
 #[test]
 fn update_from_0_1_0_matches_a_fresh_install() {
     install_old_script();
-    let mut c = Cluster::new("upgrade");
-    let n = c.add_node("n", &[]);
+    let mut cluster = Cluster::new("upgrade");
+    let n = cluster.add_node("n", &[]);
     n.execute(
         "CREATE EXTENSION edgesync VERSION '0.1.0'; SELECT edgesync.create_node('n', 1);
          CREATE TABLE public.inventory (sku text PRIMARY KEY, qty int);
@@ -60,5 +60,4 @@ fn update_from_0_1_0_matches_a_fresh_install() {
     assert!(stamped > 0);
     let peers: i64 = n.scalar("SELECT count(*) FROM edgesync.peers");
     assert_eq!(peers, 0);
-    let _ = &mut c;
 }

@@ -25,16 +25,6 @@ pub enum Mode {
     OnDemand,
 }
 
-impl Mode {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Mode::Realtime => "realtime",
-            Mode::Batch { .. } => "batch",
-            Mode::OnDemand => "on_demand",
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
     pub first: Duration,
