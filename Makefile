@@ -4,10 +4,15 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
+# scripts/setup.sh writes where it put things into $(ENV_MK). The values are
+# read when a recipe runs, after `setup` (every target's first prerequisite)
+# has written them, not when make starts: on a fresh machine the file does
+# not exist yet at that moment. Set any of them on the command line to override.
 ENV_MK := target/edgesync-env.mk
--include $(ENV_MK)
-
-PG_USER ?= postgres
+from_setup = $(or $(shell sed -n 's/^$(1) := //p' $(ENV_MK) 2>/dev/null),$(error $(1) unknown: run `make setup` first))
+PG18_CONFIG ?= $(call from_setup,PG18_CONFIG)
+PG15_CONFIG ?= $(call from_setup,PG15_CONFIG)
+PG_USER ?= $(call from_setup,PG_USER)
 # pgrx's test cluster data directories: short paths (the socket lives there)
 PGTEST_DATA_18 ?= /tmp/edgesync-pgtest-18
 PGTEST_DATA_15 ?= /tmp/edgesync-pgtest-15
@@ -32,10 +37,10 @@ test-pg18:
 test-pg15:
 	EDGESYNC_PG_CONFIG=$(PG15_CONFIG) cargo pgrx test pg15 --runas $(PG_USER) --pgdata $(PGTEST_DATA_15)
 
-install-pg18:
+install-pg18: setup
 	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) cargo pgrx install --pg-config $(PG18_CONFIG)
 
-install-pg15:
+install-pg15: setup
 	EDGESYNC_PG_CONFIG=$(PG15_CONFIG) cargo pgrx install --pg-config $(PG15_CONFIG) --no-default-features --features pg15
 
 test-integration: install-pg18
@@ -47,7 +52,7 @@ test-integration-pg15: install-pg15
 		cargo test --no-default-features --features "pg15 integration" --test forwarder -- --test-threads=1
 
 # Benchmarks: a release build, ratios against baselines measured in the same run.
-install-pg18-release:
+install-pg18-release: setup
 	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) cargo pgrx install --release --pg-config $(PG18_CONFIG)
 
 bench: setup
@@ -58,8 +63,13 @@ demo: setup
 	@$(MAKE) --no-print-directory install-pg18
 	@PG_CONFIG=$(PG18_CONFIG) PG_USER=$(PG_USER) bash scripts/demo.sh start
 
+# Nothing to stop where set-up never ran: no demo can have started.
 demo-stop:
+ifneq ($(wildcard $(ENV_MK)),)
 	@PG_CONFIG=$(PG18_CONFIG) PG_USER=$(PG_USER) bash scripts/demo.sh stop
+else
+	@echo "no demo here (set-up never ran)"
+endif
 
 clean:
 	cargo clean

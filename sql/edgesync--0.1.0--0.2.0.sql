@@ -1,7 +1,8 @@
 -- edgesync 0.1.0 -> 0.2.0: the forwarder, push side.
 -- Adds the Rust functions behind it, the edgesync_peer role, sync_table,
 -- peer, the edgesync_up publication, add_table/add_peer and friends,
--- hello/apply_batch and the peers view (as sql/forwarder.sql). Nothing of
+-- hello/apply_batch and the peers view (as sql/forwarder.sql), and the
+-- node-name rule they share with the Rust code. Nothing of
 -- 0.1.0 changes. The launcher starts after the next server restart (it
 -- needs shared_preload_libraries and edgesync.database).
 
@@ -16,6 +17,27 @@ CREATE  FUNCTION "_batch_format"() RETURNS INT /* i32 */
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_batch_format_wrapper';
+
+CREATE  FUNCTION "_is_node_name"(
+	"name" TEXT /* &str */
+) RETURNS bool /* bool */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'is_node_name_wrapper';
+
+CREATE  FUNCTION "_slot_name"(
+	"peer" TEXT /* &str */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'slot_name_wrapper';
+
+CREATE  FUNCTION "_origin_name"(
+	"node" TEXT /* &str */
+) RETURNS TEXT /* String */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'origin_name_wrapper';
 
 CREATE  FUNCTION "_conninfo_error"(
 	"conninfo" TEXT /* & str */
@@ -93,7 +115,7 @@ SELECT pg_catalog.pg_extension_config_dump('edgesync.sync_table', '');
 
 CREATE TABLE edgesync.peer (
     id              integer     GENERATED ALWAYS AS IDENTITY UNIQUE,
-    name            text        PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_]{1,48}$'),
+    name            text        PRIMARY KEY CHECK (edgesync._is_node_name(name)),
     conninfo        text        NOT NULL,
     mode            text        NOT NULL CHECK (mode IN ('realtime', 'batch', 'on_demand')),
     batch_interval  interval    NOT NULL CHECK (batch_interval > interval '0'),
@@ -209,7 +231,7 @@ AS $$
 DECLARE
     slot name;
 BEGIN
-    IF name IS NULL OR name !~ '^[A-Za-z0-9_]{1,48}$' THEN
+    IF name IS NULL OR NOT edgesync._is_node_name(name) THEN
         RAISE EXCEPTION 'edgesync: peer name % must be 1 to 48 letters, digits or underscores', coalesce(quote_literal(name), 'NULL')
           USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -228,7 +250,7 @@ BEGIN
           USING ERRCODE = 'object_not_in_prerequisite_state',
                 HINT = 'ALTER SYSTEM SET wal_level = logical; then restart the server.';
     END IF;
-    slot := 'edgesync_' || lower(add_peer.name);
+    slot := edgesync._slot_name(add_peer.name);
     IF NOT EXISTS (SELECT FROM pg_replication_slots s WHERE s.slot_name = slot) THEN
         PERFORM pg_create_logical_replication_slot(slot, 'pgoutput');
     END IF;
@@ -337,11 +359,11 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF sender IS NULL OR sender !~ '^[A-Za-z0-9_]{1,48}$' THEN
+    IF sender IS NULL OR NOT edgesync._is_node_name(sender) THEN
         RAISE EXCEPTION 'edgesync: sender % is not a node name', coalesce(quote_literal(sender), 'NULL') USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = 'edgesync_' || sender) THEN
-        confirmed_lsn := pg_replication_origin_progress('edgesync_' || sender, true);
+    IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(sender)) THEN
+        confirmed_lsn := pg_replication_origin_progress(edgesync._origin_name(sender), true);
     END IF;
     clock_ms := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
     batch_format := edgesync._batch_format();

@@ -25,7 +25,7 @@ SELECT pg_catalog.pg_extension_config_dump('edgesync.sync_table', '');
 -- conninfo may hold a password: the table is readable only by its owner.
 CREATE TABLE edgesync.peer (
     id              integer     GENERATED ALWAYS AS IDENTITY UNIQUE,
-    name            text        PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_]{1,48}$'),
+    name            text        PRIMARY KEY CHECK (edgesync._is_node_name(name)),
     conninfo        text        NOT NULL,
     mode            text        NOT NULL CHECK (mode IN ('realtime', 'batch', 'on_demand')),
     batch_interval  interval    NOT NULL CHECK (batch_interval > interval '0'),
@@ -149,7 +149,7 @@ AS $$
 DECLARE
     slot name;
 BEGIN
-    IF name IS NULL OR name !~ '^[A-Za-z0-9_]{1,48}$' THEN
+    IF name IS NULL OR NOT edgesync._is_node_name(name) THEN
         RAISE EXCEPTION 'edgesync: peer name % must be 1 to 48 letters, digits or underscores', coalesce(quote_literal(name), 'NULL')
           USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -168,7 +168,7 @@ BEGIN
           USING ERRCODE = 'object_not_in_prerequisite_state',
                 HINT = 'ALTER SYSTEM SET wal_level = logical; then restart the server.';
     END IF;
-    slot := 'edgesync_' || lower(add_peer.name);
+    slot := edgesync._slot_name(add_peer.name);
     IF NOT EXISTS (SELECT FROM pg_replication_slots s WHERE s.slot_name = slot) THEN
         PERFORM pg_create_logical_replication_slot(slot, 'pgoutput');
     END IF;
@@ -284,11 +284,11 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF sender IS NULL OR sender !~ '^[A-Za-z0-9_]{1,48}$' THEN
+    IF sender IS NULL OR NOT edgesync._is_node_name(sender) THEN
         RAISE EXCEPTION 'edgesync: sender % is not a node name', coalesce(quote_literal(sender), 'NULL') USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = 'edgesync_' || sender) THEN
-        confirmed_lsn := pg_replication_origin_progress('edgesync_' || sender, true);
+    IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(sender)) THEN
+        confirmed_lsn := pg_replication_origin_progress(edgesync._origin_name(sender), true);
     END IF;
     clock_ms := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
     batch_format := edgesync._batch_format();

@@ -7,7 +7,7 @@ use std::ffi::CString;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
-use crate::model::health::Thresholds;
+use crate::model::health::checks::Thresholds;
 
 /// Stored in kB (GUC_UNIT_KB) so that values up to terabytes fit in an int;
 /// users write '64MB', '1GB'.

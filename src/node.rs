@@ -3,13 +3,14 @@
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use crate::clock;
-use crate::model::lww::Policy;
-use crate::model::version::RowStamp;
+use crate::conflict::clock;
+use crate::error::raise;
+use crate::model::conflict::lww::Policy;
+use crate::model::conflict::version::RowStamp;
+use crate::model::node;
 
 fn invalid(message: String) -> ! {
-    ereport!(PgLogLevel::ERROR, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message);
-    unreachable!()
+    raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message)
 }
 
 /// Name this node (and give it the id stamped into its row versions).
@@ -43,8 +44,8 @@ fn create_node(name: Option<&str>, node_id: default!(Option<i32>, "NULL")) -> i3
             .flatten()
             .unwrap_or_else(|| "node".to_string()),
     };
-    if name.is_empty() || name.len() > 48 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        invalid(format!("edgesync: node name {name:?} must be 1 to 48 letters, digits or underscores"));
+    if !node::is_node_name(&name) {
+        invalid(format!("edgesync: node name {name:?} must be 1 to {} letters, digits or underscores", node::MAX_NODE_NAME));
     }
     let id = Spi::get_one_with_args::<i32>(
         "INSERT INTO edgesync.node (node_id, name)
@@ -100,5 +101,57 @@ fn check_policy(policy: &str) -> String {
     match policy.parse::<Policy>() {
         Ok(p) => p.as_str().to_string(),
         Err(e) => invalid(format!("edgesync: {e}")),
+    }
+}
+
+/// Whether `name` may name a node (and so a peer or a sender): the one rule,
+/// for the SQL functions that check names.
+#[pg_extern(immutable, strict, parallel_safe, name = "_is_node_name")]
+fn is_node_name(name: &str) -> bool {
+    node::is_node_name(name)
+}
+
+/// The replication slot that feeds peer `peer`.
+#[pg_extern(immutable, strict, parallel_safe, name = "_slot_name")]
+fn slot_name(peer: &str) -> String {
+    node::slot_name(peer)
+}
+
+/// The replication origin that node `node`'s changes are applied under.
+#[pg_extern(immutable, strict, parallel_safe, name = "_origin_name")]
+fn origin_name(node: &str) -> String {
+    node::origin_name(node)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn row_versions_are_24_bytes_and_readable() {
+        let (len, parts) = Spi::get_two::<i32, Vec<i64>>(
+            "SELECT octet_length(edgesync.make_row_version('{5,6,7,8}')), edgesync.row_version(edgesync.make_row_version('{5,6,7,8}'))",
+        )
+        .unwrap();
+        assert_eq!(len, Some(24));
+        assert_eq!(parts, Some(vec![5, 6, 7, 8]));
+    }
+
+    #[pg_test(error = "edgesync: edgesync_version must be 24 bytes, not 2")]
+    fn a_malformed_row_version_is_refused() {
+        Spi::run("SELECT edgesync.row_version('\\x0102'::bytea)").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: this database is already node \"test_node\" (id 7)")]
+    fn a_node_keeps_its_name() {
+        Spi::run("SELECT edgesync.create_node('test_node', 7)").unwrap();
+        assert_eq!(Spi::get_one::<i32>("SELECT edgesync.create_node('test_node')").unwrap(), Some(7));
+        Spi::run("SELECT edgesync.create_node('other')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: node name \"bad name\" must be 1 to 48 letters, digits or underscores")]
+    fn node_names_are_checked() {
+        Spi::run("SELECT edgesync.create_node('bad name')").unwrap();
     }
 }

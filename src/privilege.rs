@@ -1,6 +1,7 @@
-//! Running a piece of edgesync's bookkeeping with the rights of the role
-//! that owns the extension, whoever the caller is (an apply worker running
-//! as a table owner, a table owner settling a conflict).
+//! Who may do what: running a piece of edgesync's bookkeeping with the
+//! rights of the role that owns the extension, whoever the caller is (an
+//! apply worker running as a table owner, a table owner settling a
+//! conflict), and the checks the SQL API makes of its callers.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -81,4 +82,52 @@ pub fn current_user() -> pg_sys::Oid {
 /// Does `role` have the privileges of `of` (membership, or superuser)?
 pub fn has_privs_of(role: pg_sys::Oid, of: pg_sys::Oid) -> bool {
     unsafe { pg_sys::has_privs_of_role(role, of) }
+}
+
+/// The role that called the SECURITY DEFINER function we are in.
+fn outer_user() -> pg_sys::Oid {
+    unsafe { pg_sys::GetOuterUserId() }
+}
+
+/// Raise unless the caller is a superuser: a forwarder connects with the
+/// server's own credentials (passfile, certificates, local trust), so
+/// choosing where it connects is a superuser's call.
+#[pg_extern(volatile, parallel_safe)]
+fn _require_superuser_for_conninfo() {
+    if !unsafe { pg_sys::superuser_arg(outer_user()) } {
+        ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "edgesync: only a superuser may set a peer's conninfo",
+            "The forwarder connects with this server's credentials (passfile, certificates, local trust)."
+        );
+    }
+}
+
+/// Raise unless the caller may enrol `relation`: its owner (or a member of
+/// the owning role, or a superuser), and never a system catalog.
+#[pg_extern(volatile, parallel_safe)]
+fn _require_table_owner(relation: pg_sys::Oid) {
+    let found = Spi::get_two_with_args::<pg_sys::Oid, String>(
+        "SELECT c.relowner, n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[relation.into()],
+    );
+    let (owner, schema) = match found {
+        Ok((Some(o), Some(s))) => (o, s),
+        _ => {
+            ereport!(PgLogLevel::ERROR, PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("edgesync: relation {relation:?} does not exist"));
+            unreachable!()
+        }
+    };
+    if schema == "pg_catalog" || schema == "information_schema" || schema.starts_with("pg_toast") {
+        ereport!(PgLogLevel::ERROR, PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "edgesync: system catalogs do not sync");
+    }
+    if !has_privs_of(outer_user(), owner) {
+        ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "edgesync: only the table's owner may enrol it in sync",
+            "Enrolling a table lets peers read (up) or write (cloud side) it."
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! encodes and decodes.
 #![no_main]
 
-use edgesync_fuzz::{batch, capture};
+use edgesync_fuzz::{batch, capture, pack};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut reader = capture::Reader::default();
     if let Ok(txns) = reader.read(messages) {
-        for b in capture::pack("fuzz", txns, capture::Limits { max_rows: 3, max_bytes: 256 }) {
+        for b in pack::pack("fuzz", txns, pack::Limits { max_rows: 3, max_bytes: 256 }) {
             let bytes = batch::encode(&b, None).expect("encodes");
             assert_eq!(batch::decode(&bytes, 1 << 24).expect("decodes"), b);
         }

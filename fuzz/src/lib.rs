@@ -1,9 +1,11 @@
-//! The parsers of untrusted bytes from `src/model/`, compiled on their own
-//! (they use no pgrx) so that the fuzz targets can call them.
+//! The parsers of untrusted bytes from `src/model/sync/`, compiled on their
+//! own (they use no pgrx) so that the fuzz targets can call them.
 
-#[path = "../../src/model/batch.rs"]
+#[path = "../../src/model/sync/batch.rs"]
 pub mod batch;
-#[path = "../../src/model/capture.rs"]
+#[path = "../../src/model/sync/capture.rs"]
 pub mod capture;
-#[path = "../../src/model/pgoutput.rs"]
+#[path = "../../src/model/sync/pack.rs"]
+pub mod pack;
+#[path = "../../src/model/sync/pgoutput.rs"]
 pub mod pgoutput;

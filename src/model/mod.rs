@@ -1,12 +1,9 @@
 //! Pure logic: no pgrx, no database client. Everything here is unit-tested
-//! with plain `#[test]`s and called by thin glue in the modules above.
+//! with plain `#[test]`s and called by thin glue in the modules of the same
+//! name one level up (`model::conflict` by `conflict/`, and so on).
 
-pub mod batch;
-pub mod capture;
-pub mod diagnose;
-pub mod forwarder;
+pub mod conflict;
+pub mod node;
 pub mod health;
-pub mod lww;
-pub mod pgoutput;
 pub mod sql_text;
-pub mod version;
+pub mod sync;

@@ -4,9 +4,9 @@
 
 use pgrx::prelude::*;
 
-use crate::model::capture::{Reader, SourceTxn};
-use crate::model::forwarder::{format_lsn, parse_lsn};
-use crate::model::pgoutput::PROTOCOL_VERSION;
+use crate::model::sync::capture::{Reader, SourceTxn};
+use crate::model::sync::lsn::{format_lsn, parse_lsn};
+use crate::model::sync::pgoutput::PROTOCOL_VERSION;
 
 /// The publication of the tables this node sends up.
 pub const PUBLICATION_UP: &str = "edgesync_up";

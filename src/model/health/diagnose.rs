@@ -2,7 +2,7 @@
 //! how to fix each finding. The glue in `health.rs` takes a snapshot of the
 //! node; this module only reasons about it.
 
-use super::sql_text::{quote_ident, quote_literal};
+use crate::model::sql_text::{quote_ident, quote_literal};
 
 /// What `diagnose()` looks at, read from the server in one go.
 #[derive(Clone, Debug, Default, PartialEq)]

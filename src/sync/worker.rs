@@ -21,13 +21,16 @@ use std::time::{Duration, Instant};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
-use crate::capture;
+use crate::sync::capture;
 use crate::guc;
-use crate::model::batch;
-use crate::model::capture::{pack, Limits, Reader};
-use crate::model::forwarder::{format_lsn, parse_lsn, redact_secrets, step, Action, Backoff, Event, Mode, Observed, State};
-use crate::peers::{self, Activity};
-use crate::transport::{Connection, Param};
+use crate::model::sync::batch;
+use crate::model::sync::capture::Reader;
+use crate::model::sync::pack::{pack, Limits};
+use crate::model::sync::lsn::{format_lsn, parse_lsn};
+use crate::model::sync::secrets::redact_secrets;
+use crate::model::sync::forwarder::{step, Action, Backoff, Event, Mode, Observed, State};
+use crate::sync::status::{self as peers, Activity};
+use crate::sync::transport::{Connection, Param};
 
 /// How long the launcher waits before restarting a forwarder that died.
 const RESTART_COOLDOWN: Duration = Duration::from_secs(5);
@@ -230,7 +233,7 @@ fn load_peer(id: i32) -> Result<Option<(PeerConfig, String)>, String> {
 }
 
 fn now_ms() -> u64 {
-    crate::clock::unix_millis() as u64
+    crate::conflict::clock::unix_millis() as u64
 }
 
 fn noise() -> u32 {
@@ -247,16 +250,6 @@ unsafe extern "C-unwind" {
     fn postgres_reload(signal: std::ffi::c_int);
 }
 
-unsafe fn set_signal(signal: u32, handler: unsafe extern "C-unwind" fn(std::ffi::c_int)) {
-    #[cfg(feature = "pg15")]
-    unsafe {
-        pg_sys::pqsignal(signal as i32, Some(handler));
-    }
-    #[cfg(not(feature = "pg15"))]
-    unsafe {
-        pg_sys::pqsignal_be(signal as i32, Some(handler));
-    }
-}
 
 #[pg_guard]
 #[no_mangle]
@@ -264,8 +257,8 @@ pub extern "C-unwind" fn edgesync_forwarder_main(arg: pg_sys::Datum) {
     let peer_id = arg.value() as i32;
     unsafe {
         // die: a SIGTERM ends the worker at the next interrupt check, even mid-statement
-        set_signal(pg_sys::SIGTERM, postgres_die);
-        set_signal(pg_sys::SIGHUP, postgres_reload);
+        crate::compat::set_signal_handler(pg_sys::SIGTERM, postgres_die);
+        crate::compat::set_signal_handler(pg_sys::SIGHUP, postgres_reload);
         pg_sys::BackgroundWorkerUnblockSignals();
     }
     BackgroundWorker::connect_worker_to_spi(Some(&database()), None);
@@ -467,7 +460,7 @@ impl Forwarder {
             if held_back {
                 batches.pop();
             }
-            let rows_of = |b: &crate::model::batch::Batch| -> i64 {
+            let rows_of = |b: &crate::model::sync::batch::Batch| -> i64 {
                 b.transactions.iter().map(|t| t.messages.iter().filter(|m| m.first() != Some(&b'R')).count() as i64).sum()
             };
             let mut pending_rows: i64 = batches.iter().map(rows_of).sum();

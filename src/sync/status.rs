@@ -11,14 +11,10 @@ use std::time::Duration;
 
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
-use pgrx::{pg_shmem_init, PgLwLock, PgSqlErrorCode};
+use pgrx::{pg_shmem_init, PgLwLock};
 
-use crate::model::forwarder::redact_secrets;
-use crate::transport;
+use crate::model::sync::secrets::redact_secrets;
 
-/// How often `sync_now` looks whether its round is done (the forwarder does
-/// not know the waiting backend's latch).
-const SYNC_NOW_POLL: Duration = Duration::from_millis(10);
 /// Forwarders that can run at once (per cluster).
 pub const MAX_PEERS: usize = 64;
 const ERROR_LEN: usize = 240;
@@ -37,7 +33,7 @@ pub enum Activity {
 }
 
 impl Activity {
-    fn name(code: u8) -> &'static str {
+    pub fn name(code: u8) -> &'static str {
         match code {
             0 => "starting",
             1 => "idle",
@@ -145,7 +141,7 @@ pub fn now() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-fn my_database() -> u32 {
+pub fn my_database() -> u32 {
     unsafe { pg_sys::MyDatabaseId.to_u32() }
 }
 
@@ -202,92 +198,35 @@ pub fn read(index: usize) -> PeerSlot {
     REGISTRY.share().slots[index]
 }
 
-fn find(peer_id: i32) -> Option<usize> {
+pub fn find(peer_id: i32) -> Option<usize> {
     let db = my_database();
     REGISTRY.share().slots.iter().position(|s| s.peer_id == peer_id && s.dboid == db)
 }
 
-fn set_latch(latch: usize) {
+pub fn set_latch(latch: usize) {
     if latch != 0 {
         unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
     }
 }
 
-fn require_preloaded() {
-    if !crate::clock::preloaded() {
-        ereport!(
-            PgLogLevel::ERROR,
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "edgesync must be loaded through shared_preload_libraries to run forwarders",
-            "Run ALTER SYSTEM SET shared_preload_libraries = 'edgesync' (keeping any libraries already listed) and restart the server."
+/// Wake the launcher (it then reads the peers again).
+pub fn wake_launcher() {
+    set_latch(REGISTRY.share().launcher_latch);
+}
+
+/// Sleep on this process's latch at most `d` (a `set_latch` wakes it
+/// early), then answer interrupts (cancel, SIGTERM).
+pub fn wait_on_latch(d: Duration) {
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            d.as_millis().min(i32::MAX as u128) as _,
+            pg_sys::PG_WAIT_EXTENSION,
         );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
     }
-}
-
-/// Wake the launcher when this transaction commits (it then sees the
-/// peer changes this transaction made).
-#[pg_extern(volatile, parallel_unsafe)]
-fn _wake_launcher_at_commit() {
-    if !crate::clock::preloaded() {
-        return;
-    }
-    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, || {
-        set_latch(REGISTRY.share().launcher_latch);
-    });
-}
-
-/// The role that called the SECURITY DEFINER function we are in.
-fn outer_user() -> pg_sys::Oid {
-    unsafe { pg_sys::GetOuterUserId() }
-}
-
-/// Raise unless the caller is a superuser: a forwarder connects with the
-/// server's own credentials (passfile, certificates, local trust), so
-/// choosing where it connects is a superuser's call.
-#[pg_extern(volatile, parallel_safe)]
-fn _require_superuser_for_conninfo() {
-    if !unsafe { pg_sys::superuser_arg(outer_user()) } {
-        ereport!(
-            PgLogLevel::ERROR,
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "edgesync: only a superuser may set a peer's conninfo",
-            "The forwarder connects with this server's credentials (passfile, certificates, local trust)."
-        );
-    }
-}
-
-/// Raise unless the caller may enrol `relation`: its owner (or a member of
-/// the owning role, or a superuser), and never a system catalog.
-#[pg_extern(volatile, parallel_safe)]
-fn _require_table_owner(relation: pg_sys::Oid) {
-    let found = Spi::get_two_with_args::<pg_sys::Oid, String>(
-        "SELECT c.relowner, n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-        &[relation.into()],
-    );
-    let (owner, schema) = match found {
-        Ok((Some(o), Some(s))) => (o, s),
-        _ => {
-            ereport!(PgLogLevel::ERROR, PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("edgesync: relation {relation:?} does not exist"));
-            unreachable!()
-        }
-    };
-    if schema == "pg_catalog" || schema == "information_schema" || schema.starts_with("pg_toast") {
-        ereport!(PgLogLevel::ERROR, PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "edgesync: system catalogs do not sync");
-    }
-    if !crate::privilege::has_privs_of(outer_user(), owner) {
-        ereport!(
-            PgLogLevel::ERROR,
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "edgesync: only the table's owner may enrol it in sync",
-            "Enrolling a table lets peers read (up) or write (cloud side) it."
-        );
-    }
-}
-
-/// NULL when `conninfo` is a valid libpq connection string, else why not.
-#[pg_extern(immutable, parallel_safe)]
-fn _conninfo_error(conninfo: &str) -> Option<String> {
-    transport::check_conninfo(conninfo).err()
+    pgrx::check_for_interrupts!();
 }
 
 /// The forwarders of this database, for `edgesync.peers`. Times are
@@ -316,7 +255,7 @@ fn _peer_status() -> TableIterator<
         name!(clock_skew_ms, Option<i64>),
     ),
 > {
-    if !crate::clock::preloaded() {
+    if !crate::conflict::clock::preloaded() {
         return TableIterator::new(Vec::new());
     }
     let db = my_database();
@@ -347,89 +286,4 @@ fn _peer_status() -> TableIterator<
         })
         .collect();
     TableIterator::new(rows)
-}
-
-/// Ask the forwarder of `peer` for a round and wait until it is done;
-/// raise the round's error if it failed. Returns the rows it sent.
-#[pg_extern(volatile, parallel_unsafe)]
-fn sync_now(peer: &str, timeout: default!(pgrx::datum::Interval, "'5 min'")) -> i64 {
-    require_preloaded();
-    let found = Spi::get_two_with_args::<i32, bool>("SELECT id, paused FROM edgesync.peer WHERE name = $1", &[peer.into()]);
-    let (peer_id, paused) = match found {
-        Ok((Some(id), Some(paused))) => (id, paused),
-        _ => {
-            ereport!(PgLogLevel::ERROR, PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("edgesync: no peer named {peer:?}"));
-            unreachable!()
-        }
-    };
-    if paused {
-        ereport!(
-            PgLogLevel::ERROR,
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("edgesync: peer {peer:?} is paused"),
-            format!("Resume it first: SELECT edgesync.resume_peer('{peer}');")
-        );
-    }
-    let limit = Duration::from_micros(timeout.as_micros().max(0) as u64 + timeout.days() as u64 * 86_400_000_000 + timeout.months() as u64 * 30 * 86_400_000_000);
-    let started = std::time::Instant::now();
-    // the launcher may be about to start the forwarder (a peer just added or resumed)
-    let index = loop {
-        if let Some(i) = find(peer_id).filter(|&i| read(i).pid != 0) {
-            break i;
-        }
-        if started.elapsed() > limit.min(Duration::from_secs(15)) {
-            ereport!(
-                PgLogLevel::ERROR,
-                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                format!("edgesync: no forwarder is running for peer {peer:?}"),
-                "Forwarders run in the database named by edgesync.database; check it and the server log."
-            );
-        }
-        wait_on_latch(SYNC_NOW_POLL);
-    };
-    let (target, latch) = update(index, |s| {
-        s.rounds_requested += 1;
-        (s.rounds_requested, s.latch)
-    });
-    set_latch(latch);
-    loop {
-        let s = read(index);
-        if s.peer_id != peer_id {
-            error!("edgesync: the forwarder of peer {peer:?} went away");
-        }
-        if s.rounds_done >= target {
-            if s.last_round_failed {
-                ereport!(
-                    PgLogLevel::ERROR,
-                    PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
-                    format!("edgesync: sync with peer {peer:?} failed: {}", s.error().unwrap_or_default())
-                );
-            }
-            return s.last_round_rows;
-        }
-        if started.elapsed() > limit {
-            ereport!(
-                PgLogLevel::ERROR,
-                PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
-                format!("edgesync: sync with peer {peer:?} did not finish within the timeout"),
-                format!("Its state: {}; see edgesync.peers.", Activity::name(s.activity))
-            );
-        }
-        wait_on_latch(SYNC_NOW_POLL);
-    }
-}
-
-/// Sleep on this process's latch at most `d` (a `set_latch` wakes it
-/// early), then answer interrupts (cancel, SIGTERM).
-pub fn wait_on_latch(d: Duration) {
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            d.as_millis().min(i32::MAX as u128) as _,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
-    pgrx::check_for_interrupts!();
 }

@@ -5,8 +5,8 @@ use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiHeapTupleData};
 
 use crate::guc;
-use crate::model::diagnose::{self, NodeSnapshot, SlotSnapshot, SubscriptionSnapshot};
-use crate::model::health::{self, Check};
+use crate::model::health::diagnose::{self, NodeSnapshot, SlotSnapshot, SubscriptionSnapshot};
+use crate::model::health::checks::{self as health, Check};
 
 /// Run a read-only query and map each row; an SPI failure becomes an ERROR.
 fn read_rows<T>(client: &SpiClient<'_>, sql: &str, map: impl Fn(&SpiHeapTupleData) -> pgrx::spi::Result<T>) -> Vec<T> {
@@ -253,3 +253,6 @@ fn diagnose() -> TableIterator<
         .map(|f| (f.severity.as_str().to_string(), f.subject, f.finding, f.fix));
     TableIterator::new(rows.collect::<Vec<_>>())
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;

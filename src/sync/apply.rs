@@ -23,14 +23,13 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 
 use crate::conflict::{log_conflict, plan_for, ConflictRecord, TableFlag};
-use crate::model::batch::{self, Batch};
-use crate::model::lww::{ConflictType, Resolution};
-use crate::model::pgoutput::{self, Message, Relation, Value};
+use crate::model::sync::batch::{self, Batch};
+use crate::model::conflict::lww::{ConflictType, Resolution};
+use crate::model::sync::pgoutput::{self, Message, Relation, Value};
 use crate::model::sql_text::quote_ident;
+use crate::error::raise;
 use crate::privilege::{as_extension_owner, as_role};
 
-/// Replication origins of senders are named this plus the sender's node name.
-pub const ORIGIN_PREFIX: &str = "edgesync_";
 /// The largest decompressed batch a node accepts (a bytea holds at most 1 GB).
 const MAX_BATCH_RAW: usize = 1 << 30;
 
@@ -45,11 +44,6 @@ impl Direction {
     fn accepts(self, enrolled: &str) -> bool {
         matches!((self, enrolled), (_, "both") | (Direction::Up, "up"))
     }
-}
-
-fn raise(code: PgSqlErrorCode, message: String) -> ! {
-    ereport!(PgLogLevel::ERROR, code, message);
-    unreachable!()
 }
 
 /// Apply a batch pushed by a peer; returns the sender LSN now applied
@@ -67,14 +61,10 @@ fn _batch_format() -> i32 {
     batch::FORMAT as i32
 }
 
-pub fn valid_node_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 48 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 /// Apply `b` in the caller's transaction; returns the highest sender LSN
 /// applied so far (this batch's last transaction, or the earlier mark).
 pub fn apply(b: Batch, direction: Direction) -> u64 {
-    if !valid_node_name(&b.sender) {
+    if !crate::model::node::is_node_name(&b.sender) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("edgesync: refused batch: sender {:?} is not a node name", b.sender),
@@ -186,7 +176,7 @@ thread_local! {
 /// It must last until COMMIT (which records the progress), so it is torn
 /// down by a commit/abort callback, not on return.
 fn begin_origin_session(sender: &str) {
-    let name = CString::new(format!("{ORIGIN_PREFIX}{sender}")).expect("node names have no NUL");
+    let name = CString::new(crate::model::node::origin_name(sender)).expect("node names have no NUL");
     let id = as_extension_owner(|| unsafe {
         match pg_sys::replorigin_by_name(name.as_ptr(), true) {
             0 => pg_sys::replorigin_create(name.as_ptr()),
@@ -215,10 +205,7 @@ fn begin_origin_session(sender: &str) {
         );
     }
     unsafe {
-        #[cfg(feature = "pg15")]
-        pg_sys::replorigin_session_setup(id);
-        #[cfg(not(feature = "pg15"))]
-        pg_sys::replorigin_session_setup(id, 0);
+        crate::compat::replorigin_session_setup(id);
         pg_sys::replorigin_session_origin = id;
     }
     SESSION_ORIGIN.with(|s| s.set(id));

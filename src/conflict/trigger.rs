@@ -21,11 +21,11 @@ use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::{JsonB, PgRelation};
 
-use crate::clock;
+use crate::conflict::clock;
 use crate::guc;
-use crate::model::lww::{decide, Action, ConflictType, Decision, Local, Policy, Remote, Resolution};
+use crate::model::conflict::lww::{decide, Action, ConflictType, Decision, Local, Policy, Remote, Resolution};
 use crate::model::sql_text::quote_ident;
-use crate::model::version::{RowStamp, Version};
+use crate::model::conflict::version::{RowStamp, Version};
 use crate::privilege::as_extension_owner;
 
 /// The column every table under conflict handling carries: a 24-byte
@@ -398,15 +398,6 @@ fn record_tombstone(table: &Table, row: DatumWithOid<'_>, stamp: RowStamp) -> Re
     Ok(())
 }
 
-/// The table's primary-key index.
-unsafe fn primary_key_index(rel: pg_sys::Relation) -> pg_sys::Oid {
-    #[cfg(feature = "pg15")]
-    let idx = unsafe { pg_sys::RelationGetPrimaryKeyIndex(rel) };
-    #[cfg(not(feature = "pg15"))]
-    let idx = unsafe { pg_sys::RelationGetPrimaryKeyIndex(rel, false) };
-    idx
-}
-
 /// How to look a table's primary key up: found once per table from the
 /// catalogs, rebuilt when the primary-key index changes.
 #[derive(Clone)]
@@ -426,7 +417,7 @@ const BT_EQUAL_STRATEGY: u16 = 3;
 unsafe fn key_probe(rel: pg_sys::Relation) -> Result<KeyProbe, ConflictError> {
     unsafe {
         let relid = (*rel).rd_id;
-        let index = primary_key_index(rel);
+        let index = crate::compat::primary_key_index(rel);
         if index == pg_sys::InvalidOid {
             return Err(fail("the table lost its primary key: re-run edgesync.set_conflict_policy"));
         }
@@ -489,10 +480,7 @@ fn probe_existing(trigger: &PgTrigger<'_>) -> Result<Option<RowStamp>, ConflictE
         }
         let snapshot = if pg_sys::ActiveSnapshotSet() { pg_sys::GetActiveSnapshot() } else { pg_sys::GetTransactionSnapshot() };
         let idxrel = pg_sys::index_open(probe.index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        #[cfg(feature = "pg15")]
-        let scan = pg_sys::index_beginscan(rel, idxrel, snapshot, n as i32, 0);
-        #[cfg(not(feature = "pg15"))]
-        let scan = pg_sys::index_beginscan(rel, idxrel, snapshot, std::ptr::null_mut(), n as i32, 0);
+        let scan = crate::compat::index_beginscan(rel, idxrel, snapshot, n as i32);
         pg_sys::index_rescan(scan, keys.as_mut_ptr(), n as i32, std::ptr::null_mut(), 0);
         let out = pg_sys::table_slot_create(rel, std::ptr::null_mut());
         let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, out);

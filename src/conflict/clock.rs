@@ -13,7 +13,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic, PgLwLock, PgSqlErrorCode};
 
 use crate::guc;
-use crate::model::version::{self, hlc_from_millis};
+use crate::model::conflict::version::{self, hlc_from_millis};
 
 /// The last reading handed out or observed. Readings are taken with a
 /// compare-and-swap: no lock on the write path.

@@ -12,8 +12,9 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::time::{Duration, Instant};
 
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 
-use crate::model::forwarder::redact_secrets;
+use crate::model::sync::secrets::redact_secrets;
 
 #[repr(C)]
 struct PGconn {
@@ -301,4 +302,10 @@ impl Connection {
             None => Ok(rows),
         }
     }
+}
+
+/// NULL when `conninfo` is a valid libpq connection string, else why not.
+#[pg_extern(immutable, parallel_safe)]
+fn _conninfo_error(conninfo: &str) -> Option<String> {
+    check_conninfo(conninfo).err()
 }

@@ -11,15 +11,11 @@ use pgrx::{JsonB, PgSqlErrorCode};
 
 use crate::conflict::{row_by_key, ResolutionWrite, VERSION_COLUMN};
 use crate::guc;
-use crate::model::lww::Resolution;
+use crate::model::conflict::lww::Resolution;
 use crate::model::sql_text::quote_ident;
-use crate::model::version::RowStamp;
+use crate::model::conflict::version::RowStamp;
+use crate::error::raise;
 use crate::privilege::{as_extension_owner, current_user, has_privs_of};
-
-fn raise(code: PgSqlErrorCode, message: String) -> ! {
-    ereport!(PgLogLevel::ERROR, code, message);
-    unreachable!()
-}
 
 struct Pending {
     schema: String,

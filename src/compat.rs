@@ -1,0 +1,73 @@
+//! Every difference between the PostgreSQL versions edgesync builds for
+//! (15 and 18), in one place: callers use these and never `cfg` a version
+//! themselves.
+
+use pgrx::pg_sys;
+
+/// The table's primary-key index (InvalidOid when it has none).
+///
+/// # Safety
+/// `rel` must be an open relation.
+pub unsafe fn primary_key_index(rel: pg_sys::Relation) -> pg_sys::Oid {
+    // SAFETY: the caller keeps `rel` open; 16 added the `deferrable_ok` flag.
+    #[cfg(feature = "pg15")]
+    let index = unsafe { pg_sys::RelationGetPrimaryKeyIndex(rel) };
+    // SAFETY: as above.
+    #[cfg(not(feature = "pg15"))]
+    let index = unsafe { pg_sys::RelationGetPrimaryKeyIndex(rel, false) };
+    index
+}
+
+/// Begin an index scan with `nkeys` scan keys and no order-by keys.
+///
+/// # Safety
+/// `heap` and `index` must be open, `index` an index of `heap`, and
+/// `snapshot` valid for the scan's life.
+pub unsafe fn index_beginscan(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+    nkeys: i32,
+) -> pg_sys::IndexScanDesc {
+    // SAFETY: the caller's guarantees are the function's requirements.
+    #[cfg(feature = "pg15")]
+    let scan = unsafe { pg_sys::index_beginscan(heap, index, snapshot, nkeys, 0) };
+    // SAFETY: as above; 18 added the instrumentation argument (NULL: none).
+    #[cfg(not(feature = "pg15"))]
+    let scan = unsafe { pg_sys::index_beginscan(heap, index, snapshot, std::ptr::null_mut(), nkeys, 0) };
+    scan
+}
+
+/// Make this backend's replication-origin session apply as `origin`.
+///
+/// # Safety
+/// `origin` must exist, and no session may be set up in this backend.
+pub unsafe fn replorigin_session_setup(origin: pg_sys::RepOriginId) {
+    // SAFETY: the caller's guarantees are the function's requirements.
+    #[cfg(feature = "pg15")]
+    unsafe {
+        pg_sys::replorigin_session_setup(origin)
+    };
+    // SAFETY: as above; 16 added the pid of a process to share the session with (0: none).
+    #[cfg(not(feature = "pg15"))]
+    unsafe {
+        pg_sys::replorigin_session_setup(origin, 0)
+    };
+}
+
+/// Install `handler` for `signal` in this process.
+///
+/// # Safety
+/// `handler` must be safe to run inside a signal handler.
+pub unsafe fn set_signal_handler(signal: u32, handler: unsafe extern "C-unwind" fn(std::ffi::c_int)) {
+    // SAFETY: the caller vouches for the handler; pqsignal only records it.
+    #[cfg(feature = "pg15")]
+    unsafe {
+        pg_sys::pqsignal(signal as i32, Some(handler));
+    }
+    // SAFETY: as above; the bindings of 18 name the backend's variant pqsignal_be.
+    #[cfg(not(feature = "pg15"))]
+    unsafe {
+        pg_sys::pqsignal_be(signal as i32, Some(handler));
+    }
+}

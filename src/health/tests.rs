@@ -1,0 +1,81 @@
+//! `#[pg_test]`s of the health views, `diagnose()` and their grants.
+
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn thresholds_follow_settings() {
+        Spi::run("SET edgesync.lag_warning_bytes = '2MB'; SET edgesync.lag_critical_seconds = '2min'").unwrap();
+        let (wb, cs) = Spi::get_two::<i64, f64>("SELECT warning_bytes, critical_seconds FROM edgesync.thresholds()").unwrap();
+        assert_eq!(wb, Some(2 * 1024 * 1024));
+        assert_eq!(cs, Some(120.0));
+    }
+
+    #[pg_test]
+    fn views_answer_on_a_plain_node() {
+        // replication slots outlive a rolled-back test: serialize with the slot test
+        Spi::run("SELECT pg_advisory_xact_lock(4242)").unwrap();
+        for view in ["streaming_replication", "wal_receiver", "replication_slots", "subscriptions", "health"] {
+            Spi::get_one::<i64>(&format!("SELECT count(*) FROM edgesync.{view}"))
+                .unwrap_or_else(|e| panic!("edgesync.{view}: {e}"));
+        }
+        // nothing to watch: one "node" row that says so
+        let (component, status) =
+            Spi::get_two::<String, String>("SELECT component, status FROM edgesync.health").unwrap();
+        assert_eq!(component.as_deref(), Some("node"));
+        assert_eq!(status.as_deref(), Some("ok"));
+        // no standby here: wal_receiver is empty
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM edgesync.wal_receiver").unwrap(), Some(0));
+    }
+
+    #[pg_test]
+    fn slot_shows_in_views_and_health() {
+        Spi::run("SELECT pg_advisory_xact_lock(4242)").unwrap();
+        Spi::run("SELECT pg_create_physical_replication_slot('es_test_slot', true)").unwrap();
+        let (active, retained) = Spi::get_two::<bool, i64>(
+            "SELECT active, retained_wal_bytes FROM edgesync.replication_slots WHERE slot_name = 'es_test_slot'",
+        )
+        .unwrap();
+        assert_eq!(active, Some(false));
+        assert!(retained.unwrap() >= 0);
+        let status = Spi::get_one::<String>(
+            "SELECT status FROM edgesync.health WHERE object = 'es_test_slot' AND metric = 'inactive_seconds'",
+        )
+        .unwrap();
+        assert_eq!(status.as_deref(), Some("critical"));
+        let version_col = Spi::get_one::<bool>(
+            "SELECT (current_setting('server_version_num')::int >= 170000) = (inactive_since IS NOT NULL) FROM edgesync.replication_slots WHERE slot_name = 'es_test_slot'",
+        )
+        .unwrap();
+        assert_eq!(version_col, Some(true), "inactive_since is set exactly on 17+");
+        Spi::run("SELECT pg_drop_replication_slot('es_test_slot')").unwrap();
+    }
+
+    #[pg_test]
+    fn diagnose_reports_settings_with_fixes() {
+        let rows = Spi::get_one::<i64>("SELECT count(*) FROM edgesync.diagnose() WHERE fix IS NULL OR fix = ''").unwrap();
+        assert_eq!(rows, Some(0), "every finding carries a fix");
+        // The test server runs with wal_level = logical and edgesync preloaded (see below).
+        let wal = Spi::get_one::<i64>("SELECT count(*) FROM edgesync.diagnose() WHERE subject = 'wal_level'").unwrap();
+        assert_eq!(wal, Some(0));
+        let preload = Spi::get_one::<i64>("SELECT count(*) FROM edgesync.diagnose() WHERE subject = 'shared_preload_libraries'").unwrap();
+        assert_eq!(preload, Some(0));
+    }
+
+    #[pg_test]
+    fn monitoring_is_not_public() {
+        let public_can = Spi::get_one::<bool>(
+            "SELECT has_function_privilege('public', 'edgesync.diagnose()', 'EXECUTE') OR has_table_privilege('public', 'edgesync.health', 'SELECT')",
+        )
+        .unwrap();
+        assert_eq!(public_can, Some(false));
+        let monitor_can = Spi::get_one::<bool>(
+            "SELECT has_function_privilege('pg_monitor', 'edgesync.diagnose()', 'EXECUTE') AND has_table_privilege('pg_monitor', 'edgesync.health', 'SELECT')",
+        )
+        .unwrap();
+        assert_eq!(monitor_can, Some(true));
+    }
+}

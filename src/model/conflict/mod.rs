@@ -1,0 +1,4 @@
+//! Conflict handling: row versions and the last-writer-wins decision.
+
+pub mod lww;
+pub mod version;

@@ -1,0 +1,4 @@
+//! Sync health: judging metrics against thresholds, and diagnosing settings.
+
+pub mod checks;
+pub mod diagnose;

@@ -1,0 +1,137 @@
+//! From the messages a read of a slot returns to whole source transactions,
+//! each knowing the relation messages its changes need (`pack` cuts them
+//! into batches).
+
+use std::collections::HashMap;
+
+use super::pgoutput::{self, Message};
+
+/// One whole source transaction read from the slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceTxn {
+    pub end_lsn: u64,
+    pub commit_time: i64,
+    pub origin: Option<String>,
+    /// Its messages between Begin and Commit, relation messages included.
+    pub messages: Vec<Vec<u8>>,
+    /// Relation messages the changes need that were sent before this
+    /// transaction, as known when it was read.
+    pub needs: Vec<(u32, Vec<u8>)>,
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+/// Reads peeked messages into transactions; remembers relation messages
+/// across peeks of one slot.
+#[derive(Default)]
+pub struct Reader {
+    relations: HashMap<u32, Vec<u8>>,
+    open: Option<SourceTxn>,
+    defined: Vec<u32>,
+}
+
+impl Reader {
+    /// Feed the messages of one peek, in order. Returns the transactions
+    /// they complete. A peek returns whole transactions only, so a
+    /// transaction left open is an error.
+    pub fn read(&mut self, messages: impl IntoIterator<Item = Vec<u8>>) -> Result<Vec<SourceTxn>, String> {
+        // each peek starts at a transaction boundary: forget what a failed read left open
+        self.open = None;
+        self.defined.clear();
+        let mut done = Vec::new();
+        for raw in messages {
+            let msg = pgoutput::parse(&raw)?;
+            match msg {
+                Message::Begin { commit_time, .. } => {
+                    if self.open.is_some() {
+                        return Err("Begin inside a transaction".to_string());
+                    }
+                    self.defined.clear();
+                    self.open = Some(SourceTxn {
+                        end_lsn: 0,
+                        commit_time,
+                        origin: None,
+                        messages: Vec::new(),
+                        needs: Vec::new(),
+                        rows: 0,
+                        bytes: 0,
+                    });
+                }
+                Message::Commit { end_lsn, commit_time } => {
+                    let mut t = self.open.take().ok_or("Commit outside a transaction")?;
+                    t.end_lsn = end_lsn;
+                    t.commit_time = commit_time;
+                    done.push(t);
+                }
+                Message::Origin { name } => {
+                    self.open.as_mut().ok_or("Origin outside a transaction")?.origin = Some(name);
+                }
+                Message::Relation(ref r) => {
+                    // Relation messages come inside a transaction (just before use)
+                    let t = self.open.as_mut().ok_or("Relation outside a transaction")?;
+                    self.relations.insert(r.id, raw.clone());
+                    self.defined.push(r.id);
+                    t.bytes += raw.len();
+                    t.messages.push(raw);
+                }
+                Message::Other { .. } => {}
+                change => {
+                    let t = self.open.as_mut().ok_or("a change outside a transaction")?;
+                    let rels = match &change {
+                        Message::Truncate { relations } => relations.clone(),
+                        other => other.relation().into_iter().collect(),
+                    };
+                    for rel in rels {
+                        if !self.defined.contains(&rel) {
+                            let def = self.relations.get(&rel).ok_or_else(|| format!("a change to relation {rel} before its Relation message"))?;
+                            t.needs.push((rel, def.clone()));
+                            self.defined.push(rel);
+                        }
+                    }
+                    t.rows += 1;
+                    t.bytes += raw.len();
+                    t.messages.push(raw);
+                }
+            }
+        }
+        if self.open.is_some() {
+            return Err("the peek ended inside a transaction".to_string());
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::sync::pgoutput::tests::{begin_msg, commit_msg, insert_msg, relation_msg};
+
+    /// The messages of one transaction with `rows` inserts into relation 1.
+    pub(crate) fn txn(rel: Option<Vec<u8>>, rows: u32, end: u64) -> Vec<Vec<u8>> {
+        let mut m = vec![begin_msg(end - 10, end as i64)];
+        m.extend(rel);
+        for i in 0..rows {
+            m.push(insert_msg(1, &[Some(&i.to_string())]));
+        }
+        m.push(commit_msg(end, end as i64));
+        m
+    }
+
+    #[test]
+    fn a_failed_read_does_not_poison_the_next() {
+        let mut r = Reader::default();
+        assert!(r.read(vec![begin_msg(1, 1)]).is_err());
+        let next = r.read(txn(Some(relation_msg(1, "t", &[("id", 20, true)])), 1, 100)).unwrap();
+        assert_eq!(next.len(), 1);
+    }
+
+    #[test]
+    fn broken_streams_are_errors() {
+        let mut r = Reader::default();
+        assert!(r.read(vec![insert_msg(1, &[Some("1")])]).is_err(), "change outside a transaction");
+        let mut r = Reader::default();
+        assert!(r.read(vec![begin_msg(1, 1), insert_msg(1, &[Some("1")]), commit_msg(20, 1)]).is_err(), "unknown relation");
+        let mut r = Reader::default();
+        assert!(r.read(vec![begin_msg(1, 1)]).is_err(), "unfinished");
+    }
+}

@@ -1,0 +1,12 @@
+//! Moving changes between nodes, stage by stage: `capture` reads a slot's
+//! pgoutput messages (`pgoutput`) into whole source transactions, `pack`
+//! cuts them into batches, `batch` is the wire format, `forwarder` is the
+//! worker's state machine; `lsn` and `secrets` are shared helpers.
+
+pub mod batch;
+pub mod capture;
+pub mod forwarder;
+pub mod lsn;
+pub mod pack;
+pub mod pgoutput;
+pub mod secrets;

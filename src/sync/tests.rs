@@ -1,0 +1,131 @@
+//! `#[pg_test]`s of sync enrolment and peers. The forwarder itself runs
+//! in `tests/forwarder.rs` (a background worker never sees a pg_test's writes).
+
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test(error = "edgesync: table public.no_key_sync has no primary key")]
+    fn add_table_needs_a_primary_key() {
+        Spi::run("CREATE TABLE public.no_key_sync (a int)").unwrap();
+        Spi::run("SELECT edgesync.add_table('public.no_key_sync', sync => 'up')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: sync must be one of up, down, both, not 'sideways'")]
+    fn add_table_checks_the_direction() {
+        Spi::run("CREATE TABLE public.t_dir (a int PRIMARY KEY)").unwrap();
+        Spi::run("SELECT edgesync.add_table('public.t_dir', sync => 'sideways')").unwrap();
+    }
+
+    #[pg_test]
+    fn add_table_publishes_and_both_brings_last_writer_wins() {
+        Spi::run("CREATE TABLE public.t_both (a int PRIMARY KEY, b text)").unwrap();
+        Spi::run("SELECT edgesync.add_table('public.t_both', sync => 'both')").unwrap();
+        let published = || {
+            Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_publication_tables WHERE pubname = 'edgesync_up' AND tablename = 't_both')")
+                .unwrap()
+                .unwrap()
+        };
+        assert!(published());
+        assert_eq!(
+            Spi::get_one::<String>("SELECT policy FROM edgesync.conflict_table WHERE relid = 'public.t_both'::regclass").unwrap().as_deref(),
+            Some("last_writer_wins")
+        );
+        Spi::run("SELECT edgesync.add_table('public.t_both', sync => 'down')").unwrap();
+        assert!(!published(), "down tables are not sent up");
+        assert_eq!(Spi::get_one::<String>("SELECT direction FROM edgesync.sync_table").unwrap().as_deref(), Some("down"));
+        Spi::run("SELECT edgesync.remove_table('public.t_both')").unwrap();
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM edgesync.sync_table").unwrap(), Some(0));
+    }
+
+    #[pg_test(error = "edgesync: table public.t_out is not enrolled in sync")]
+    fn remove_table_of_a_table_not_enrolled() {
+        Spi::run("CREATE TABLE public.t_out (a int PRIMARY KEY)").unwrap();
+        Spi::run("SELECT edgesync.remove_table('public.t_out')").unwrap();
+    }
+
+    #[pg_test]
+    fn conninfo_is_checked_by_libpq() {
+        let check = |c: &str| Spi::get_one_with_args::<String>("SELECT edgesync._conninfo_error($1)", &[c.into()]).unwrap();
+        assert_eq!(check("host=cloud.example port=5432 dbname=iot user=edge sslmode=verify-full connect_timeout=5"), None);
+        assert_eq!(check("postgresql://edge@cloud.example/iot?sslmode=require"), None);
+        assert!(check("host=cloud nonsense").is_some());
+        assert!(check("colour=blue").unwrap().contains("colour"), "unknown keywords are named");
+        // a password in a bad conninfo never comes back
+        let e = check("password=s3cret host=a 'unterminated").unwrap_or_default();
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[pg_test(error = "edgesync: mode must be one of realtime, batch, on_demand, not 'sometimes'")]
+    fn add_peer_checks_the_mode() {
+        Spi::run("SELECT edgesync.create_node('edge_t', 7)").unwrap();
+        Spi::run("SELECT edgesync.add_peer('cloud', 'host=cloud.example', mode => 'sometimes')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: only the table's owner may enrol it in sync")]
+    fn add_table_needs_the_tables_owner() {
+        Spi::run("CREATE TABLE public.t_not_mine (a int PRIMARY KEY)").unwrap();
+        Spi::run("CREATE ROLE es_test_admin; GRANT edgesync_admin TO es_test_admin; SET LOCAL ROLE es_test_admin").unwrap();
+        Spi::run("SELECT edgesync.add_table('public.t_not_mine', sync => 'up')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: system catalogs do not sync")]
+    fn add_table_refuses_catalogs() {
+        Spi::run("SELECT edgesync.add_table('pg_catalog.pg_authid', sync => 'down')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: only a superuser may set a peer's conninfo")]
+    fn add_peer_conninfo_needs_a_superuser() {
+        Spi::run("CREATE ROLE es_test_admin2; GRANT edgesync_admin TO es_test_admin2; SET LOCAL ROLE es_test_admin2").unwrap();
+        Spi::run("SELECT edgesync.add_peer('cloud', 'dbname=postgres')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: this database is not a node yet")]
+    fn add_peer_needs_a_node() {
+        Spi::run("SELECT edgesync.add_peer('cloud', 'host=cloud.example')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: peer name 'the cloud' must be 1 to 48 letters, digits or underscores")]
+    fn add_peer_checks_the_name() {
+        Spi::run("SELECT edgesync.add_peer('the cloud', 'host=cloud.example')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: max_batch_rows must be between 1 and 1000000")]
+    fn add_peer_checks_the_batch_limits() {
+        Spi::run("SELECT edgesync.add_peer('cloud', 'host=cloud.example', max_batch_rows => 0)").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: no peer named 'nowhere'")]
+    fn drop_peer_of_an_unknown_peer() {
+        Spi::run("SELECT edgesync.drop_peer('nowhere')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: no peer named \"nowhere\"")]
+    fn sync_now_of_an_unknown_peer() {
+        Spi::run("SELECT edgesync.sync_now('nowhere')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: sender 'a b' is not a node name")]
+    fn hello_checks_the_sender() {
+        Spi::run("SELECT * FROM edgesync.hello('a b')").unwrap();
+    }
+
+    #[pg_test]
+    fn peers_view_and_grants() {
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM edgesync.peers").unwrap(), Some(0));
+        let grants = Spi::get_one::<bool>(
+            "SELECT has_function_privilege('edgesync_peer', 'edgesync.apply_batch(bytea)', 'EXECUTE')
+                AND NOT has_function_privilege('public', 'edgesync.apply_batch(bytea)', 'EXECUTE')
+                AND NOT has_function_privilege('public', 'edgesync._apply_batch(bytea)', 'EXECUTE')
+                AND NOT has_function_privilege('edgesync_peer', 'edgesync._apply_batch(bytea)', 'EXECUTE')
+                AND NOT has_table_privilege('pg_monitor', 'edgesync.peer', 'SELECT')
+                AND has_table_privilege('pg_monitor', 'edgesync.peers', 'SELECT')
+                AND has_function_privilege('edgesync_admin', 'edgesync.add_peer(text, text, text, interval, integer, bigint)', 'EXECUTE')
+                AND NOT has_function_privilege('public', 'edgesync.add_peer(text, text, text, interval, integer, bigint)', 'EXECUTE')",
+        )
+        .unwrap();
+        assert_eq!(grants, Some(true));
+    }
+}
