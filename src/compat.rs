@@ -4,6 +4,11 @@
 
 use pgrx::pg_sys;
 
+/// pgoutput takes the option `origin` (`none`: leave out changes that came
+/// from a replication origin) from PostgreSQL 16 on; on 15 the forwarder
+/// drops such transactions itself.
+pub const PGOUTPUT_FILTERS_ORIGIN: bool = pg_sys::PG_VERSION_NUM >= 160000;
+
 /// The table's primary-key index (InvalidOid when it has none).
 ///
 /// # Safety

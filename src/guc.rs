@@ -32,10 +32,26 @@ pub static FAULT_POINT: GucSetting<Option<CString>> = GucSetting::<Option<CStrin
 /// zstd level of batches.
 pub static COMPRESSION_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(3);
 
+/// Define every `edgesync.*` setting (at library load).
 pub fn define() {
+    define_forwarder_settings();
+    define_health_thresholds();
+    define_conflict_settings();
+}
+
+/// Whether the library is being loaded through shared_preload_libraries.
+fn preloading() -> bool {
+    // SAFETY: a plain bool global of PostgreSQL's, written only by the
+    // library loader of this same single-threaded process: reading it cannot race.
+    unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress }
+}
+
+/// Where the forwarders run, how long they wait, how they compress, and
+/// the fault-injection point they stop at.
+fn define_forwarder_settings() {
     // a server-start setting can only be defined while preloading (and
     // forwarders only run then)
-    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+    if preloading() {
         GucRegistry::define_string_guc(
             c"edgesync.database",
             c"The database whose edgesync peers the forwarder workers serve.",
@@ -64,16 +80,6 @@ pub fn define() {
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
-        c"edgesync.max_clock_skew",
-        c"Clock difference to a peer at which edgesync.health reports a warning.",
-        c"Measured by each forwarder when it connects.",
-        &MAX_CLOCK_SKEW_MS,
-        1,
-        i32::MAX,
-        GucContext::Userset,
-        GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_int_guc(
         c"edgesync.compression_level",
         c"zstd level of the batches a forwarder sends.",
         c"Higher levels save bandwidth for CPU on the sending node; 0 means zstd's default.",
@@ -83,6 +89,26 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+}
+
+/// The levels at which `edgesync.health` warns or turns critical: per
+/// session (`USERSET`), see the module note.
+fn define_health_thresholds() {
+    GucRegistry::define_int_guc(
+        c"edgesync.max_clock_skew",
+        c"Clock difference to a peer at which edgesync.health reports a warning.",
+        c"Measured by each forwarder when it connects.",
+        &MAX_CLOCK_SKEW_MS,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    define_lag_bytes_thresholds();
+    define_lag_seconds_thresholds();
+}
+
+fn define_lag_bytes_thresholds() {
     GucRegistry::define_int_guc(
         c"edgesync.lag_warning_bytes",
         c"Replication lag or retained WAL at which edgesync.health reports a warning.",
@@ -103,6 +129,9 @@ pub fn define() {
         GucContext::Userset,
         GucFlags::UNIT_KB,
     );
+}
+
+fn define_lag_seconds_thresholds() {
     GucRegistry::define_int_guc(
         c"edgesync.lag_warning_seconds",
         c"Replication delay at which edgesync.health reports a warning.",
@@ -123,6 +152,11 @@ pub fn define() {
         GucContext::Userset,
         GucFlags::UNIT_S,
     );
+}
+
+/// How conflicts are decided: how long deletes win, and the clock that
+/// stamps row versions.
+fn define_conflict_settings() {
     GucRegistry::define_int_guc(
         c"edgesync.tombstone_retention",
         c"How long a deleted row's tombstone is kept.",

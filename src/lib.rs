@@ -20,6 +20,7 @@ mod error;
 mod guc;
 mod health;
 mod node;
+mod plan_cache;
 mod privilege;
 mod sync;
 
@@ -31,10 +32,12 @@ mod sync;
 pub extern "C-unwind" fn _PG_init() {
     guc::define();
     conflict::clock::init_shared_memory();
+    // SAFETY: a global PostgreSQL sets while it loads the preload libraries; read in the
+    // process that loads us, on its only thread.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         sync::status::init_shared_memory();
     }
-    sync::worker::register_launcher();
+    sync::launcher::register_launcher();
 }
 
 // Roles, the node table and conflict bookkeeping: first, needing nothing from Rust.

@@ -4,7 +4,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 use crate::conflict::clock;
-use crate::error::raise;
+use crate::error::{raise, raise_with_hint};
 use crate::model::conflict::lww::Policy;
 use crate::model::conflict::version::RowStamp;
 use crate::model::node;
@@ -13,49 +13,73 @@ fn invalid(message: String) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message)
 }
 
+/// An SPI failure, as an ERROR that says what was being done.
+fn spi_failed(what: &str, e: pgrx::spi::Error) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: {what} failed: {e}"))
+}
+
 /// Name this node (and give it the id stamped into its row versions).
 /// Returns the node id. Calling it again with the same name is a no-op; a
 /// node, once named, keeps its name and id. `name` NULL picks one.
 #[pg_extern(volatile)]
 fn create_node(name: Option<&str>, node_id: default!(Option<i32>, "NULL")) -> i32 {
-    if let Some(id) = node_id {
-        if id <= 0 {
-            invalid(format!("edgesync: node_id must be positive, not {id}"));
-        }
+    if let Some(id) = node_id.filter(|&id| id <= 0) {
+        invalid(format!("edgesync: node_id must be positive, not {id}"));
     }
-    let existing = Spi::get_two::<i32, String>("SELECT node_id, name FROM edgesync.node").unwrap_or((None, None));
-    if let (Some(id), Some(current)) = existing {
-        let same_name = name.is_none_or(|n| n == current);
-        let same_id = node_id.is_none_or(|n| n == id);
-        if same_name && same_id {
-            return id;
-        }
-        ereport!(
-            PgLogLevel::ERROR,
-            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-            format!("edgesync: this database is already node {current:?} (id {id})"),
-            "A node keeps its name and id: rows already carry them."
-        );
+    if let Some((id, current)) = existing_node() {
+        return keep_existing_node(id, &current, name, node_id);
     }
-    let name = match name {
-        Some(n) => n.to_string(),
-        None => Spi::get_one::<String>("SELECT 'node_' || substr(md5(system_identifier::text || current_database()), 1, 8) FROM pg_catalog.pg_control_system()")
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| "node".to_string()),
-    };
+    let name = name.map_or_else(default_node_name, str::to_string);
     if !node::is_node_name(&name) {
         invalid(format!("edgesync: node name {name:?} must be 1 to {} letters, digits or underscores", node::MAX_NODE_NAME));
     }
-    let id = Spi::get_one_with_args::<i32>(
-        "INSERT INTO edgesync.node (node_id, name)
-         VALUES (coalesce($1, 1 + floor(random() * 2147483646)::int), $2) RETURNING node_id",
-        &[node_id.into(), name.as_str().into()],
-    )
-    .unwrap_or_else(|e| error!("edgesync: creating the node failed: {e}"))
-    .expect("INSERT RETURNING gives a row");
+    let id = insert_node(node_id, &name);
     clock::forget_node_id();
     id
+}
+
+/// The node this database already is (id, name), if it was named.
+fn existing_node() -> Option<(i32, String)> {
+    Spi::connect(|client| {
+        let table = client.select("SELECT node_id, name FROM edgesync.node", Some(1), &[])?;
+        let row = table.into_iter().next().map(|r| Ok::<_, pgrx::spi::Error>((r.get::<i32>(1)?, r.get::<String>(2)?)));
+        row.transpose()
+    })
+    .unwrap_or_else(|e| spi_failed("reading this node", e))
+    .and_then(|(id, name)| id.zip(name))
+}
+
+/// A repeated call that asks for nothing new returns the id; asking for
+/// another name or id is refused.
+fn keep_existing_node(id: i32, current: &str, name: Option<&str>, node_id: Option<i32>) -> i32 {
+    let same_name = name.is_none_or(|n| n == current);
+    let same_id = node_id.is_none_or(|n| n == id);
+    if same_name && same_id {
+        return id;
+    }
+    raise_with_hint(
+        PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+        format!("edgesync: this database is already node {current:?} (id {id})"),
+        "A node keeps its name and id: rows already carry them.",
+    )
+}
+
+/// A name unique to this cluster and database, for `create_node(NULL)`.
+fn default_node_name() -> String {
+    Spi::get_one::<String>("SELECT 'node_' || substr(md5(system_identifier::text || current_database()), 1, 8) FROM pg_catalog.pg_control_system()")
+        .unwrap_or_else(|e| spi_failed("picking a node name", e))
+        .unwrap_or_else(|| "node".to_string())
+}
+
+/// Insert the node row; without `node_id`, a random positive one.
+fn insert_node(node_id: Option<i32>, name: &str) -> i32 {
+    Spi::get_one_with_args::<i32>(
+        "INSERT INTO edgesync.node (node_id, name)
+         VALUES (coalesce($1, 1 + floor(random() * 2147483646)::int), $2) RETURNING node_id",
+        &[node_id.into(), name.into()],
+    )
+    .unwrap_or_else(|e| spi_failed("creating the node", e))
+    .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "edgesync: creating the node returned no node id"))
 }
 
 /// This node's id, as stamped into row versions.

@@ -6,7 +6,11 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
 
+use crate::error::{raise, raise_with_hint};
+
+/// The owner of schema `edgesync`, once read in this backend (0: not yet).
 static OWNER: AtomicU32 = AtomicU32::new(0);
 
 fn extension_owner() -> pg_sys::Oid {
@@ -14,10 +18,15 @@ fn extension_owner() -> pg_sys::Oid {
     if cached != 0 {
         return pg_sys::Oid::from(cached);
     }
-    let owner = Spi::get_one::<pg_sys::Oid>("SELECT nspowner FROM pg_catalog.pg_namespace WHERE nspname = 'edgesync'")
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| error!("edgesync: schema edgesync not found"));
+    let found = Spi::get_one::<pg_sys::Oid>("SELECT nspowner FROM pg_catalog.pg_namespace WHERE nspname = 'edgesync'");
+    let owner = match found {
+        Ok(Some(owner)) => owner,
+        // no row: the schema is gone
+        Ok(None) | Err(pgrx::spi::Error::InvalidPosition) => {
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "edgesync: schema edgesync not found")
+        }
+        Err(e) => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: cannot read the owner of schema edgesync: {e}")),
+    };
     OWNER.store(owner.to_u32(), Ordering::Relaxed);
     owner
 }
@@ -30,14 +39,16 @@ struct RestoreUser {
 
 impl Drop for RestoreUser {
     fn drop(&mut self) {
-        unsafe {
-            // On an error the transaction (or subtransaction) abort pops the
-            // setting; popping it here during unwinding would do it twice.
-            if !std::thread::panicking() {
-                pg_sys::AtEOXact_GUC(true, self.guc_level);
-            }
-            pg_sys::SetUserIdAndSecContext(self.user, self.context);
+        // On an error the transaction (or subtransaction) abort pops the
+        // setting; popping it here during unwinding would do it twice.
+        if !std::thread::panicking() {
+            // SAFETY: `guc_level` came from NewGUCNestLevel in `as_role`, in
+            // this backend, and has not been popped (no error unwound it).
+            unsafe { pg_sys::AtEOXact_GUC(true, self.guc_level) };
         }
+        // SAFETY: restores the user and security context read from this
+        // backend by GetUserIdAndSecContext in `as_role`.
+        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) };
     }
 }
 
@@ -55,11 +66,25 @@ pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
 pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut user = pg_sys::Oid::INVALID;
     let mut context = 0;
+    // SAFETY: reads this backend's current user and security context into
+    // two locals.
     unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut context) };
+    // SAFETY: opens a GUC nest level in a backend inside a transaction;
+    // `RestoreUser` pops it (or the abort does).
     let guc_level = unsafe { pg_sys::NewGUCNestLevel() };
     let _restore = RestoreUser { user, context, guc_level };
+    // SAFETY: a local user-id change (SECURITY_LOCAL_USERID_CHANGE, as
+    // SECURITY DEFINER does), undone by `RestoreUser` on every exit.
+    unsafe { pg_sys::SetUserIdAndSecContext(role, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32) };
+    pin_search_path();
+    f()
+}
+
+/// Set `search_path` to `pg_catalog, pg_temp` at the current GUC nest level.
+fn pin_search_path() {
+    // SAFETY: NUL-terminated name and value; GUC_ACTION_SAVE ties the
+    // setting to the nest level `as_role` opened, which is popped after.
     unsafe {
-        pg_sys::SetUserIdAndSecContext(role, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
         pg_sys::set_config_option(
             c"search_path".as_ptr(),
             c"pg_catalog, pg_temp".as_ptr(),
@@ -71,21 +96,23 @@ pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
             false,
         );
     }
-    f()
 }
 
 /// The role calling right now.
 pub fn current_user() -> pg_sys::Oid {
+    // SAFETY: reads this backend's current user id (set once a session has a user).
     unsafe { pg_sys::GetUserId() }
 }
 
 /// Does `role` have the privileges of `of` (membership, or superuser)?
 pub fn has_privs_of(role: pg_sys::Oid, of: pg_sys::Oid) -> bool {
+    // SAFETY: a catalog lookup by two role oids, in a backend inside a transaction.
     unsafe { pg_sys::has_privs_of_role(role, of) }
 }
 
 /// The role that called the SECURITY DEFINER function we are in.
 fn outer_user() -> pg_sys::Oid {
+    // SAFETY: reads this backend's outer user id (set once a session has a user).
     unsafe { pg_sys::GetOuterUserId() }
 }
 
@@ -94,12 +121,12 @@ fn outer_user() -> pg_sys::Oid {
 /// choosing where it connects is a superuser's call.
 #[pg_extern(volatile, parallel_safe)]
 fn _require_superuser_for_conninfo() {
+    // SAFETY: a catalog lookup by role oid, in a backend inside a transaction.
     if !unsafe { pg_sys::superuser_arg(outer_user()) } {
-        ereport!(
-            PgLogLevel::ERROR,
+        raise_with_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "edgesync: only a superuser may set a peer's conninfo",
-            "The forwarder connects with this server's credentials (passfile, certificates, local trust)."
+            "The forwarder connects with this server's credentials (passfile, certificates, local trust).",
         );
     }
 }
@@ -114,20 +141,20 @@ fn _require_table_owner(relation: pg_sys::Oid) {
     );
     let (owner, schema) = match found {
         Ok((Some(o), Some(s))) => (o, s),
-        _ => {
-            ereport!(PgLogLevel::ERROR, PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("edgesync: relation {relation:?} does not exist"));
-            unreachable!()
+        // no row: no such relation
+        Ok(_) | Err(pgrx::spi::Error::InvalidPosition) => {
+            raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("edgesync: relation {relation:?} does not exist"))
         }
+        Err(e) => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: cannot look relation {relation:?} up: {e}")),
     };
     if schema == "pg_catalog" || schema == "information_schema" || schema.starts_with("pg_toast") {
-        ereport!(PgLogLevel::ERROR, PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "edgesync: system catalogs do not sync");
+        raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "edgesync: system catalogs do not sync");
     }
     if !has_privs_of(outer_user(), owner) {
-        ereport!(
-            PgLogLevel::ERROR,
+        raise_with_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "edgesync: only the table's owner may enrol it in sync",
-            "Enrolling a table lets peers read (up) or write (cloud side) it."
+            "Enrolling a table lets peers read (up) or write (cloud side) it.",
         );
     }
 }

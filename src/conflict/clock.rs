@@ -12,19 +12,28 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic, PgLwLock, PgSqlErrorCode};
 
+use crate::error::{raise, raise_with_hint};
 use crate::guc;
 use crate::model::conflict::version::{self, hlc_from_millis};
 
 /// The last reading handed out or observed. Readings are taken with a
 /// compare-and-swap: no lock on the write path.
+// SAFETY: a shared-memory name used for this object only, prefixed
+// "edgesync_" so that no other library's shared memory has it.
 static LAST: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"edgesync_clock_last") };
 /// The mark saved in `CLOCK_FILE` (0: not read since the server started).
 /// No reading at or past it is handed out before the file says so.
+// SAFETY: a shared-memory name used for this object only, prefixed
+// "edgesync_" so that no other library's shared memory has it.
 static SAVED: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"edgesync_clock_saved") };
 /// Counts tombstones written since the server started (any database): a
 /// backend that saw no tombstone need not look again until this moves.
+// SAFETY: a shared-memory name used for this object only, prefixed
+// "edgesync_" so that no other library's shared memory has it.
 static TOMBSTONES_WRITTEN: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"edgesync_tombstones_written") };
 /// Serializes reading and writing `CLOCK_FILE`.
+// SAFETY: a shared-memory name used for this object only, prefixed
+// "edgesync_" so that no other library's shared memory has it.
 static SAVING: PgLwLock<()> = unsafe { PgLwLock::new(c"edgesync_clock_file") };
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 /// This backend's database's node id, once read (0: not yet).
@@ -38,6 +47,7 @@ const SAVE_AHEAD_MS: i64 = 10_000;
 
 /// Reserve the shared clock; only possible while preloading.
 pub fn init_shared_memory() {
+    // SAFETY: a plain global of the postmaster, read while it loads libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         pg_shmem_init!(LAST);
         pg_shmem_init!(SAVED);
@@ -55,11 +65,10 @@ pub fn preloaded() -> bool {
 /// Raise a clear error unless edgesync was loaded through shared_preload_libraries.
 pub fn require_shared_clock() {
     if !PRELOADED.load(Ordering::Relaxed) {
-        ereport!(
-            PgLogLevel::ERROR,
+        raise_with_hint(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "edgesync must be loaded through shared_preload_libraries for conflict handling",
-            "Row versions come from a clock in shared memory. Run ALTER SYSTEM SET shared_preload_libraries = 'edgesync' (keeping any libraries already listed) and restart the server."
+            "Row versions come from a clock in shared memory. Run ALTER SYSTEM SET shared_preload_libraries = 'edgesync' (keeping any libraries already listed) and restart the server.",
         );
     }
 }
@@ -77,10 +86,10 @@ fn wall_millis() -> i64 {
 fn read_saved() -> i64 {
     match std::fs::read_to_string(CLOCK_FILE) {
         Ok(text) => text.trim().parse().unwrap_or_else(|_| {
-            error!("edgesync: {CLOCK_FILE} in the data directory is corrupt: {text:?}")
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: {CLOCK_FILE} in the data directory is corrupt: {text:?}"))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => error!("edgesync: cannot read {CLOCK_FILE}: {e}"),
+        Err(e) => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: cannot read {CLOCK_FILE}: {e}")),
     }
 }
 
@@ -93,7 +102,7 @@ fn write_saved(mark: i64) {
         std::fs::rename(&tmp, CLOCK_FILE)
     })();
     if let Err(e) = result {
-        error!("edgesync: cannot save the clock to {CLOCK_FILE}: {e}");
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: cannot save the clock to {CLOCK_FILE}: {e}"));
     }
 }
 
@@ -172,18 +181,16 @@ pub fn node_id() -> i32 {
     if cached != 0 {
         return cached;
     }
-    let id = crate::privilege::as_extension_owner(|| Spi::get_one::<i32>("SELECT node_id FROM edgesync.node"))
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| {
-            ereport!(
-                PgLogLevel::ERROR,
-                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                "this database has no edgesync node id",
-                "Run SELECT edgesync.create_node('a unique name') first."
-            );
-            unreachable!()
-        });
+    let id = match crate::privilege::as_extension_owner(|| Spi::get_one::<i32>("SELECT node_id FROM edgesync.node")) {
+        Ok(Some(id)) => id,
+        // no row: the node was never created
+        Ok(None) | Err(pgrx::spi::Error::InvalidPosition) => raise_with_hint(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "this database has no edgesync node id",
+            "Run SELECT edgesync.create_node('a unique name') first.",
+        ),
+        Err(e) => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: cannot read edgesync.node: {e}")),
+    };
     NODE_ID.store(id, Ordering::Relaxed);
     id
 }

@@ -2,14 +2,36 @@
 //! versions the trigger stamps and compares, the conflict log, tombstones,
 //! and settling conflicts by hand.
 //!
+//! The trigger's path, in the order a remote change meets it:
+//! `trigger` (dispatch per operation) -> `table` (its arguments) ->
+//! `stamp` (row versions) -> `probe` / `tombstone` (what this node holds)
+//! -> `settle` (carry out the decision; `handler` for `custom`) -> `log`.
+//! `row`, `key` and `flags` are the pieces those steps share.
+//!
 //! What the rest of edgesync uses of it is re-exported here, so that the
 //! files inside can move without their callers noticing.
 
 pub mod clock;
+mod error;
+mod flags;
+mod handler;
+mod key;
+mod log;
+mod probe;
 pub mod resolution;
+mod row;
+mod settle;
+mod stamp;
+mod table;
+mod tombstone;
 pub mod trigger;
 
-pub(crate) use trigger::{log_conflict, origin_name, plan_for, row_by_key, ConflictRecord, ResolutionWrite, TableFlag, VERSION_COLUMN};
+pub(crate) use crate::plan_cache::plan_for;
+pub(crate) use flags::{ResolutionWrite, TableFlag};
+pub(crate) use key::key_of;
+pub(crate) use log::{log_conflict, origin_name, ConflictRecord};
+pub(crate) use row::row_by_key;
+pub(crate) use stamp::VERSION_COLUMN;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;

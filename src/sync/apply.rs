@@ -12,6 +12,15 @@
 //! Each table is written as its owner (as PostgreSQL's own apply does since
 //! 16), with `search_path` pinned; only tables enrolled for the direction a
 //! batch travels in may be changed, or the whole batch is refused.
+//!
+//! The shape follows PostgreSQL's `apply_dispatch` (worker.c): the batch is
+//! checked as a whole first (sender name, transaction order), then each
+//! pgoutput message is parsed and handed to the handler of its kind
+//! (`handle_relation`, `handle_change`, `refuse_truncate`), with what they
+//! share kept in one [`BatchApply`]: the sender's relation descriptions,
+//! the local tables matched to them ([`super::target`]), the run of
+//! changes not yet written, and the last transaction applied. Consecutive
+//! changes to one table are written together, as that table's owner.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -20,14 +29,15 @@ use std::ffi::CString;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgSqlErrorCode};
+use pgrx::spi::SpiClient;
+use pgrx::PgSqlErrorCode;
 
+use super::target::Target;
 use crate::conflict::{log_conflict, plan_for, ConflictRecord, TableFlag};
-use crate::model::sync::batch::{self, Batch};
-use crate::model::conflict::lww::{ConflictType, Resolution};
-use crate::model::sync::pgoutput::{self, Message, Relation, Value};
-use crate::model::sql_text::quote_ident;
 use crate::error::raise;
+use crate::model::conflict::lww::{ConflictType, Resolution};
+use crate::model::sync::batch::{self, Batch, Transaction};
+use crate::model::sync::pgoutput::{self, Message, Relation, Value};
 use crate::privilege::{as_extension_owner, as_role};
 
 /// The largest decompressed batch a node accepts (a bytea holds at most 1 GB).
@@ -41,7 +51,7 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn accepts(self, enrolled: &str) -> bool {
+    pub(super) fn accepts(self, enrolled: &str) -> bool {
         matches!((self, enrolled), (_, "both") | (Direction::Up, "up"))
     }
 }
@@ -64,6 +74,21 @@ fn _batch_format() -> i32 {
 /// Apply `b` in the caller's transaction; returns the highest sender LSN
 /// applied so far (this batch's last transaction, or the earlier mark).
 pub fn apply(b: Batch, direction: Direction) -> u64 {
+    check_batch(&b);
+    begin_origin_session(&b.sender);
+    let done = applied_mark();
+    require_durable_commit();
+    let mut state = BatchApply::new(&b.sender, direction);
+    for t in &b.transactions {
+        state.apply_transaction(t, done);
+    }
+    state.flush_run();
+    record_progress(state.last_applied, done)
+}
+
+/// Refuse a batch whose sender is not a node name or whose transactions
+/// are not in the sender's commit order, before anything of it is applied.
+fn check_batch(b: &Batch) {
     if !crate::model::node::is_node_name(&b.sender) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -75,9 +100,21 @@ pub fn apply(b: Batch, direction: Direction) -> u64 {
             raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "edgesync: refused batch: transactions out of order".to_string());
         }
     }
-    begin_origin_session(&b.sender);
-    let done = unsafe { pg_sys::replorigin_session_get_progress(false) };
-    // the answer is only given once it is durable: this commit waits for its flush
+}
+
+/// How far into the sender's WAL this node has applied, as committed.
+fn applied_mark() -> u64 {
+    // SAFETY: begin_origin_session has just set up this backend's origin
+    // session, which is what the progress is read from (PostgreSQL takes
+    // the session's lock itself); `false`: no local WAL flush is wanted.
+    unsafe { pg_sys::replorigin_session_get_progress(false) }
+}
+
+/// The answer is only given once it is durable: this commit waits for its flush.
+fn require_durable_commit() {
+    // SAFETY: name and value are NUL-terminated static strings; we are in
+    // the caller's transaction, which GUC_ACTION_LOCAL scopes the setting
+    // to; with elevel ERROR a refused setting raises instead of returning.
     unsafe {
         pg_sys::set_config_option(
             c"synchronous_commit".as_ptr(),
@@ -90,73 +127,15 @@ pub fn apply(b: Batch, direction: Direction) -> u64 {
             false,
         );
     }
+}
 
-    let mut definitions: HashMap<u32, Relation> = HashMap::new();
-    let mut targets: HashMap<u32, Target> = HashMap::new();
-    let mut run: Vec<Message> = Vec::new();
-    let mut run_rel = 0u32;
-    let mut last: Option<(u64, i64)> = None;
-    for t in b.transactions {
-        // relation messages count even in a transaction applied before: later ones need them
-        let skip = t.end_lsn <= done;
-        for raw in &t.messages {
-            let msg = pgoutput::parse(raw)
-                .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")));
-            match msg {
-                Message::Relation(r) => {
-                    if !run.is_empty() && run_rel == r.id {
-                        flush(&mut run, &targets[&run_rel]);
-                    }
-                    targets.remove(&r.id);
-                    definitions.insert(r.id, r);
-                }
-                change @ (Message::Insert { .. } | Message::Update { .. } | Message::Delete { .. }) if !skip => {
-                    let rel = change.relation().expect("row changes name their relation");
-                    if !targets.contains_key(&rel) {
-                        let def = definitions.get(&rel).unwrap_or_else(|| {
-                            raise(
-                                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-                                format!("edgesync: refused batch: a change to relation {rel} comes before its description"),
-                            )
-                        });
-                        targets.insert(rel, Target::resolve(&b.sender, def, direction));
-                    }
-                    let width = targets[&rel].columns.len();
-                    let rows_fit = match &change {
-                        Message::Insert { new, .. } => new.len() == width,
-                        Message::Update { old, new, .. } => new.len() == width && old.as_ref().is_none_or(|o| o.len() == width),
-                        Message::Delete { old, .. } => old.len() == width,
-                        _ => true,
-                    };
-                    if !rows_fit {
-                        raise(
-                            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-                            format!("edgesync: refused batch: a row of relation {rel} does not have the {width} columns its description says"),
-                        );
-                    }
-                    if !run.is_empty() && run_rel != rel {
-                        flush(&mut run, &targets[&run_rel]);
-                    }
-                    run_rel = rel;
-                    run.push(change);
-                }
-                Message::Truncate { .. } if !skip => raise(
-                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                    "edgesync: refused batch: it carries a TRUNCATE, which edgesync does not forward".to_string(),
-                ),
-                _ => {}
-            }
-        }
-        if !skip {
-            last = Some((t.end_lsn, t.commit_time));
-        }
-    }
-    if !run.is_empty() {
-        flush(&mut run, &targets[&run_rel]);
-    }
-    match last {
+/// Record the last transaction applied as the origin's progress (taken when
+/// the caller's transaction commits); returns the highest sender LSN applied.
+fn record_progress(last_applied: Option<(u64, i64)>, done: u64) -> u64 {
+    match last_applied {
         Some((lsn, time)) => {
-            // recorded as the origin's progress when the caller's transaction commits
+            // SAFETY: backend-local globals of the origin session this
+            // backend set up; only this backend reads them, at its commit.
             unsafe {
                 pg_sys::replorigin_session_origin_lsn = lsn;
                 pg_sys::replorigin_session_origin_timestamp = time;
@@ -165,6 +144,131 @@ pub fn apply(b: Batch, direction: Direction) -> u64 {
         }
         None => done,
     }
+}
+
+/// What applying one batch keeps between its messages.
+struct BatchApply<'b> {
+    sender: &'b str,
+    direction: Direction,
+    /// The sender's relation descriptions, by the sender's relation id.
+    definitions: HashMap<u32, Relation>,
+    /// The local tables they were matched to, on their first change.
+    targets: HashMap<u32, Target>,
+    /// Consecutive changes to one relation, not yet written.
+    run: Vec<Message>,
+    /// The relation `run` changes.
+    run_relation: u32,
+    /// The end LSN and commit time of the last transaction applied.
+    last_applied: Option<(u64, i64)>,
+}
+
+impl<'b> BatchApply<'b> {
+    fn new(sender: &'b str, direction: Direction) -> Self {
+        BatchApply {
+            sender,
+            direction,
+            definitions: HashMap::new(),
+            targets: HashMap::new(),
+            run: Vec::new(),
+            run_relation: 0,
+            last_applied: None,
+        }
+    }
+
+    /// Apply one source transaction, unless it was applied before (`done`
+    /// is the origin's committed progress).
+    fn apply_transaction(&mut self, t: &Transaction, done: u64) {
+        // relation messages count even in a transaction applied before: later ones need them
+        let applied_before = t.end_lsn <= done;
+        for raw in &t.messages {
+            let msg = pgoutput::parse(raw)
+                .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")));
+            self.dispatch(msg, applied_before);
+        }
+        if !applied_before {
+            self.last_applied = Some((t.end_lsn, t.commit_time));
+        }
+    }
+
+    /// Hand each kind of message to its handler; begin, commit, origin and
+    /// other messages need nothing (the batch carries transaction bounds).
+    fn dispatch(&mut self, msg: Message, applied_before: bool) {
+        match msg {
+            Message::Relation(r) => self.handle_relation(r),
+            Message::Insert { relation, .. } | Message::Update { relation, .. } | Message::Delete { relation, .. }
+                if !applied_before =>
+            {
+                self.handle_change(relation, msg)
+            }
+            Message::Truncate { .. } if !applied_before => refuse_truncate(),
+            _ => {}
+        }
+    }
+
+    /// A relation description: changes after it follow it, so the run
+    /// written under the old one is written first, and the table matched again.
+    fn handle_relation(&mut self, r: Relation) {
+        if !self.run.is_empty() && self.run_relation == r.id {
+            self.flush_run();
+        }
+        self.targets.remove(&r.id);
+        self.definitions.insert(r.id, r);
+    }
+
+    /// An insert, update or delete: checked against its table, then added to
+    /// the run (a change to another table writes the run first).
+    fn handle_change(&mut self, relation: u32, change: Message) {
+        let width = self.target(relation).columns.len();
+        if !row_fits(&change, width) {
+            raise(
+                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                format!("edgesync: refused batch: a row of relation {relation} does not have the {width} columns its description says"),
+            );
+        }
+        if !self.run.is_empty() && self.run_relation != relation {
+            self.flush_run();
+        }
+        self.run_relation = relation;
+        self.run.push(change);
+    }
+
+    /// The local table of a sender relation, matched on its first change.
+    fn target(&mut self, relation: u32) -> &Target {
+        let (sender, direction, definitions) = (self.sender, self.direction, &self.definitions);
+        self.targets.entry(relation).or_insert_with(|| {
+            let def = definitions.get(&relation).unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                    format!("edgesync: refused batch: a change to relation {relation} comes before its description"),
+                )
+            });
+            Target::resolve(sender, def, direction)
+        })
+    }
+
+    /// Write the run of changes, if any, to its table.
+    fn flush_run(&mut self) {
+        if !self.run.is_empty() {
+            write_run(std::mem::take(&mut self.run), &self.targets[&self.run_relation]);
+        }
+    }
+}
+
+/// Does each row of a change have the width of its relation's description?
+fn row_fits(change: &Message, width: usize) -> bool {
+    match change {
+        Message::Insert { new, .. } => new.len() == width,
+        Message::Update { old, new, .. } => new.len() == width && old.as_ref().is_none_or(|o| o.len() == width),
+        Message::Delete { old, .. } => old.len() == width,
+        _ => true,
+    }
+}
+
+fn refuse_truncate() -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        "edgesync: refused batch: it carries a TRUNCATE, which edgesync does not forward".to_string(),
+    )
 }
 
 thread_local! {
@@ -176,13 +280,39 @@ thread_local! {
 /// It must last until COMMIT (which records the progress), so it is torn
 /// down by a commit/abort callback, not on return.
 fn begin_origin_session(sender: &str) {
+    let id = origin_of(sender);
+    check_session_free(id);
+    // SAFETY: `id` exists (found or created by origin_of) and no session is
+    // set up here (check_session_free; PostgreSQL raises an ERROR if one
+    // were); replorigin_session_origin is this backend's own global.
+    unsafe {
+        crate::compat::replorigin_session_setup(id);
+        pg_sys::replorigin_session_origin = id;
+    }
+    SESSION_ORIGIN.with(|s| s.set(id));
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, end_origin_session);
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, end_origin_session);
+}
+
+/// The replication origin of `sender`'s changes, created on its first batch.
+fn origin_of(sender: &str) -> pg_sys::RepOriginId {
+    // check_batch let only node names through, and they have no NUL
     let name = CString::new(crate::model::node::origin_name(sender)).expect("node names have no NUL");
-    let id = as_extension_owner(|| unsafe {
+    // SAFETY: `name` is NUL-terminated and outlives both calls; we are in a
+    // transaction, which reading and adding to pg_replication_origin needs;
+    // with missing_ok an absent origin is 0 (InvalidRepOriginId), not an error.
+    as_extension_owner(|| unsafe {
         match pg_sys::replorigin_by_name(name.as_ptr(), true) {
             0 => pg_sys::replorigin_create(name.as_ptr()),
             id => id,
         }
-    });
+    })
+}
+
+/// Refuse to apply in a savepoint, a second batch in this transaction, or
+/// on top of another origin's session.
+fn check_session_free(id: pg_sys::RepOriginId) {
+    // SAFETY: reads this backend's transaction state; we are in a transaction.
     if unsafe { pg_sys::GetCurrentTransactionNestLevel() } > 1 {
         // the origin's progress would outlive a rolled-back savepoint
         raise(
@@ -198,240 +328,25 @@ fn begin_origin_session(sender: &str) {
             "edgesync: one batch per transaction: commit before applying the next".to_string(),
         );
     }
+    // SAFETY: a backend-local global, read in the backend that owns it.
     if active != 0 || unsafe { pg_sys::replorigin_session_origin } != 0 {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
             "edgesync: this transaction already applies changes of another origin".to_string(),
         );
     }
-    unsafe {
-        crate::compat::replorigin_session_setup(id);
-        pg_sys::replorigin_session_origin = id;
-    }
-    SESSION_ORIGIN.with(|s| s.set(id));
-    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, end_origin_session);
-    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, end_origin_session);
 }
 
 fn end_origin_session() {
     if SESSION_ORIGIN.with(|s| s.replace(0)) != 0 {
+        // SAFETY: SESSION_ORIGIN was set, so begin_origin_session set up the
+        // session this resets; the globals are this backend's own.
         unsafe {
             pg_sys::replorigin_session_reset();
             pg_sys::replorigin_session_origin = 0;
             pg_sys::replorigin_session_origin_lsn = 0;
             pg_sys::replorigin_session_origin_timestamp = 0;
         }
-    }
-}
-
-/// A sender's relation matched to a local table.
-struct Target {
-    relid: pg_sys::Oid,
-    owner: pg_sys::Oid,
-    schema: String,
-    name: String,
-    qualified: String,
-    has_policy: bool,
-    /// Per sender column: the local column and its type (None: not written here).
-    columns: Vec<Option<(String, String)>>,
-    /// The sender columns that hold the local primary key.
-    key: Vec<usize>,
-    /// The sender columns written here, in order.
-    written: Vec<usize>,
-    /// Statements for this table, composed once per batch.
-    insert_sql: String,
-    bulk_insert_sql: String,
-    delete_sql: String,
-}
-
-impl Target {
-    fn resolve(sender: &str, def: &Relation, direction: Direction) -> Target {
-        let what = format!("{}.{}", def.namespace, def.name);
-        as_extension_owner(|| {
-            Spi::connect(|client| {
-                let found = client.select(
-                    "SELECT c.oid, c.relowner, format('%I.%I', n.nspname, c.relname), s.direction, ct.relid IS NOT NULL
-                       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                       LEFT JOIN edgesync.sync_table s ON s.relid = c.oid
-                       LEFT JOIN edgesync.conflict_table ct ON ct.relid = c.oid
-                      WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'r'",
-                    None,
-                    &[def.namespace.as_str().into(), def.name.as_str().into()],
-                )?;
-                if found.is_empty() {
-                    raise(
-                        PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                        format!("edgesync: refused batch from {sender}: table {what} does not exist here"),
-                    );
-                }
-                let row = found.first();
-                let relid = row.get::<pg_sys::Oid>(1)?.expect("oid");
-                let owner = row.get::<pg_sys::Oid>(2)?.expect("owner");
-                let qualified = row.get::<String>(3)?.expect("name");
-                let enrolled = row.get::<String>(4)?;
-                let has_policy = row.get::<bool>(5)?.unwrap_or(false);
-                if !enrolled.as_deref().is_some_and(|e| direction.accepts(e)) {
-                    let wanted = match direction {
-                        Direction::Up => "up or both",
-                    };
-                    ereport!(
-                        PgLogLevel::ERROR,
-                        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                        format!("edgesync: refused batch from {sender}: table {what} is not enrolled here to receive these changes"),
-                        format!("Enrol it on this node with edgesync.add_table('{qualified}', sync => ...) as {wanted}.")
-                    );
-                }
-                let mut local: HashMap<String, (String, bool)> = HashMap::new();
-                for c in client.select(
-                    "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod), attgenerated <> ''
-                       FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
-                    None,
-                    &[relid.into()],
-                )? {
-                    let name = c.get::<String>(1)?.expect("attname");
-                    local.insert(name, (c.get::<String>(2)?.expect("type"), c.get::<bool>(3)?.unwrap_or(false)));
-                }
-                let mut pk = Vec::new();
-                for k in client.select(
-                    "SELECT a.attname::text FROM pg_catalog.pg_index i
-                       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])
-                      WHERE i.indrelid = $1 AND i.indisprimary",
-                    None,
-                    &[relid.into()],
-                )? {
-                    pk.push(k.get::<String>(1)?.expect("attname"));
-                }
-                let mut columns = Vec::with_capacity(def.columns.len());
-                for c in &def.columns {
-                    match local.get(&c.name) {
-                        Some((_, true)) => columns.push(None),
-                        Some((ty, false)) => columns.push(Some((c.name.clone(), ty.clone()))),
-                        None => raise(
-                            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                            format!("edgesync: refused batch from {sender}: column {:?} of {what} does not exist here", c.name),
-                        ),
-                    }
-                }
-                if pk.is_empty() {
-                    raise(
-                        PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
-                        format!("edgesync: table {qualified} has no primary key here"),
-                    );
-                }
-                let key: Vec<usize> = pk
-                    .iter()
-                    .map(|k| {
-                        def.columns.iter().position(|c| &c.name == k).unwrap_or_else(|| {
-                            raise(
-                                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                                format!("edgesync: refused batch from {sender}: the key column {k:?} of {what} is not sent"),
-                            )
-                        })
-                    })
-                    .collect();
-                if key.iter().any(|&k| columns[k].is_none()) {
-                    raise(
-                        PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
-                        format!("edgesync: refused batch from {sender}: a key column of {what} is generated here"),
-                    );
-                }
-                let written = (0..columns.len()).filter(|&i| columns[i].is_some()).collect();
-                let mut t = Target {
-                    relid,
-                    owner,
-                    schema: def.namespace.clone(),
-                    name: def.name.clone(),
-                    qualified,
-                    has_policy,
-                    columns,
-                    key,
-                    written,
-                    insert_sql: String::new(),
-                    bulk_insert_sql: String::new(),
-                    delete_sql: String::new(),
-                };
-                t.insert_sql = t.compose_insert();
-                t.bulk_insert_sql = t.compose_bulk_insert();
-                t.delete_sql = t.compose_delete();
-                Ok::<_, pgrx::spi::Error>(t)
-            })
-            .unwrap_or_else(|e| error!("edgesync: reading table {what}: {e}"))
-        })
-    }
-
-    fn compose_insert(&self) -> String {
-        let cols: Vec<_> = self.columns.iter().flatten().collect();
-        let names = cols.iter().map(|(n, _)| quote_ident(n)).collect::<Vec<_>>().join(", ");
-        let values = cols.iter().enumerate().map(|(i, (_, t))| format!("${}::{t}", i + 1)).collect::<Vec<_>>().join(", ");
-        format!("INSERT INTO {} ({names}) OVERRIDING SYSTEM VALUE VALUES ({values})", self.qualified)
-    }
-
-    fn compose_bulk_insert(&self) -> String {
-        let cols: Vec<_> = self.columns.iter().flatten().collect();
-        let names = cols.iter().map(|(n, _)| quote_ident(n)).collect::<Vec<_>>().join(", ");
-        let aliases = (1..=cols.len()).map(|i| format!("c{i}")).collect::<Vec<_>>().join(", ");
-        let casts = cols.iter().enumerate().map(|(i, (_, t))| format!("c{}::{t}", i + 1)).collect::<Vec<_>>().join(", ");
-        let arrays = (1..=cols.len()).map(|i| format!("pg_catalog.unnest(${i}::pg_catalog.text[])")).collect::<Vec<_>>().join(", ");
-        format!(
-            "INSERT INTO {} ({names}) OVERRIDING SYSTEM VALUE SELECT {casts} FROM ROWS FROM ({arrays}) WITH ORDINALITY AS u({aliases}, n) ORDER BY n",
-            self.qualified
-        )
-    }
-
-    fn key_condition(&self, first_param: usize) -> String {
-        self.key
-            .iter()
-            .enumerate()
-            .map(|(i, &k)| {
-                let (n, t) = self.columns[k].as_ref().expect("key columns are plain columns");
-                format!("{} = ${}::{t}", quote_ident(n), first_param + i)
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    }
-
-    /// `UPDATE ... SET` the columns `set` (sender indexes) `WHERE` key.
-    fn update_sql(&self, set: &[usize]) -> String {
-        let assignments = set
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| {
-                let (n, t) = self.columns[c].as_ref().expect("only written columns are set");
-                format!("{} = ${}::{t}", quote_ident(n), i + 1)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!("UPDATE {} SET {assignments} WHERE {}", self.qualified, self.key_condition(set.len() + 1))
-    }
-
-    fn compose_delete(&self) -> String {
-        format!("DELETE FROM {} WHERE {}", self.qualified, self.key_condition(1))
-    }
-
-    fn key_json(&self, row: &[Value]) -> JsonB {
-        let mut m = serde_json::Map::new();
-        for &k in &self.key {
-            let name = self.columns[k].as_ref().map(|(n, _)| n.clone()).unwrap_or_default();
-            m.insert(name, text_json(&row[k]));
-        }
-        JsonB(serde_json::Value::Object(m))
-    }
-
-    fn row_json(&self, row: &[Value]) -> JsonB {
-        let mut m = serde_json::Map::new();
-        for (c, v) in self.columns.iter().zip(row) {
-            if let (Some((n, _)), false) = (c, *v == Value::Unchanged) {
-                m.insert(n.clone(), text_json(v));
-            }
-        }
-        JsonB(serde_json::Value::Object(m))
-    }
-}
-
-fn text_json(v: &Value) -> serde_json::Value {
-    match v {
-        Value::Text(s) => serde_json::Value::String(s.clone()),
-        _ => serde_json::Value::Null,
     }
 }
 
@@ -446,7 +361,6 @@ fn text_types(n: usize) -> Vec<PgOid> {
     vec![PgOid::from(pg_sys::TEXTOID); n]
 }
 
-/// Apply a run of changes to one table, as its owner.
 /// Consecutive plain inserts go in one statement of at most this many rows.
 const BULK_INSERT_ROWS: usize = 1000;
 
@@ -454,8 +368,8 @@ fn is_plain_insert(change: &Message) -> bool {
     matches!(change, Message::Insert { new, .. } if !new.contains(&Value::Unchanged))
 }
 
-fn flush(run: &mut Vec<Message>, target: &Target) {
-    let changes = std::mem::take(run);
+/// Apply a run of changes to one table, as its owner.
+fn write_run(changes: Vec<Message>, target: &Target) {
     as_role(target.owner, || {
         Spi::connect_mut(|client| {
             let mut rest = &changes[..];
@@ -471,14 +385,14 @@ fn flush(run: &mut Vec<Message>, target: &Target) {
             }
             Ok::<_, pgrx::spi::Error>(())
         })
-        .unwrap_or_else(|e| error!("edgesync: applying to {}: {e}", target.qualified))
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: applying to {}: {e}", target.qualified)))
     });
 }
 
 /// Insert rows in order with one statement: one text array per column,
 /// unnested and cast. Row triggers fire per row, in order, as they would
 /// for single inserts.
-fn bulk_insert(client: &mut pgrx::spi::SpiClient<'_>, t: &Target, inserts: &[Message]) -> pgrx::spi::Result<()> {
+fn bulk_insert(client: &mut SpiClient<'_>, t: &Target, inserts: &[Message]) -> pgrx::spi::Result<()> {
     let written = &t.written;
     let mut columns: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(inserts.len()); written.len()];
     for change in inserts {
@@ -496,44 +410,52 @@ fn bulk_insert(client: &mut pgrx::spi::SpiClient<'_>, t: &Target, inserts: &[Mes
     Ok(())
 }
 
-fn apply_change(client: &mut pgrx::spi::SpiClient<'_>, t: &Target, change: &Message) -> pgrx::spi::Result<()> {
+fn apply_change(client: &mut SpiClient<'_>, t: &Target, change: &Message) -> pgrx::spi::Result<()> {
     match change {
         Message::Insert { new, .. } => insert(client, t, new),
-        Message::Update { old, new, .. } => {
-            let set: Vec<usize> = (0..new.len()).filter(|&i| t.columns[i].is_some() && new[i] != Value::Unchanged).collect();
-            let key_row = old.as_deref().unwrap_or(new);
-            let sql = t.update_sql(&set);
-            let plan = plan_for(client, &sql, &text_types(set.len() + t.key.len()), true)?;
-            let args: Vec<DatumWithOid<'_>> =
-                set.iter().map(|&i| text_arg(&new[i])).chain(t.key.iter().map(|&k| text_arg(&key_row[k]))).collect();
-            if client.update(&*plan, None, &args)?.len() > 0 {
-                return Ok(());
-            }
-            update_of_missing_row(client, t, new)
-        }
-        Message::Delete { old, .. } => {
-            let plan = plan_for(client, &t.delete_sql, &text_types(t.key.len()), true)?;
-            let args: Vec<DatumWithOid<'_>> = t.key.iter().map(|&k| text_arg(&old[k])).collect();
-            if client.update(&*plan, None, &args)?.len() == 0 {
-                log(t, ConflictType::DeleteMissing, Resolution::KeepLocal, old, None, None);
-            }
-            Ok(())
-        }
+        Message::Update { old, new, .. } => update(client, t, old.as_deref(), new),
+        Message::Delete { old, .. } => delete(client, t, old),
         _ => Ok(()),
     }
 }
 
-fn insert(client: &mut pgrx::spi::SpiClient<'_>, t: &Target, new: &[Value]) -> pgrx::spi::Result<()> {
+fn insert(client: &mut SpiClient<'_>, t: &Target, new: &[Value]) -> pgrx::spi::Result<()> {
     let plan = plan_for(client, &t.insert_sql, &text_types(t.written.len()), true)?;
     let args: Vec<DatumWithOid<'_>> = t.written.iter().map(|&i| text_arg(&new[i])).collect();
     client.update(&*plan, None, &args)?;
     Ok(())
 }
 
+/// Set the columns the update sent (TOASTed ones it left unchanged keep
+/// their value here) on the row its old key, or else its new row, names.
+fn update(client: &mut SpiClient<'_>, t: &Target, old: Option<&[Value]>, new: &[Value]) -> pgrx::spi::Result<()> {
+    let set: Vec<usize> = (0..new.len()).filter(|&i| t.columns[i].is_some() && new[i] != Value::Unchanged).collect();
+    let key_row = old.unwrap_or(new);
+    let sql = t.update_sql(&set);
+    let plan = plan_for(client, &sql, &text_types(set.len() + t.key.len()), true)?;
+    let args: Vec<DatumWithOid<'_>> =
+        set.iter().map(|&i| text_arg(&new[i])).chain(t.key.iter().map(|&k| text_arg(&key_row[k]))).collect();
+    if !client.update(&*plan, None, &args)?.is_empty() {
+        return Ok(());
+    }
+    update_of_missing_row(client, t, new)
+}
+
+/// Delete the row the old key names; a row already gone is logged
+/// (delete_missing) and nothing else happens.
+fn delete(client: &mut SpiClient<'_>, t: &Target, old: &[Value]) -> pgrx::spi::Result<()> {
+    let plan = plan_for(client, &t.delete_sql, &text_types(t.key.len()), true)?;
+    let args: Vec<DatumWithOid<'_>> = t.key.iter().map(|&k| text_arg(&old[k])).collect();
+    if client.update(&*plan, None, &args)?.is_empty() {
+        log(t, ConflictType::DeleteMissing, Resolution::KeepLocal, old, None, None);
+    }
+    Ok(())
+}
+
 /// The row a remote update names is not here. Under a conflict policy the
 /// trigger judges the row as that update (a tombstone newer than it wins:
 /// update_deleted); otherwise the remote row is put back and logged.
-fn update_of_missing_row(client: &mut pgrx::spi::SpiClient<'_>, t: &Target, new: &[Value]) -> pgrx::spi::Result<()> {
+fn update_of_missing_row(client: &mut SpiClient<'_>, t: &Target, new: &[Value]) -> pgrx::spi::Result<()> {
     if new.contains(&Value::Unchanged) {
         let note = "the update left TOASTed columns unchanged; their values are not here, so the row was not recreated";
         log(t, ConflictType::UpdateMissing, Resolution::KeepLocal, new, Some(new), Some(note));
@@ -565,5 +487,5 @@ fn log(t: &Target, conflict: ConflictType, resolution: Resolution, key_row: &[Va
         remote_origin: crate::conflict::origin_name(),
         note: note.map(str::to_string),
     })
-    .unwrap_or_else(|e| error!("{e}"));
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
 }

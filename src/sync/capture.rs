@@ -57,6 +57,8 @@ pub fn backlog(slot: &str) -> Result<Backlog, String> {
             return Ok(Err(format!("replication slot {slot} does not exist; drop the peer and add it again")));
         }
         let row = t.first();
+        // NULL when the slot has no position yet or lost its WAL: nothing to
+        // measure, and the next peek reports what is wrong with the slot
         let bytes = |i| -> pgrx::spi::Result<u64> { Ok(row.get::<i64>(i)?.unwrap_or(0).max(0) as u64) };
         Ok(Ok(Backlog { pending: bytes(1)?, restart_lag: bytes(2)? }))
     })
@@ -68,6 +70,9 @@ pub fn backlog(slot: &str) -> Result<Backlog, String> {
 /// the slot's restart point moves up to it at the next advance. Without it
 /// a busy slot's peeks re-decode up to 15 s of WAL each.
 pub fn log_restart_point() {
+    // SAFETY: called by a forwarder attached to shared memory, between its
+    // transactions; LogStandbySnapshot needs no transaction (the background
+    // writer calls it the same way).
     unsafe { pg_sys::LogStandbySnapshot() };
 }
 
@@ -76,6 +81,8 @@ pub fn log_restart_point() {
 /// wal_writer_delay) before it could leave.
 pub fn flush_wal() {
     // the end of the last record written (the insert position may sit past a page header not written yet)
+    // SAFETY: called by a forwarder attached to shared memory; flushing up
+    // to a position this server already inserted is always allowed.
     unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertEndRecPtr()) };
 }
 
@@ -85,8 +92,8 @@ pub fn peek(slot: &str, max_messages: i64, reader: &mut Reader) -> Result<Peek, 
     let (upto, messages) = Spi::connect(|client| {
         quiet(client)?;
         let upto = client.select("SELECT pg_catalog.pg_current_wal_flush_lsn()::text", None, &[])?.first().get_one::<String>()?;
-        // 16 and later leave out what came from peers (no echo); 15 is filtered below
-        let no_echo = pg_sys::PG_VERSION_NUM >= 160000;
+        // where pgoutput can leave out what came from peers (no echo); else filtered below
+        let no_echo = crate::compat::PGOUTPUT_FILTERS_ORIGIN;
         let sql = format!(
             "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3::int,
                  'proto_version', '{PROTOCOL_VERSION}', 'publication_names', '{PUBLICATION_UP}'{})",
@@ -95,11 +102,13 @@ pub fn peek(slot: &str, max_messages: i64, reader: &mut Reader) -> Result<Peek, 
         let t = client.select(&sql, None, &[slot.into(), upto.clone().into(), (max_messages as i32).into()])?;
         let mut messages = Vec::with_capacity(t.len());
         for row in t {
-            messages.push(row.get::<Vec<u8>>(1)?.unwrap_or_default());
+            messages.push(row.get::<Vec<u8>>(1)?);
         }
         Ok::<_, pgrx::spi::Error>((upto, messages))
     })
     .map_err(|e| e.to_string())?;
+    // `data` is never NULL: one would be a server fault, not an empty message
+    let messages: Vec<Vec<u8>> = messages.into_iter().collect::<Option<_>>().ok_or("the slot returned a NULL message")?;
     let complete = (messages.len() as i64) < max_messages;
     let txns = reader.read(messages)?;
     Ok(Peek { txns, upto: lsn(upto)?, complete })

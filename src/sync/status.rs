@@ -129,23 +129,40 @@ pub struct Registry {
     pub slots: [PeerSlot; MAX_PEERS],
 }
 
+// SAFETY: `Registry` is `repr(C)` plain data (integers, bools, byte arrays)
+// with no pointer into one process's memory: latches are kept as addresses in
+// shared memory, which every process of the server maps at the same address.
 unsafe impl PGRXSharedMemory for Registry {}
 
+// SAFETY: no other lock or shared-memory segment of this library is named
+// "edgesync_peers".
 static REGISTRY: PgLwLock<Registry> = unsafe { PgLwLock::new(c"edgesync_peers") };
 
 pub fn init_shared_memory() {
     pg_shmem_init!(REGISTRY = Registry { launcher_latch: 0, slots: [PeerSlot::FREE; MAX_PEERS] });
 }
 
+/// Now, in microseconds since 2000-01-01 (PostgreSQL's `TimestampTz`).
 pub fn now() -> i64 {
+    // SAFETY: reads the system clock; no state of PostgreSQL's is touched.
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
 pub fn my_database() -> u32 {
+    // SAFETY: a global of this process, set once it connects to a database
+    // (InvalidOid before); reading it from the process's only thread cannot race.
     unsafe { pg_sys::MyDatabaseId.to_u32() }
 }
 
+fn my_pid() -> i32 {
+    // SAFETY: a global set at process start and never changed afterwards.
+    unsafe { pg_sys::MyProcPid }
+}
+
+/// The address of this process's latch: its PGPROC's, in shared memory once
+/// the process has one, so other processes can set it.
 fn my_latch() -> usize {
+    // SAFETY: only the pointer's value is read, from this process's only thread.
     unsafe { pg_sys::MyLatch as usize }
 }
 
@@ -168,7 +185,7 @@ pub fn claim(peer_id: i32) -> Option<usize> {
     *slot = PeerSlot::FREE;
     slot.dboid = db;
     slot.peer_id = peer_id;
-    slot.pid = unsafe { pg_sys::MyProcPid };
+    slot.pid = my_pid();
     slot.latch = my_latch();
     slot.activity = Activity::Starting as u8;
     // a sync_now that waited on a crashed forwarder is answered by the next one
@@ -181,7 +198,7 @@ pub fn claim(peer_id: i32) -> Option<usize> {
 pub fn release(index: usize) {
     let mut reg = REGISTRY.exclusive();
     let slot = &mut reg.slots[index];
-    if slot.pid != unsafe { pg_sys::MyProcPid } {
+    if slot.pid != my_pid() {
         return; // a newer forwarder of the same peer took it over
     }
     slot.pid = 0;
@@ -203,8 +220,13 @@ pub fn find(peer_id: i32) -> Option<usize> {
     REGISTRY.share().slots.iter().position(|s| s.peer_id == peer_id && s.dboid == db)
 }
 
+/// Wake the process whose latch is at `latch` (0: none).
 pub fn set_latch(latch: usize) {
     if latch != 0 {
+        // SAFETY: `latch` was recorded by `my_latch` in a process with a
+        // PGPROC: a latch in shared memory, which stays for the server's life.
+        // If that process has exited, the latch wakes its PGPROC's next user
+        // at worst, and every waiter rechecks why it woke.
         unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
     }
 }
@@ -217,13 +239,12 @@ pub fn wake_launcher() {
 /// Sleep on this process's latch at most `d` (a `set_latch` wakes it
 /// early), then answer interrupts (cancel, SIGTERM).
 pub fn wait_on_latch(d: Duration) {
+    let timeout_ms = d.as_millis().min(i32::MAX as u128) as _;
+    let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32;
+    // SAFETY: MyLatch is this process's own latch, valid for the process's
+    // life; only this process waits on and resets it.
     unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            d.as_millis().min(i32::MAX as u128) as _,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
+        pg_sys::WaitLatch(pg_sys::MyLatch, events, timeout_ms, pg_sys::PG_WAIT_EXTENSION);
         pg_sys::ResetLatch(pg_sys::MyLatch);
     }
     pgrx::check_for_interrupts!();

@@ -8,99 +8,50 @@
 //! psql. edgesync adds TCP keepalives and an application_name unless the
 //! conninfo sets its own. Errors are returned with any password masked.
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, CStr, CString};
 use std::time::{Duration, Instant};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::model::sync::secrets::redact_secrets;
+use crate::model::sync::secrets::{redact_secrets, redact_secrets_of};
+use crate::sync::libpq::*;
 
-#[repr(C)]
-struct PGconn {
-    _private: [u8; 0],
-}
-#[repr(C)]
-struct PGresult {
-    _private: [u8; 0],
-}
-#[repr(C)]
-struct PQconninfoOption {
-    keyword: *mut c_char,
-    envvar: *mut c_char,
-    compiled: *mut c_char,
-    val: *mut c_char,
-    label: *mut c_char,
-    dispchar: *mut c_char,
-    dispsize: c_int,
-}
+/// `PQconnectStartParams`' expand_dbname: the `dbname` value is itself a
+/// conninfo, whose settings override the keywords before it.
+const EXPAND_DBNAME: c_int = 1;
 
-#[link(name = "pq")]
-unsafe extern "C" {
-    fn PQconnectStartParams(keywords: *const *const c_char, values: *const *const c_char, expand_dbname: c_int) -> *mut PGconn;
-    fn PQconnectPoll(conn: *mut PGconn) -> c_int;
-    fn PQstatus(conn: *const PGconn) -> c_int;
-    fn PQsocket(conn: *const PGconn) -> c_int;
-    fn PQerrorMessage(conn: *const PGconn) -> *const c_char;
-    fn PQfinish(conn: *mut PGconn);
-    fn PQsetnonblocking(conn: *mut PGconn, arg: c_int) -> c_int;
-    fn PQsendQueryParams(
-        conn: *mut PGconn,
-        command: *const c_char,
-        n_params: c_int,
-        param_types: *const u32,
-        param_values: *const *const c_char,
-        param_lengths: *const c_int,
-        param_formats: *const c_int,
-        result_format: c_int,
-    ) -> c_int;
-    fn PQflush(conn: *mut PGconn) -> c_int;
-    fn PQconsumeInput(conn: *mut PGconn) -> c_int;
-    fn PQisBusy(conn: *mut PGconn) -> c_int;
-    fn PQgetResult(conn: *mut PGconn) -> *mut PGresult;
-    fn PQresultStatus(res: *const PGresult) -> c_int;
-    fn PQresultErrorMessage(res: *const PGresult) -> *const c_char;
-    fn PQntuples(res: *const PGresult) -> c_int;
-    fn PQnfields(res: *const PGresult) -> c_int;
-    fn PQgetvalue(res: *const PGresult, row: c_int, col: c_int) -> *const c_char;
-    fn PQgetisnull(res: *const PGresult, row: c_int, col: c_int) -> c_int;
-    fn PQclear(res: *mut PGresult);
-    fn PQconninfoParse(conninfo: *const c_char, errmsg: *mut *mut c_char) -> *mut PQconninfoOption;
-    fn PQconninfo(conn: *mut PGconn) -> *mut PQconninfoOption;
-    fn PQconninfoFree(options: *mut PQconninfoOption);
-    fn PQfreemem(ptr: *mut c_void);
-}
+/// libpq's connect_timeout is never shorter than this.
+const LIBPQ_MIN_CONNECT_TIMEOUT_SECS: u64 = 2;
 
-// libpq's enums, as numbers
-const PGRES_POLLING_FAILED: c_int = 0;
-const PGRES_POLLING_READING: c_int = 1;
-const PGRES_POLLING_WRITING: c_int = 2;
-const PGRES_POLLING_OK: c_int = 3;
-const CONNECTION_BAD: c_int = 1;
-const PGRES_COMMAND_OK: c_int = 1;
-const PGRES_TUPLES_OK: c_int = 2;
-
-const BYTEA_OID: u32 = 17;
-
+/// A libpq message as a `String`, any password in it masked.
 fn text_of(p: *const c_char) -> String {
     if p.is_null() {
         return String::new();
     }
-    redact_secrets(unsafe { CStr::from_ptr(p) }.to_string_lossy().trim_end())
+    // SAFETY: libpq's messages are NUL-terminated and live until the next
+    // call on their connection or result; the text is copied out at once.
+    let text = unsafe { CStr::from_ptr(p) };
+    redact_secrets(text.to_string_lossy().trim_end())
 }
 
 /// Is `conninfo` a valid libpq connection string? Err says why (masked).
 pub fn check_conninfo(conninfo: &str) -> Result<(), String> {
     let c = CString::new(conninfo).map_err(|_| "the conninfo contains a NUL byte".to_string())?;
     let mut err: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; `err`
+    // is a valid place for libpq to store its message.
     let options = unsafe { PQconninfoParse(c.as_ptr(), &mut err) };
     if options.is_null() {
-        let msg = if err.is_null() { "not a valid conninfo".to_string() } else { text_of(err) };
+        // libpq may quote a password back bare (a bad percent-encoding): mask what the conninfo holds
+        let msg = if err.is_null() { "not a valid conninfo".to_string() } else { redact_secrets_of(&text_of(err), conninfo) };
         if !err.is_null() {
+            // SAFETY: `err` was allocated by libpq for us and is freed once.
             unsafe { PQfreemem(err.cast()) };
         }
         return Err(msg);
     }
+    // SAFETY: `options` came from PQconninfoParse and is freed once.
     unsafe { PQconninfoFree(options) };
     Ok(())
 }
@@ -111,14 +62,102 @@ pub enum Param<'a> {
     Binary(&'a [u8]),
 }
 
+/// The rows of a statement, every value as text (None: NULL).
+pub type Rows = Vec<Vec<Option<String>>>;
+
+/// A parameter as libpq takes it: text NUL-terminated, binary as bytea.
+enum WireParam<'a> {
+    Text(CString),
+    Binary(&'a [u8]),
+}
+
+impl<'a> WireParam<'a> {
+    fn of(param: &Param<'a>) -> Result<Self, String> {
+        match param {
+            Param::Text(s) => CString::new(*s).map(WireParam::Text).map_err(|_| "a parameter contains a NUL byte".to_string()),
+            Param::Binary(b) => Ok(WireParam::Binary(b)),
+        }
+    }
+
+    fn type_oid(&self) -> u32 {
+        match self {
+            WireParam::Text(_) => INFER_TYPE,
+            WireParam::Binary(_) => pg_sys::BYTEAOID.to_u32(),
+        }
+    }
+
+    /// Points into `self` (or the caller's slice): valid while both live.
+    fn value(&self) -> *const c_char {
+        match self {
+            WireParam::Text(c) => c.as_ptr(),
+            WireParam::Binary(b) => b.as_ptr().cast(),
+        }
+    }
+
+    /// libpq ignores the length of a text parameter.
+    fn length(&self) -> c_int {
+        match self {
+            WireParam::Text(_) => 0,
+            WireParam::Binary(b) => b.len() as c_int,
+        }
+    }
+
+    fn format(&self) -> c_int {
+        match self {
+            WireParam::Text(_) => FORMAT_TEXT,
+            WireParam::Binary(_) => FORMAT_BINARY,
+        }
+    }
+}
+
 /// An open connection to a peer.
 pub struct Connection {
+    /// Never NULL; owned: finished on drop.
     conn: *mut PGconn,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        // SAFETY: `conn` is a live connection that only this value owns.
         unsafe { PQfinish(self.conn) };
+    }
+}
+
+/// A result of libpq, cleared when dropped.
+struct QueryResult(*mut PGresult);
+
+impl Drop for QueryResult {
+    fn drop(&mut self) {
+        // SAFETY: the result came from PQgetResult, is not NULL and is cleared once.
+        unsafe { PQclear(self.0) };
+    }
+}
+
+impl QueryResult {
+    /// The rows, or the error the statement ended with.
+    fn rows(&self) -> Result<Rows, String> {
+        let res = self.0;
+        // SAFETY: `res` is a live result owned by `self`.
+        let status = unsafe { PQresultStatus(res) };
+        if !matches!(status, PGRES_TUPLES_OK | PGRES_COMMAND_OK) {
+            // SAFETY: as above.
+            return Err(text_of(unsafe { PQresultErrorMessage(res) }));
+        }
+        // SAFETY: as above.
+        let (rows, fields) = unsafe { (PQntuples(res), PQnfields(res)) };
+        Ok((0..rows).map(|r| (0..fields).map(|c| self.value(r, c)).collect()).collect())
+    }
+
+    /// One value as text (None: NULL); `row` and `col` are in range.
+    fn value(&self, row: c_int, col: c_int) -> Option<String> {
+        // SAFETY: a live result, asked within its row and column counts.
+        if unsafe { PQgetisnull(self.0, row, col) } != 0 {
+            return None;
+        }
+        // SAFETY: as above; a value that is not NULL is a NUL-terminated
+        // string owned by the result, copied out at once.
+        let text = unsafe { CStr::from_ptr(PQgetvalue(self.0, row, col)) };
+        Some(text.to_string_lossy().into_owned())
     }
 }
 
@@ -133,8 +172,11 @@ fn wait_socket(sock: c_int, write: bool, deadline: Instant, what: &str) -> Resul
         let timeout = (deadline - now).as_millis().clamp(1, i32::MAX as u128) as i64;
         let socket_event = if write { pg_sys::WL_SOCKET_WRITEABLE } else { pg_sys::WL_SOCKET_READABLE };
         let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH | socket_event) as c_int;
+        // SAFETY: MyLatch is this process's own latch, set up at its start;
+        // `sock` is the connection's socket, open while we wait on it.
         let rc = unsafe { pg_sys::WaitLatchOrSocket(pg_sys::MyLatch, events, sock as pg_sys::pgsocket, timeout as _, pg_sys::PG_WAIT_EXTENSION) };
         if rc & pg_sys::WL_LATCH_SET as c_int != 0 {
+            // SAFETY: as above, this process's own latch.
             unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
             pgrx::check_for_interrupts!();
         }
@@ -146,7 +188,25 @@ fn wait_socket(sock: c_int, write: bool, deadline: Instant, what: &str) -> Resul
 
 impl Connection {
     /// Connect; `timeout` applies unless the conninfo sets connect_timeout.
+    /// Errors never show a password the conninfo holds, even one libpq
+    /// quotes back bare (a URI inside `dbname` is read only here).
     pub fn open(conninfo: &str, application_name: &str, timeout: Duration) -> Result<Connection, String> {
+        Self::connect(conninfo, application_name, timeout).map_err(|e| redact_secrets_of(&e, conninfo))
+    }
+
+    fn connect(conninfo: &str, application_name: &str, timeout: Duration) -> Result<Connection, String> {
+        let c = Self::start(conninfo, application_name)?;
+        let deadline = Instant::now() + c.connect_timeout().unwrap_or(timeout);
+        c.poll_until_connected(deadline)?;
+        // SAFETY: a live connection owned by `c`.
+        if unsafe { PQsetnonblocking(c.conn, 1) } != 0 {
+            return Err(c.error());
+        }
+        Ok(c)
+    }
+
+    /// Start connecting, with edgesync's defaults under the conninfo.
+    fn start(conninfo: &str, application_name: &str) -> Result<Connection, String> {
         // defaults first: the conninfo (expanded from dbname) overrides them
         let pairs: [(&CStr, CString); 6] = [
             (c"keepalives", c"1".into()),
@@ -160,43 +220,57 @@ impl Connection {
         let mut values: Vec<*const c_char> = pairs.iter().map(|(_, v)| v.as_ptr()).collect();
         keys.push(std::ptr::null());
         values.push(std::ptr::null());
-        let conn = unsafe { PQconnectStartParams(keys.as_ptr(), values.as_ptr(), 1) };
+        // SAFETY: both arrays are NULL-terminated, of the same length, and
+        // point into `pairs`, which outlives the call (libpq copies them).
+        let conn = unsafe { PQconnectStartParams(keys.as_ptr(), values.as_ptr(), EXPAND_DBNAME) };
         if conn.is_null() {
             return Err("out of memory starting a connection".to_string());
         }
         let c = Connection { conn };
-        if unsafe { PQstatus(conn) } == CONNECTION_BAD {
-            return Err(c.error());
-        }
-        let deadline = Instant::now() + c.connect_timeout().unwrap_or(timeout);
-        loop {
-            match unsafe { PQconnectPoll(conn) } {
-                PGRES_POLLING_OK => break,
-                PGRES_POLLING_FAILED => return Err(c.error()),
-                PGRES_POLLING_READING => wait_socket(unsafe { PQsocket(conn) }, false, deadline, "connecting")?,
-                PGRES_POLLING_WRITING => wait_socket(unsafe { PQsocket(conn) }, true, deadline, "connecting")?,
-                _ => {}
-            }
-        }
-        if unsafe { PQsetnonblocking(conn, 1) } != 0 {
+        // SAFETY: `conn` is not NULL and owned by `c`.
+        if unsafe { PQstatus(c.conn) } == CONNECTION_BAD {
             return Err(c.error());
         }
         Ok(c)
     }
 
+    /// Drive libpq's connection state machine until it is done or `deadline`.
+    fn poll_until_connected(&self, deadline: Instant) -> Result<(), String> {
+        loop {
+            // SAFETY: a live connection owned by `self`.
+            match unsafe { PQconnectPoll(self.conn) } {
+                PGRES_POLLING_OK => return Ok(()),
+                PGRES_POLLING_FAILED => return Err(self.error()),
+                PGRES_POLLING_READING => wait_socket(self.socket(), false, deadline, "connecting")?,
+                PGRES_POLLING_WRITING => wait_socket(self.socket(), true, deadline, "connecting")?,
+                _ => {}
+            }
+        }
+    }
+
+    fn socket(&self) -> c_int {
+        // SAFETY: a live connection owned by `self`.
+        unsafe { PQsocket(self.conn) }
+    }
+
     fn error(&self) -> String {
+        // SAFETY: a live connection owned by `self`.
         text_of(unsafe { PQerrorMessage(self.conn) })
     }
 
     /// The connect_timeout the conninfo asked for, if any.
     fn connect_timeout(&self) -> Option<Duration> {
+        // SAFETY: a live connection owned by `self`.
+        let options = unsafe { PQconninfo(self.conn) };
+        if options.is_null() {
+            return None;
+        }
+        let mut found = None;
+        let mut o = options;
+        // SAFETY: `options` is libpq's array, ended by an entry whose keyword
+        // is NULL; `o` walks it up to that entry, whose strings are
+        // NUL-terminated or NULL, and the array is freed once, after the walk.
         unsafe {
-            let options = PQconninfo(self.conn);
-            if options.is_null() {
-                return None;
-            }
-            let mut found = None;
-            let mut o = options;
             while !(*o).keyword.is_null() {
                 if CStr::from_ptr((*o).keyword) == c"connect_timeout" && !(*o).val.is_null() {
                     found = CStr::from_ptr((*o).val).to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).filter(|&s| s > 0);
@@ -204,40 +278,31 @@ impl Connection {
                 o = o.add(1);
             }
             PQconninfoFree(options);
-            // libpq's own minimum is 2 seconds
-            found.map(|s| Duration::from_secs(s.max(2)))
         }
+        found.map(|s| Duration::from_secs(s.max(LIBPQ_MIN_CONNECT_TIMEOUT_SECS)))
     }
 
     /// Run one statement; returns its rows as text. `timeout` bounds the
     /// whole exchange; after an error or a timeout drop the connection.
-    pub fn query(&mut self, sql: &str, params: &[Param<'_>], timeout: Duration) -> Result<Vec<Vec<Option<String>>>, String> {
+    pub fn query(&mut self, sql: &str, params: &[Param<'_>], timeout: Duration) -> Result<Rows, String> {
         let deadline = Instant::now() + timeout;
+        self.send(sql, params)?;
+        self.flush(deadline)?;
+        self.collect_results(deadline)
+    }
+
+    /// Queue the statement with its parameters (text ones as text, binary
+    /// ones as bytea).
+    fn send(&mut self, sql: &str, params: &[Param<'_>]) -> Result<(), String> {
         let sql = CString::new(sql).map_err(|e| e.to_string())?;
-        let types: Vec<u32> = params.iter().map(|p| if matches!(p, Param::Binary(_)) { BYTEA_OID } else { 0 }).collect();
-        let texts: Vec<Option<CString>> = params
-            .iter()
-            .map(|p| match p {
-                Param::Text(s) => CString::new(*s).ok(),
-                Param::Binary(_) => None,
-            })
-            .collect();
-        let values: Vec<*const c_char> = params
-            .iter()
-            .zip(&texts)
-            .map(|(p, t)| match p {
-                Param::Text(_) => t.as_ref().map(|c| c.as_ptr()).unwrap_or(std::ptr::null()),
-                Param::Binary(b) => b.as_ptr().cast(),
-            })
-            .collect();
-        let lengths: Vec<c_int> = params
-            .iter()
-            .map(|p| match p {
-                Param::Text(_) => 0,
-                Param::Binary(b) => b.len() as c_int,
-            })
-            .collect();
-        let formats: Vec<c_int> = params.iter().map(|p| c_int::from(matches!(p, Param::Binary(_)))).collect();
+        let wire: Vec<WireParam<'_>> = params.iter().map(WireParam::of).collect::<Result<_, _>>()?;
+        let types: Vec<u32> = wire.iter().map(WireParam::type_oid).collect();
+        let values: Vec<*const c_char> = wire.iter().map(WireParam::value).collect();
+        let lengths: Vec<c_int> = wire.iter().map(WireParam::length).collect();
+        let formats: Vec<c_int> = wire.iter().map(WireParam::format).collect();
+        // SAFETY: a live connection; the four arrays have `params.len()`
+        // entries and point into `wire` and the caller's slices, which
+        // outlive the call (libpq copies the values before it returns).
         let sent = unsafe {
             PQsendQueryParams(
                 self.conn,
@@ -247,60 +312,66 @@ impl Connection {
                 values.as_ptr(),
                 lengths.as_ptr(),
                 formats.as_ptr(),
-                0,
+                FORMAT_TEXT,
             )
         };
         if sent == 0 {
             return Err(self.error());
         }
-        let sock = unsafe { PQsocket(self.conn) };
-        // push the request out, reading whatever comes back meanwhile
+        Ok(())
+    }
+
+    /// Push the request out, reading whatever comes back meanwhile (a
+    /// server that answers while we still write must not block us).
+    fn flush(&mut self, deadline: Instant) -> Result<(), String> {
         loop {
+            // SAFETY: a live connection owned by `self`.
             match unsafe { PQflush(self.conn) } {
-                0 => break,
+                0 => return Ok(()),
                 1 => {
-                    wait_socket(sock, true, deadline, "sending to the peer")?;
-                    if unsafe { PQconsumeInput(self.conn) } == 0 {
-                        return Err(self.error());
-                    }
+                    wait_socket(self.socket(), true, deadline, "sending to the peer")?;
+                    self.consume_input()?;
                 }
                 _ => return Err(self.error()),
             }
         }
+    }
+
+    fn consume_input(&mut self) -> Result<(), String> {
+        // SAFETY: a live connection owned by `self`.
+        if unsafe { PQconsumeInput(self.conn) } == 0 {
+            return Err(self.error());
+        }
+        Ok(())
+    }
+
+    /// Read every result of the statement; the rows of the ones that
+    /// succeeded, or the last error.
+    fn collect_results(&mut self, deadline: Instant) -> Result<Rows, String> {
         let mut rows = Vec::new();
         let mut failure = None;
-        loop {
-            while unsafe { PQisBusy(self.conn) } != 0 {
-                wait_socket(sock, false, deadline, "waiting for the peer's answer")?;
-                if unsafe { PQconsumeInput(self.conn) } == 0 {
-                    return Err(self.error());
-                }
+        while let Some(result) = self.next_result(deadline)? {
+            match result.rows() {
+                Ok(more) => rows.extend(more),
+                Err(e) => failure = Some(e),
             }
-            let res = unsafe { PQgetResult(self.conn) };
-            if res.is_null() {
-                break;
-            }
-            match unsafe { PQresultStatus(res) } {
-                PGRES_TUPLES_OK | PGRES_COMMAND_OK => unsafe {
-                    for r in 0..PQntuples(res) {
-                        rows.push(
-                            (0..PQnfields(res))
-                                .map(|c| {
-                                    (PQgetisnull(res, r, c) == 0)
-                                        .then(|| CStr::from_ptr(PQgetvalue(res, r, c)).to_string_lossy().into_owned())
-                                })
-                                .collect(),
-                        );
-                    }
-                },
-                _ => failure = Some(text_of(unsafe { PQresultErrorMessage(res) })),
-            }
-            unsafe { PQclear(res) };
         }
         match failure {
             Some(e) => Err(e),
             None => Ok(rows),
         }
+    }
+
+    /// Wait for the next result without blocking; None when there are no more.
+    fn next_result(&mut self, deadline: Instant) -> Result<Option<QueryResult>, String> {
+        // SAFETY: a live connection owned by `self`.
+        while unsafe { PQisBusy(self.conn) } != 0 {
+            wait_socket(self.socket(), false, deadline, "waiting for the peer's answer")?;
+            self.consume_input()?;
+        }
+        // SAFETY: as above; PQisBusy said the result is there, so this does not block.
+        let res = unsafe { PQgetResult(self.conn) };
+        Ok((!res.is_null()).then_some(QueryResult(res)))
     }
 }
 

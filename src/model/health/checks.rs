@@ -1,7 +1,7 @@
 //! The judgement behind `edgesync.health`: given what the statistics views
 //! report, decide `ok` / `warning` / `critical` for each check.
 //!
-//! Inputs are plain structs that the glue in `health.rs` fills from the
+//! Inputs are plain structs that the glue in `health/checks.rs` fills from the
 //! `edgesync.*` views; nothing here reads the database.
 
 use std::fmt;
@@ -244,24 +244,10 @@ pub struct Subscription {
     pub conflict_count: Option<i64>,
 }
 
+/// The worker, then (while it runs) the time since the publisher was last
+/// heard, then the error count, then the conflict count where the server has one.
 pub fn subscription_checks(s: &Subscription, t: &Thresholds) -> Vec<Check> {
-    let (status, detail) = match (s.enabled, s.worker_running) {
-        (false, _) => (Status::Warning, "subscription is disabled: no changes are received".to_string()),
-        (true, true) => (Status::Ok, "apply worker is running".to_string()),
-        (true, false) => (
-            Status::Critical,
-            "subscription is enabled but no apply worker runs: the publisher is unreachable or apply keeps failing (see the server log)".to_string(),
-        ),
-    };
-    let mut checks = vec![Check {
-        component: "subscription",
-        object: s.name.clone(),
-        status,
-        metric: "worker",
-        value: None,
-        threshold: None,
-        detail,
-    }];
+    let mut checks = vec![subscription_worker_check(s)];
     if s.enabled && s.worker_running {
         checks.push(metric_check(
             "subscription",
@@ -273,7 +259,33 @@ pub fn subscription_checks(s: &Subscription, t: &Thresholds) -> Vec<Check> {
             "time since the last message from the publisher (seconds)",
         ));
     }
-    checks.push(Check {
+    checks.push(subscription_errors_check(s));
+    checks.extend(s.conflict_count.map(|conflicts| subscription_conflicts_check(s, conflicts)));
+    checks
+}
+
+fn subscription_worker_check(s: &Subscription) -> Check {
+    let (status, detail) = match (s.enabled, s.worker_running) {
+        (false, _) => (Status::Warning, "subscription is disabled: no changes are received".to_string()),
+        (true, true) => (Status::Ok, "apply worker is running".to_string()),
+        (true, false) => (
+            Status::Critical,
+            "subscription is enabled but no apply worker runs: the publisher is unreachable or apply keeps failing (see the server log)".to_string(),
+        ),
+    };
+    Check {
+        component: "subscription",
+        object: s.name.clone(),
+        status,
+        metric: "worker",
+        value: None,
+        threshold: None,
+        detail,
+    }
+}
+
+fn subscription_errors_check(s: &Subscription) -> Check {
+    Check {
         component: "subscription",
         object: s.name.clone(),
         status: if s.error_count > 0 { Status::Warning } else { Status::Ok },
@@ -285,23 +297,23 @@ pub fn subscription_checks(s: &Subscription, t: &Thresholds) -> Vec<Check> {
         } else {
             "no apply or table-sync errors".to_string()
         },
-    });
-    if let Some(conflicts) = s.conflict_count {
-        checks.push(Check {
-            component: "subscription",
-            object: s.name.clone(),
-            status: if conflicts > 0 { Status::Warning } else { Status::Ok },
-            metric: "conflict_count",
-            value: Some(conflicts as f64),
-            threshold: Some(1.0),
-            detail: if conflicts > 0 {
-                "the apply worker met conflicts (see edgesync.subscriptions confl_* columns)".to_string()
-            } else {
-                "no conflicts detected by the apply worker".to_string()
-            },
-        });
     }
-    checks
+}
+
+fn subscription_conflicts_check(s: &Subscription, conflicts: i64) -> Check {
+    Check {
+        component: "subscription",
+        object: s.name.clone(),
+        status: if conflicts > 0 { Status::Warning } else { Status::Ok },
+        metric: "conflict_count",
+        value: Some(conflicts as f64),
+        threshold: Some(1.0),
+        detail: if conflicts > 0 {
+            "the apply worker met conflicts (see edgesync.subscriptions confl_* columns)".to_string()
+        } else {
+            "no conflicts detected by the apply worker".to_string()
+        },
+    }
 }
 
 /// Conflicts of one table waiting for a DBA (`edgesync.conflicts`).

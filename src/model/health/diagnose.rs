@@ -1,6 +1,6 @@
 //! `edgesync.diagnose()`: check a node's settings for replication and say
-//! how to fix each finding. The glue in `health.rs` takes a snapshot of the
-//! node; this module only reasons about it.
+//! how to fix each finding. The glue in `health/diagnose.rs` takes a
+//! snapshot of the node; this module only reasons about it.
 
 use crate::model::sql_text::{quote_ident, quote_literal};
 
@@ -112,12 +112,24 @@ fn headroom_finding(setting: &str, max: i32, used: i32, what: &str) -> Option<Fi
     }
 }
 
-/// Every finding for this node, most severe first.
+/// Every finding for this node, most severe first (findings of equal
+/// severity keep the order of the rule families below).
 pub fn diagnose(n: &NodeSnapshot) -> Vec<Finding> {
     let mut out = Vec::new();
+    out.extend(wal_level_finding(n));
+    out.extend(preload_finding(n));
+    out.extend(commit_timestamp_finding(n));
+    out.extend(headroom_findings(n));
+    out.extend(slot_retention_findings(n));
+    out.extend(inactive_slot_findings(n));
+    out.extend(subscription_findings(n));
+    out.sort_by_key(|f| f.severity);
+    out
+}
 
-    if n.wal_level != "logical" {
-        out.push(finding(
+fn wal_level_finding(n: &NodeSnapshot) -> Option<Finding> {
+    (n.wal_level != "logical").then(|| {
+        finding(
             Severity::Critical,
             "wal_level",
             format!(
@@ -125,41 +137,57 @@ pub fn diagnose(n: &NodeSnapshot) -> Vec<Finding> {
                 n.wal_level
             ),
             alter_system("wal_level", "logical"),
-        ));
-    }
+        )
+    })
+}
 
+/// The fix extends the list already set: other preloaded libraries stay.
+fn preload_finding(n: &NodeSnapshot) -> Option<Finding> {
     let preloaded = n
         .shared_preload_libraries
         .split(',')
         .map(|l| l.trim().trim_matches('"'))
         .any(|l| l == "edgesync" || l.ends_with("/edgesync") || l == "edgesync.so");
-    if !preloaded {
-        let mut libs: Vec<&str> = n.shared_preload_libraries.split(',').map(str::trim).filter(|l| !l.is_empty()).collect();
-        libs.push("edgesync");
-        out.push(finding(
-            Severity::Warning,
-            "shared_preload_libraries",
-            "edgesync is not in shared_preload_libraries: its background workers and shared clock cannot start (restart required after the fix)",
-            alter_system("shared_preload_libraries", &libs.join(",")),
-        ));
+    if preloaded {
+        return None;
     }
+    let mut libs: Vec<&str> = n.shared_preload_libraries.split(',').map(str::trim).filter(|l| !l.is_empty()).collect();
+    libs.push("edgesync");
+    Some(finding(
+        Severity::Warning,
+        "shared_preload_libraries",
+        "edgesync is not in shared_preload_libraries: its background workers and shared clock cannot start (restart required after the fix)",
+        alter_system("shared_preload_libraries", &libs.join(",")),
+    ))
+}
 
-    if !n.track_commit_timestamp && n.server_version_num >= 180000 {
-        out.push(finding(
+/// A warning from 18 on, where the subscriber's own conflict detection needs
+/// commit times; before that only information.
+fn commit_timestamp_finding(n: &NodeSnapshot) -> Option<Finding> {
+    if n.track_commit_timestamp {
+        return None;
+    }
+    Some(if n.server_version_num >= 180000 {
+        finding(
             Severity::Warning,
             "track_commit_timestamp",
             "track_commit_timestamp is off: PostgreSQL 18's own conflict detection on a subscriber (update_origin_differs, delete_origin_differs) needs it (restart required after the fix)",
             alter_system("track_commit_timestamp", "on"),
-        ));
-    } else if !n.track_commit_timestamp {
-        out.push(finding(
+        )
+    } else {
+        finding(
             Severity::Info,
             "track_commit_timestamp",
             "track_commit_timestamp is off: commit times of replicated rows are not recorded (restart required after the fix)",
             alter_system("track_commit_timestamp", "on"),
-        ));
-    }
+        )
+    })
+}
 
+/// Slots, WAL senders and, when subscriptions run, apply workers and the
+/// worker processes they are taken from.
+fn headroom_findings(n: &NodeSnapshot) -> Vec<Finding> {
+    let mut out = Vec::new();
     out.extend(headroom_finding("max_replication_slots", n.max_replication_slots, n.replication_slots_used, "replication slots"));
     out.extend(headroom_finding("max_wal_senders", n.max_wal_senders, n.wal_senders_used, "WAL senders"));
     if n.subscriptions_enabled > 0 {
@@ -169,19 +197,28 @@ pub fn diagnose(n: &NodeSnapshot) -> Vec<Finding> {
             n.subscriptions_enabled,
             "logical replication workers",
         ));
-        if n.max_worker_processes < n.max_logical_replication_workers + 2 {
-            out.push(finding(
-                Severity::Warning,
-                "max_worker_processes",
-                format!(
-                    "max_worker_processes ({}) leaves no room beside max_logical_replication_workers ({}) for the launchers and edgesync's workers (restart required after the fix)",
-                    n.max_worker_processes, n.max_logical_replication_workers
-                ),
-                alter_system("max_worker_processes", &(n.max_logical_replication_workers + 8).to_string()),
-            ));
-        }
+        out.extend(worker_processes_finding(n));
     }
+    out
+}
 
+fn worker_processes_finding(n: &NodeSnapshot) -> Option<Finding> {
+    (n.max_worker_processes < n.max_logical_replication_workers + 2).then(|| {
+        finding(
+            Severity::Warning,
+            "max_worker_processes",
+            format!(
+                "max_worker_processes ({}) leaves no room beside max_logical_replication_workers ({}) for the launchers and edgesync's workers (restart required after the fix)",
+                n.max_worker_processes, n.max_logical_replication_workers
+            ),
+            alter_system("max_worker_processes", &(n.max_logical_replication_workers + 8).to_string()),
+        )
+    })
+}
+
+/// Limits on the WAL that slots may hold, worth setting once slots exist.
+fn slot_retention_findings(n: &NodeSnapshot) -> Vec<Finding> {
+    let mut out = Vec::new();
     if !n.slots.is_empty() && n.max_slot_wal_keep_size_mb < 0 {
         out.push(finding(
             Severity::Warning,
@@ -193,7 +230,6 @@ pub fn diagnose(n: &NodeSnapshot) -> Vec<Finding> {
             alter_system_and_reload("max_slot_wal_keep_size", "10GB"),
         ));
     }
-
     if n.idle_replication_slot_timeout_s == Some(0) && !n.slots.is_empty() {
         out.push(finding(
             Severity::Info,
@@ -202,54 +238,72 @@ pub fn diagnose(n: &NodeSnapshot) -> Vec<Finding> {
             alter_system_and_reload("idle_replication_slot_timeout", "2d"),
         ));
     }
-
-    for slot in n.slots.iter().filter(|s| !s.active) {
-        let retained = slot.retained_wal_bytes.unwrap_or(0);
-        if retained >= n.inactive_slot_warning_bytes {
-            out.push(finding(
-                Severity::Warning,
-                format!("slot:{}", slot.name),
-                format!(
-                    "inactive replication slot {:?} retains {retained} bytes of WAL: reconnect its consumer, or drop it if that is gone for good",
-                    slot.name
-                ),
-                format!("SELECT pg_drop_replication_slot({});", quote_literal(&slot.name)),
-            ));
-        }
-    }
-
-    for sub in &n.subscriptions {
-        let subject = format!("subscription:{}", sub.name);
-        if !sub.enabled {
-            out.push(finding(
-                Severity::Warning,
-                subject.clone(),
-                format!("subscription {:?} is disabled: it receives nothing", sub.name),
-                format!("ALTER SUBSCRIPTION {} ENABLE;", quote_ident(&sub.name)),
-            ));
-        } else if !sub.worker_running {
-            out.push(finding(
-                Severity::Critical,
-                subject.clone(),
-                format!("subscription {:?} is enabled but has no apply worker: the publisher is unreachable or apply fails (see the server log)", sub.name),
-                format!("ALTER SUBSCRIPTION {0} DISABLE; ALTER SUBSCRIPTION {0} ENABLE;", quote_ident(&sub.name)),
-            ));
-        }
-        if sub.error_count > 0 {
-            out.push(finding(
-                Severity::Warning,
-                subject,
-                format!("subscription {:?} had {} apply or sync error(s) (see the server log)", sub.name, sub.error_count),
-                format!(
-                    "SELECT pg_stat_reset_subscription_stats(oid) FROM pg_subscription WHERE subname = {};",
-                    quote_literal(&sub.name)
-                ),
-            ));
-        }
-    }
-
-    out.sort_by_key(|f| f.severity);
     out
+}
+
+/// Inactive slots holding at least the warning level of WAL.
+fn inactive_slot_findings(n: &NodeSnapshot) -> Vec<Finding> {
+    n.slots
+        .iter()
+        .filter(|s| !s.active)
+        .filter_map(|slot| {
+            let retained = slot.retained_wal_bytes.unwrap_or(0);
+            (retained >= n.inactive_slot_warning_bytes).then(|| {
+                finding(
+                    Severity::Warning,
+                    format!("slot:{}", slot.name),
+                    format!(
+                        "inactive replication slot {:?} retains {retained} bytes of WAL: reconnect its consumer, or drop it if that is gone for good",
+                        slot.name
+                    ),
+                    format!("SELECT pg_drop_replication_slot({});", quote_literal(&slot.name)),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Per subscription: its worker state first, then its error count.
+fn subscription_findings(n: &NodeSnapshot) -> Vec<Finding> {
+    n.subscriptions
+        .iter()
+        .flat_map(|sub| subscription_worker_finding(sub).into_iter().chain(subscription_errors_finding(sub)))
+        .collect()
+}
+
+fn subscription_worker_finding(sub: &SubscriptionSnapshot) -> Option<Finding> {
+    let subject = format!("subscription:{}", sub.name);
+    if !sub.enabled {
+        Some(finding(
+            Severity::Warning,
+            subject,
+            format!("subscription {:?} is disabled: it receives nothing", sub.name),
+            format!("ALTER SUBSCRIPTION {} ENABLE;", quote_ident(&sub.name)),
+        ))
+    } else if !sub.worker_running {
+        Some(finding(
+            Severity::Critical,
+            subject,
+            format!("subscription {:?} is enabled but has no apply worker: the publisher is unreachable or apply fails (see the server log)", sub.name),
+            format!("ALTER SUBSCRIPTION {0} DISABLE; ALTER SUBSCRIPTION {0} ENABLE;", quote_ident(&sub.name)),
+        ))
+    } else {
+        None
+    }
+}
+
+fn subscription_errors_finding(sub: &SubscriptionSnapshot) -> Option<Finding> {
+    (sub.error_count > 0).then(|| {
+        finding(
+            Severity::Warning,
+            format!("subscription:{}", sub.name),
+            format!("subscription {:?} had {} apply or sync error(s) (see the server log)", sub.name, sub.error_count),
+            format!(
+                "SELECT pg_stat_reset_subscription_stats(oid) FROM pg_subscription WHERE subname = {};",
+                quote_literal(&sub.name)
+            ),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -40,64 +40,72 @@ impl Reader {
         self.defined.clear();
         let mut done = Vec::new();
         for raw in messages {
-            let msg = pgoutput::parse(&raw)?;
-            match msg {
-                Message::Begin { commit_time, .. } => {
-                    if self.open.is_some() {
-                        return Err("Begin inside a transaction".to_string());
-                    }
-                    self.defined.clear();
-                    self.open = Some(SourceTxn {
-                        end_lsn: 0,
-                        commit_time,
-                        origin: None,
-                        messages: Vec::new(),
-                        needs: Vec::new(),
-                        rows: 0,
-                        bytes: 0,
-                    });
-                }
+            match pgoutput::parse(&raw)? {
+                Message::Begin { commit_time, .. } => self.begin(commit_time)?,
                 Message::Commit { end_lsn, commit_time } => {
                     let mut t = self.open.take().ok_or("Commit outside a transaction")?;
                     t.end_lsn = end_lsn;
                     t.commit_time = commit_time;
                     done.push(t);
                 }
-                Message::Origin { name } => {
-                    self.open.as_mut().ok_or("Origin outside a transaction")?.origin = Some(name);
-                }
-                Message::Relation(ref r) => {
-                    // Relation messages come inside a transaction (just before use)
-                    let t = self.open.as_mut().ok_or("Relation outside a transaction")?;
-                    self.relations.insert(r.id, raw.clone());
-                    self.defined.push(r.id);
-                    t.bytes += raw.len();
-                    t.messages.push(raw);
-                }
+                Message::Origin { name } => self.open.as_mut().ok_or("Origin outside a transaction")?.origin = Some(name),
+                Message::Relation(r) => self.relation(r.id, raw)?,
                 Message::Other { .. } => {}
-                change => {
-                    let t = self.open.as_mut().ok_or("a change outside a transaction")?;
-                    let rels = match &change {
-                        Message::Truncate { relations } => relations.clone(),
-                        other => other.relation().into_iter().collect(),
-                    };
-                    for rel in rels {
-                        if !self.defined.contains(&rel) {
-                            let def = self.relations.get(&rel).ok_or_else(|| format!("a change to relation {rel} before its Relation message"))?;
-                            t.needs.push((rel, def.clone()));
-                            self.defined.push(rel);
-                        }
-                    }
-                    t.rows += 1;
-                    t.bytes += raw.len();
-                    t.messages.push(raw);
-                }
+                change => self.change(&change, raw)?,
             }
         }
         if self.open.is_some() {
             return Err("the peek ended inside a transaction".to_string());
         }
         Ok(done)
+    }
+
+    fn begin(&mut self, commit_time: i64) -> Result<(), String> {
+        if self.open.is_some() {
+            return Err("Begin inside a transaction".to_string());
+        }
+        self.defined.clear();
+        self.open = Some(SourceTxn {
+            end_lsn: 0,
+            commit_time,
+            origin: None,
+            messages: Vec::new(),
+            needs: Vec::new(),
+            rows: 0,
+            bytes: 0,
+        });
+        Ok(())
+    }
+
+    /// Relation messages come inside a transaction, just before first use.
+    fn relation(&mut self, id: u32, raw: Vec<u8>) -> Result<(), String> {
+        let t = self.open.as_mut().ok_or("Relation outside a transaction")?;
+        self.relations.insert(id, raw.clone());
+        self.defined.push(id);
+        t.bytes += raw.len();
+        t.messages.push(raw);
+        Ok(())
+    }
+
+    /// A row change (or truncate): it needs its relations described first,
+    /// earlier in this transaction or, remembered, in an earlier one.
+    fn change(&mut self, change: &Message, raw: Vec<u8>) -> Result<(), String> {
+        let t = self.open.as_mut().ok_or("a change outside a transaction")?;
+        let rels = match change {
+            Message::Truncate { relations } => relations.clone(),
+            other => other.relation().into_iter().collect(),
+        };
+        for rel in rels {
+            if !self.defined.contains(&rel) {
+                let def = self.relations.get(&rel).ok_or_else(|| format!("a change to relation {rel} before its Relation message"))?;
+                t.needs.push((rel, def.clone()));
+                self.defined.push(rel);
+            }
+        }
+        t.rows += 1;
+        t.bytes += raw.len();
+        t.messages.push(raw);
+        Ok(())
     }
 }
 

@@ -1,0 +1,94 @@
+//! Flags edgesync's own writes raise for the conflict trigger of this
+//! backend: "let this table's rows through" (a settling write that already
+//! carries its version), "judge this insert as an update of a missing row"
+//! (apply recreating a row), and "stamp this resolution after that version"
+//! (a DBA's resolution). Each is set by a guard and cleared when it drops.
+
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, Ordering};
+
+use pgrx::pg_sys;
+
+use crate::model::conflict::version::Version;
+
+/// The table edgesync is writing a row of to settle a conflict inside the
+/// apply path (0: none): that row already carries the version it must keep.
+static PASS_THROUGH: AtomicU32 = AtomicU32::new(0);
+
+/// The table whose missing row edgesync's apply is inserting in place of a
+/// remote update (0: none): the trigger judges that insert as the update it
+/// is (update_missing, or update_deleted against a tombstone).
+static MISSING_ROW_UPDATE: AtomicU32 = AtomicU32::new(0);
+
+/// The table a DBA's resolution is being written to (0: none), and the
+/// previous version to put in its fresh stamp (the other node's version, so
+/// the write is the next change there, not a new conflict).
+static RESOLUTION_RELID: AtomicU32 = AtomicU32::new(0);
+static RESOLUTION_PREV_HLC: AtomicI64 = AtomicI64::new(0);
+static RESOLUTION_PREV_NODE: AtomicI32 = AtomicI32::new(0);
+
+/// While alive, `flag` names table `relid` (so the trigger treats its rows
+/// specially); cleared on drop, on unwind too.
+pub struct TableFlag(&'static AtomicU32);
+
+impl TableFlag {
+    fn set(flag: &'static AtomicU32, relid: pg_sys::Oid) -> TableFlag {
+        flag.store(relid.to_u32(), Ordering::Relaxed);
+        TableFlag(flag)
+    }
+
+    /// The trigger lets rows of `relid` through unchanged.
+    pub fn pass_through(relid: pg_sys::Oid) -> TableFlag {
+        TableFlag::set(&PASS_THROUGH, relid)
+    }
+
+    /// Remote inserts into `relid` are judged as updates of a missing row.
+    pub fn missing_row_update(relid: pg_sys::Oid) -> TableFlag {
+        TableFlag::set(&MISSING_ROW_UPDATE, relid)
+    }
+}
+
+impl Drop for TableFlag {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// While alive, local stamps of rows of `relid` use `prev` as their previous
+/// version (writes that cascade to other tables are stamped normally).
+pub struct ResolutionWrite(());
+
+impl ResolutionWrite {
+    pub fn begin(relid: pg_sys::Oid, prev: Option<Version>) -> ResolutionWrite {
+        if let Some(p) = prev {
+            RESOLUTION_PREV_HLC.store(p.hlc, Ordering::Relaxed);
+            RESOLUTION_PREV_NODE.store(p.node, Ordering::Relaxed);
+            RESOLUTION_RELID.store(relid.to_u32(), Ordering::Relaxed);
+        }
+        ResolutionWrite(())
+    }
+}
+
+impl Drop for ResolutionWrite {
+    fn drop(&mut self) {
+        RESOLUTION_RELID.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Does the trigger let rows of `relid` through unchanged (`TableFlag::pass_through`)?
+pub(super) fn passes_through(relid: pg_sys::Oid) -> bool {
+    let through = PASS_THROUGH.load(Ordering::Relaxed);
+    through != 0 && through == relid.to_u32()
+}
+
+/// Is an insert into `relid` apply's stand-in for an update of a missing row?
+pub(super) fn is_missing_row_update(relid: pg_sys::Oid) -> bool {
+    MISSING_ROW_UPDATE.load(Ordering::Relaxed) == relid.to_u32()
+}
+
+/// The previous version a DBA's resolution written to `relid` is stamped
+/// after; None when no resolution is being written there.
+pub(super) fn resolution_prev(relid: pg_sys::Oid) -> Option<Version> {
+    let target = RESOLUTION_RELID.load(Ordering::Relaxed);
+    (target != 0 && target == relid.to_u32())
+        .then(|| Version::new(RESOLUTION_PREV_HLC.load(Ordering::Relaxed), RESOLUTION_PREV_NODE.load(Ordering::Relaxed)))
+}

@@ -1,0 +1,582 @@
+//! The forwarder: one background worker per active peer, started by the
+//! launcher (`sync::launcher`). A thin loop: wait, take one step of
+//! `model::sync::forwarder::step`, carry out the action it returns.
+//!
+//! A round reads whole transactions from the peer's slot, packs them into
+//! batches, sends each to the peer's `apply_batch`, and moves the slot to
+//! the LSN the peer confirmed durable. A crash at any point leaves the slot
+//! at or before what the peer has, and the peer's origin progress skips
+//! what it already applied: nothing is lost or applied twice.
+
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::prelude::*;
+
+use crate::guc;
+use crate::model::node::OBJECT_PREFIX;
+use crate::model::sync::batch::{self, Batch};
+use crate::model::sync::capture::{Reader, SourceTxn};
+use crate::model::sync::forwarder::{self as machine, Action, Backoff, Event, Mode, Observed, State};
+use crate::model::sync::lsn::{format_lsn, parse_lsn};
+use crate::model::sync::pack::{pack, Limits};
+use crate::model::sync::secrets::redact_secrets;
+use crate::sync::capture::{self, Backlog};
+use crate::sync::launcher::{database, in_transaction, not_null};
+use crate::sync::status::{self, Activity};
+use crate::sync::transport::{Connection, Param};
+
+/// Restart-point lag of the slot beyond which a forwarder logs a running
+/// transactions snapshot itself, at most once per interval.
+const RESTART_LAG_LIMIT: u64 = 1 << 20;
+const RESTART_POINT_INTERVAL: Duration = Duration::from_secs(1);
+/// How many batches' worth of messages one peek at the slot reads.
+const PEEK_BATCHES: i64 = 8;
+/// How long to wait before looking again after the peer could not be read.
+const LOOKUP_RETRY: Duration = Duration::from_secs(1);
+/// How often a held fault point looks whether it was lifted.
+const HOLD_POLL: Duration = Duration::from_millis(50);
+
+// PostgreSQL's own handlers, called straight from the signal (pgrx's
+// pg_sys wrappers of them are not signal handlers).
+// SAFETY: the signatures are those of PostgreSQL's `die` and
+// `SignalHandlerForConfigReload` (void f(SIGNAL_ARGS), SIGNAL_ARGS = int).
+unsafe extern "C-unwind" {
+    /// Ends the process at its next interrupt check (SIGTERM).
+    ///
+    /// # Safety
+    /// Only as a signal handler of a PostgreSQL process.
+    #[link_name = "die"]
+    fn postgres_die(signal: std::ffi::c_int);
+    /// Marks the configuration for reloading (SIGHUP).
+    ///
+    /// # Safety
+    /// Only as a signal handler of a PostgreSQL process.
+    #[link_name = "SignalHandlerForConfigReload"]
+    fn postgres_reload(signal: std::ffi::c_int);
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn edgesync_forwarder_main(arg: pg_sys::Datum) {
+    let peer_id = arg.value() as i32;
+    install_signal_handlers();
+    BackgroundWorker::connect_worker_to_spi(Some(&database()), None);
+    let Some(index) = status::claim(peer_id) else {
+        warning!("edgesync: more than {} forwarders; peer {peer_id} is not served", status::MAX_PEERS);
+        return;
+    };
+    // give the slot back however the worker ends (a SIGTERM ends it with FATAL)
+    // SAFETY: a callback with the signature PostgreSQL calls, registered once
+    // in this process; its argument is a plain number.
+    unsafe { pg_sys::before_shmem_exit(Some(release_at_exit), pg_sys::Datum::from(index)) };
+    Forwarder::new(peer_id, index).run();
+}
+
+/// die: a SIGTERM ends the worker at the next interrupt check, even
+/// mid-statement; SIGHUP sets ConfigReloadPending for the loop to act on.
+fn install_signal_handlers() {
+    // SAFETY: PostgreSQL's own handlers, made to run as signal handlers;
+    // installed before the signals are unblocked, in this process only.
+    unsafe {
+        crate::compat::set_signal_handler(pg_sys::SIGTERM, postgres_die);
+        crate::compat::set_signal_handler(pg_sys::SIGHUP, postgres_reload);
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
+}
+
+#[pg_guard]
+extern "C-unwind" fn release_at_exit(_code: std::ffi::c_int, index: pg_sys::Datum) {
+    status::release(index.value());
+}
+
+fn reload_config_if_asked() {
+    // SAFETY: ConfigReloadPending is set by the SIGHUP handler and read and
+    // cleared here, outside any signal handler and outside a transaction,
+    // as PostgreSQL's own processes do.
+    unsafe {
+        if pg_sys::ConfigReloadPending != 0 {
+            pg_sys::ConfigReloadPending = 0;
+            pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::conflict::clock::unix_millis() as u64
+}
+
+/// Jitter for the backoff: differs between forwarders and between calls.
+fn noise() -> u32 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    // SAFETY: set once when this process started, only read afterwards.
+    let pid = unsafe { pg_sys::MyProcPid };
+    nanos ^ (pid as u32).wrapping_mul(2_654_435_761)
+}
+
+// ---------------------------------------------------------------- the peer
+
+/// A peer's settings, read from `edgesync.peer` at every wake-up.
+#[derive(Clone, PartialEq)]
+struct PeerConfig {
+    name: String,
+    conninfo: String,
+    mode: Mode,
+    limits: Limits,
+    paused: bool,
+    slot: String,
+}
+
+/// The peer's settings and this node's name; None when the peer is gone.
+/// The defaults of the settings live in the table (`sql/forwarder.sql`),
+/// whose columns are NOT NULL: a NULL here is an error, never a default.
+fn load_peer(id: i32) -> Result<Option<(PeerConfig, String)>, String> {
+    Spi::connect(|client| {
+        let t = client
+            .select(
+                "SELECT p.name, p.conninfo, p.mode, (extract(epoch FROM p.batch_interval) * 1000)::bigint,
+                        p.max_batch_rows, p.max_batch_bytes, p.paused, p.slot_name::text, n.name
+                   FROM edgesync.peer p, edgesync.node n WHERE p.id = $1",
+                None,
+                &[id.into()],
+            )
+            .map_err(|e| format!("could not read edgesync.peer: {e}"))?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        // the CHECK constraints keep these in range; the floors keep a
+        // constraint dropped by hand from giving empty batches or a busy loop
+        let max_bytes = not_null(r.get::<i64>(6), "edgesync.peer.max_batch_bytes")?.max(1024) as u64;
+        let max_rows = not_null(r.get::<i32>(5), "edgesync.peer.max_batch_rows")?.max(1) as usize;
+        let interval_ms = not_null(r.get::<i64>(4), "edgesync.peer.batch_interval")?.max(1) as u64;
+        let mode = peer_mode(&not_null(r.get::<String>(3), "edgesync.peer.mode")?, interval_ms, max_bytes)?;
+        let peer = PeerConfig {
+            name: not_null(r.get::<String>(1), "edgesync.peer.name")?,
+            conninfo: not_null(r.get::<String>(2), "edgesync.peer.conninfo")?,
+            mode,
+            limits: Limits { max_rows, max_bytes: max_bytes as usize },
+            paused: not_null(r.get::<bool>(7), "edgesync.peer.paused")?,
+            slot: not_null(r.get::<String>(8), "edgesync.peer.slot_name")?,
+        };
+        Ok(Some((peer, not_null(r.get::<String>(9), "edgesync.node.name")?)))
+    })
+}
+
+/// The mode a peer's `mode` column names (its CHECK allows these three only).
+fn peer_mode(mode: &str, interval_ms: u64, max_bytes: u64) -> Result<Mode, String> {
+    match mode {
+        "realtime" => Ok(Mode::Realtime),
+        "batch" => Ok(Mode::Batch { interval: Duration::from_millis(interval_ms), max_bytes }),
+        "on_demand" => Ok(Mode::OnDemand),
+        other => Err(format!("edgesync.peer.mode is {other:?}, not realtime, batch or on_demand")),
+    }
+}
+
+/// The peer, this node's name and the slot's backlog, in one transaction;
+/// None when the peer was dropped.
+fn look_up_peer(peer_id: i32) -> Result<Option<(PeerConfig, String, Backlog)>, String> {
+    in_transaction(|| {
+        let Some((peer, node)) = load_peer(peer_id)? else { return Ok(None) };
+        let backlog = capture::backlog(&peer.slot)?;
+        Ok(Some((peer, node, backlog)))
+    })
+}
+
+/// The pgoutput messages of a batch that carry rows ('R' describes a relation).
+fn rows_in(b: &Batch) -> i64 {
+    b.transactions.iter().map(|t| t.messages.iter().filter(|m| m.first() != Some(&b'R')).count() as i64).sum()
+}
+
+/// The commit time of a batch's first transaction (0: no batch).
+fn oldest_in(b: Option<&Batch>) -> i64 {
+    b.and_then(|b| b.transactions.first()).map(|t| t.commit_time).unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- the loop
+
+/// What one wake-up found.
+struct Wake {
+    peer: PeerConfig,
+    node: String,
+    observed: Observed,
+    /// `rounds_requested` of the status slot when it was read: a round
+    /// that starts now answers the `sync_now` calls up to it.
+    rounds_requested: u64,
+}
+
+/// What one peek at the slot gave.
+struct Peeked {
+    /// The whole transactions read that are to be sent, in order.
+    txns: Vec<SourceTxn>,
+    /// Everything up to `upto` was read.
+    complete: bool,
+    /// The flush LSN the peek read up to.
+    upto: u64,
+    /// The end of the last transaction read (0: none).
+    last_read: u64,
+    /// How long the peek took.
+    took: Duration,
+}
+
+impl Peeked {
+    /// Where the slot may move: past what the peer confirmed (`confirmed_to`)
+    /// and what was read but is not to be sent.
+    fn done_to(&self, pushed: &Pushed) -> u64 {
+        match (pushed.held_back, self.complete) {
+            (true, _) => pushed.confirmed_to,
+            (false, true) => self.upto.max(self.last_read),
+            (false, false) => self.last_read,
+        }
+    }
+}
+
+/// What pushing one peek's transactions did.
+#[derive(Default)]
+struct Pushed {
+    rows: i64,
+    /// The end of the last transaction the peer confirmed (0: none).
+    confirmed_to: u64,
+    /// The peek was cut and its last, partial batch left for the next one.
+    held_back: bool,
+}
+
+/// Cut `txns` into batches; a cut peek ends with a part batch, left for the
+/// next peek, which reads it again whole. Returns the batches and whether
+/// one was left.
+fn batches_of(node: &str, txns: Vec<SourceTxn>, limits: Limits, complete: bool) -> (Vec<Batch>, bool) {
+    let mut batches = pack(node, txns, limits);
+    let held_back = !complete && batches.len() > 1;
+    if held_back {
+        batches.pop();
+    }
+    (batches, held_back)
+}
+
+/// What sending one batch measured.
+struct Sent {
+    raw_len: usize,
+    compressed_len: usize,
+    encoding: Duration,
+    /// From the end of the encoding to the peer's confirmation.
+    peer: Duration,
+}
+
+struct Forwarder {
+    peer_id: i32,
+    /// This forwarder's slot in `status`.
+    index: usize,
+    conn: Option<Connection>,
+    /// What the peer said at hello it has applied (0: nothing): a
+    /// transaction at or below it is not sent again.
+    peer_has: u64,
+    reader: Reader,
+    /// The conninfo `conn` was opened with.
+    conninfo: String,
+    state: State,
+    backoff: Backoff,
+    /// Failed rounds in a row.
+    failures: u32,
+    last_round_ms: Option<u64>,
+    last_restart_point: Instant,
+}
+
+impl Forwarder {
+    fn new(peer_id: i32, index: usize) -> Self {
+        Forwarder {
+            peer_id,
+            index,
+            conn: None,
+            peer_has: 0,
+            reader: Reader::default(),
+            conninfo: String::new(),
+            state: State::Idle,
+            backoff: Backoff::default(),
+            failures: 0,
+            last_round_ms: None,
+            last_restart_point: Instant::now(),
+        }
+    }
+
+    /// Until the peer is dropped or paused (the launcher starts a new
+    /// forwarder when it is back): look, step, act.
+    fn run(&mut self) {
+        status::update(self.index, |s| s.activity = Activity::Idle as u8);
+        loop {
+            reload_config_if_asked();
+            pgrx::check_for_interrupts!();
+            let wake = match self.wake_up() {
+                Ok(Some(wake)) => wake,
+                Ok(None) => return,
+                Err(e) => {
+                    status::update(self.index, |s| s.set_error(&e));
+                    status::wait_on_latch(LOOKUP_RETRY);
+                    continue;
+                }
+            };
+            match self.step(Event::Wake, &wake.peer, &wake.observed) {
+                Action::Wait(d) => status::wait_on_latch(d),
+                Action::Disconnect => self.disconnect(),
+                Action::RunRound => self.run_round(&wake),
+            }
+        }
+    }
+
+    /// Read the peer and the slot, and what the state machine needs to
+    /// know. None: the peer was dropped or paused.
+    fn wake_up(&mut self) -> Result<Option<Wake>, String> {
+        let Some((peer, node, backlog)) = look_up_peer(self.peer_id)? else { return Ok(None) };
+        if peer.paused {
+            return Ok(None);
+        }
+        self.shorten_restart_lag(backlog.restart_lag);
+        if self.conn.is_some() && self.conninfo != peer.conninfo {
+            self.disconnect();
+        }
+        let slot = status::read(self.index);
+        let observed = Observed {
+            now_ms: now_ms(),
+            pending_bytes: backlog.pending,
+            last_round_ms: self.last_round_ms,
+            sync_requested: slot.rounds_requested > slot.rounds_done,
+            failures: self.failures,
+        };
+        Ok(Some(Wake { peer, node, observed, rounds_requested: slot.rounds_requested }))
+    }
+
+    /// Log a restart point when every peek re-decodes too much WAL.
+    fn shorten_restart_lag(&mut self, restart_lag: u64) {
+        if restart_lag > RESTART_LAG_LIMIT && self.last_restart_point.elapsed() > RESTART_POINT_INTERVAL {
+            capture::log_restart_point();
+            self.last_restart_point = Instant::now();
+        }
+    }
+
+    /// One step of the state machine; returns what to do.
+    fn step(&mut self, event: Event, peer: &PeerConfig, observed: &Observed) -> Action {
+        let (next, action) = machine::step(self.state, event, peer.mode, self.backoff, observed, noise());
+        self.state = next;
+        action
+    }
+
+    /// Run a round and feed its outcome to the state machine.
+    fn run_round(&mut self, wake: &Wake) {
+        // a round (and sync_now) covers every commit made before it, asynchronous ones too
+        capture::flush_wal();
+        let result = self.round(&wake.peer, &wake.node);
+        self.failures = if result.is_ok() { 0 } else { self.failures + 1 };
+        let observed = Observed { now_ms: now_ms(), failures: self.failures, ..wake.observed };
+        let event = if result.is_ok() { Event::Succeeded } else { Event::Failed };
+        let action = self.step(event, &wake.peer, &observed);
+        if action == Action::Disconnect || !matches!(wake.peer.mode, Mode::Realtime) {
+            self.disconnect();
+        }
+        self.record_round(wake.rounds_requested, observed.now_ms, &result);
+        match result {
+            Ok(_) => self.last_round_ms = Some(observed.now_ms),
+            Err(e) => log!("edgesync: round with peer {:?} failed ({} in a row): {}", wake.peer.name, self.failures, redact_secrets(&e)),
+        }
+    }
+
+    /// Show a round's outcome in the status slot.
+    fn record_round(&self, asked: u64, now_ms: u64, result: &Result<i64, String>) {
+        let next_attempt = match self.state {
+            State::Backoff { until_ms } => status::now() + (until_ms.saturating_sub(now_ms) as i64) * 1000,
+            _ => 0,
+        };
+        let failures = self.failures;
+        status::update(self.index, |s| {
+            s.rounds_done = s.rounds_done.max(asked);
+            s.failures = failures;
+            s.next_attempt = next_attempt;
+            match result {
+                Ok(rows) => {
+                    s.last_success = status::now();
+                    s.last_round_failed = false;
+                    s.last_round_rows = *rows;
+                    s.activity = Activity::Idle as u8;
+                }
+                Err(e) => {
+                    s.set_error(e);
+                    s.last_round_failed = true;
+                    s.activity = Activity::Backoff as u8;
+                }
+            }
+        });
+    }
+
+    /// Hold still while `edgesync.fault_point` names `point`.
+    fn hold_at(&self, point: &str) {
+        let armed = || guc::FAULT_POINT.get().is_some_and(|p| p.to_bytes() == point.as_bytes());
+        if !armed() {
+            return;
+        }
+        let before = status::read(self.index).activity;
+        while armed() {
+            status::update(self.index, |s| s.activity = Activity::Held as u8);
+            status::wait_on_latch(HOLD_POLL);
+            reload_config_if_asked();
+        }
+        status::update(self.index, |s| s.activity = before);
+    }
+
+    fn disconnect(&mut self) {
+        if self.conn.take().is_some() {
+            status::update(self.index, |s| s.connected = false);
+        }
+    }
+
+    fn timeout() -> Duration {
+        Duration::from_secs(guc::PEER_TIMEOUT.get().max(1) as u64)
+    }
+
+    // ------------------------------------------------------------ a round
+
+    /// Connect and greet the peer: check it speaks our batch format, measure
+    /// the clock skew, and skip what it already has (after a crash between
+    /// its commit and our slot advance).
+    fn connect(&mut self, peer: &PeerConfig, node: &str) -> Result<(), String> {
+        status::update(self.index, |s| s.activity = Activity::Connecting as u8);
+        let mut conn = Connection::open(&peer.conninfo, &format!("{OBJECT_PREFIX}{node}"), Self::timeout())?;
+        let sent_at = now_ms() as i64;
+        let rows = conn.query(
+            "SELECT confirmed_lsn::text, clock_ms, batch_format FROM edgesync.hello($1)",
+            &[Param::Text(node)],
+            Self::timeout(),
+        )?;
+        let got_at = now_ms() as i64;
+        let row = rows.first().ok_or("the peer did not answer hello")?;
+        let field = |i: usize| row.get(i).cloned().flatten();
+        let format: u16 = field(2).and_then(|f| f.parse().ok()).unwrap_or(0);
+        if format != batch::FORMAT {
+            return Err(format!("the peer reads batch format {format}, this node writes {}: upgrade edgesync on both", batch::FORMAT));
+        }
+        let remote_ms: i64 = field(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let skew = remote_ms - (sent_at + got_at) / 2;
+        self.peer_has = field(0).and_then(|l| parse_lsn(&l)).unwrap_or(0);
+        if self.peer_has > 0 {
+            in_transaction(|| capture::advance(&peer.slot, self.peer_has))?;
+        }
+        self.conn = Some(conn);
+        self.conninfo = peer.conninfo.clone();
+        status::update(self.index, |s| {
+            s.connected = true;
+            s.clock_skew_ms = skew;
+            s.skew_measured = true;
+        });
+        Ok(())
+    }
+
+    /// Push everything the slot holds now. Returns the rows sent.
+    ///
+    /// Each peek decodes the slot from its restart point, so a round reads
+    /// several batches' worth at once and moves the slot once per peek, after
+    /// the peer confirmed every batch sent from it (a crash in between
+    /// re-sends them, and the peer skips what it has).
+    fn round(&mut self, peer: &PeerConfig, node: &str) -> Result<i64, String> {
+        let mut sent = 0i64;
+        // the peek's limit is an int4: never let a large max_batch_rows wrap it
+        let max_messages = (PEEK_BATCHES * (3 * peer.limits.max_rows as i64 + 100)).min(i32::MAX as i64);
+        loop {
+            let mut peeked = self.peek(peer, max_messages)?;
+            let txns = std::mem::take(&mut peeked.txns);
+            let pushed = if txns.is_empty() { Pushed::default() } else { self.push(peer, node, txns, &peeked)? };
+            sent += pushed.rows;
+            let done_to = peeked.done_to(&pushed);
+            if done_to > 0 {
+                in_transaction(|| capture::advance(&peer.slot, done_to))?;
+            }
+            if peeked.complete {
+                return Ok(sent);
+            }
+        }
+    }
+
+    /// Read the slot; show what is to be sent as pending.
+    fn peek(&mut self, peer: &PeerConfig, max_messages: i64) -> Result<Peeked, String> {
+        let started = Instant::now();
+        let peek = in_transaction(|| capture::peek(&peer.slot, max_messages, &mut self.reader))?;
+        let took = started.elapsed();
+        let last_read = peek.txns.last().map(|t| t.end_lsn).unwrap_or(0);
+        // changes that came from a peer are not sent back (where pgoutput cannot leave them out)
+        let txns: Vec<SourceTxn> = peek.txns.into_iter().filter(|t| t.origin.is_none()).collect();
+        let pending_rows: i64 = txns.iter().map(|t| t.rows as i64).sum();
+        let oldest = txns.first().map(|t| t.commit_time).unwrap_or(0);
+        status::update(self.index, |s| {
+            s.pending_changes = pending_rows;
+            s.oldest_pending = oldest;
+        });
+        Ok(Peeked { txns, complete: peek.complete, upto: peek.upto, last_read, took })
+    }
+
+    /// Send the peeked transactions the peer lacks, in batches, in order.
+    /// Connecting first tells what the peer has: after a crash between its
+    /// commit and our slot advance, that is not sent again.
+    fn push(&mut self, peer: &PeerConfig, node: &str, txns: Vec<SourceTxn>, peeked: &Peeked) -> Result<Pushed, String> {
+        if self.conn.is_none() {
+            self.connect(peer, node)?;
+        }
+        let peer_has = self.peer_has;
+        let missing: Vec<SourceTxn> = txns.into_iter().filter(|t| t.end_lsn > peer_has).collect();
+        let (batches, held_back) = batches_of(node, missing, peer.limits, peeked.complete);
+        status::update(self.index, |s| s.activity = Activity::Pushing as u8);
+        let mut pending_rows: i64 = batches.iter().map(rows_in).sum();
+        let mut pushed = Pushed { held_back, ..Pushed::default() };
+        for (i, b) in batches.iter().enumerate() {
+            let rows = rows_in(b);
+            let measured = self.send_batch(b)?;
+            debug1!(
+                "edgesync: batch of {rows} rows, {} bytes ({} compressed): peek {:?} (for {} batches), encode {:?}, peer {:?}",
+                measured.raw_len,
+                measured.compressed_len,
+                peeked.took,
+                batches.len(),
+                measured.encoding,
+                measured.peer
+            );
+            pushed.confirmed_to = b.transactions.last().map(|t| t.end_lsn).unwrap_or(0);
+            pushed.rows += rows;
+            pending_rows -= rows;
+            self.record_batch(rows, &measured, pending_rows, oldest_in(batches.get(i + 1)));
+        }
+        if !batches.is_empty() {
+            self.hold_at("before_advance");
+        }
+        Ok(pushed)
+    }
+
+    /// Encode one batch, send it to the peer's `apply_batch` and check that
+    /// the peer confirmed all of it.
+    fn send_batch(&mut self, b: &Batch) -> Result<Sent, String> {
+        let last = b.transactions.last().map(|t| t.end_lsn).unwrap_or(0);
+        let started = Instant::now();
+        let (encoded, raw_len) = batch::encode_measured(b, Some(guc::COMPRESSION_LEVEL.get())).map_err(|e| e.to_string())?;
+        let encoded_at = Instant::now();
+        self.hold_at("before_send");
+        let conn = self.conn.as_mut().ok_or("the connection to the peer was closed before sending")?;
+        let answer = conn
+            .query("SELECT edgesync.apply_batch($1)::text", &[Param::Binary(&encoded)], Self::timeout())
+            .map_err(|e| format!("the peer refused a batch: {e}"))?;
+        let answered = answer.first().and_then(|r| r.first().cloned().flatten());
+        let confirmed = answered.as_deref().and_then(parse_lsn).ok_or_else(|| {
+            format!("the peer answered apply_batch with {answered:?}, not an LSN: does it run the same edgesync version?")
+        })?;
+        if confirmed < last {
+            return Err(format!("the peer confirmed {} but was sent up to {}", format_lsn(confirmed), format_lsn(last)));
+        }
+        Ok(Sent { raw_len, compressed_len: encoded.len(), encoding: encoded_at - started, peer: encoded_at.elapsed() })
+    }
+
+    /// Count a batch the peer confirmed in the status slot.
+    fn record_batch(&self, rows: i64, sent: &Sent, pending_rows: i64, next_oldest: i64) {
+        status::update(self.index, |s| {
+            s.rows_sent += rows;
+            s.batches_sent += 1;
+            s.bytes_raw += sent.raw_len as i64;
+            s.bytes_compressed += sent.compressed_len as i64;
+            s.pending_changes = pending_rows.max(0);
+            s.oldest_pending = if pending_rows > 0 { next_oldest } else { 0 };
+            s.last_success = status::now();
+        });
+    }
+}
