@@ -170,6 +170,20 @@ fn a_node_with_its_clock_behind_wins_with_an_edit_made_after_seeing_the_change()
     };
     assert!(b_hlc > a_hlc, "b's version is past the one it saw, though its wall clock is behind");
 
+    // receiving an update moves b's clock too: b's next write anywhere is later
+    a.execute("UPDATE public.inventory SET qty = 5, note = 'a again' WHERE sku = 'x'");
+    wait_rows(&c, &b, "SELECT count(*) FROM public.inventory WHERE note = 'a again'", 1);
+    b.execute("INSERT INTO public.inventory VALUES ('y', 1, 'b, after the update')");
+    let (updated_hlc, later_hlc): (i64, i64) = {
+        let r = &b.query(
+            "SELECT (SELECT (edgesync.row_version(edgesync_version))[1] FROM public.inventory WHERE sku = 'x'),
+                    (SELECT (edgesync.row_version(edgesync_version))[1] FROM public.inventory WHERE sku = 'y')",
+        )[0];
+        (r.get(0), r.get(1))
+    };
+    assert!(later_hlc > updated_hlc, "b's write after receiving a's update is later than it: {later_hlc} > {updated_hlc}");
+    wait_converged(&c, &a, &b);
+
     // a concurrent pair: b's edit comes later in real time, with a clock 10 min behind a's.
     // b has seen a's last version, so b's reading is past it: b still wins.
     set_subscriptions(&c, &[&a, &b], false);
@@ -320,13 +334,21 @@ fn the_clock_never_goes_back_across_restarts_and_crashes() {
     n.execute("INSERT INTO public.inventory VALUES ('after_restart', 1, NULL)");
     let after_restart = hlc_of("after_restart");
     assert!(after_restart > before, "{after_restart} > {before}");
-    // a crash: the saved mark is ahead of every reading handed out
+    // the wall clock jumps an hour ahead: readings pass the saved mark, which
+    // must be saved again ahead of them before they are handed out
+    c.psql(&n, "ALTER SYSTEM SET edgesync.clock_offset = '3600s'; SELECT pg_reload_conf();");
+    c.wait_for("the clock an hour ahead", DEADLINE, || {
+        Ok(n.try_query("SELECT 1 FROM pg_settings WHERE name = 'edgesync.clock_offset' AND setting = '3600000'")?.len() == 1)
+    });
     n.execute("INSERT INTO public.inventory SELECT 'burst' || g, g, NULL FROM generate_series(1, 1000) g");
     let burst: i64 = n.scalar("SELECT max((edgesync.row_version(edgesync_version))[1]) FROM public.inventory");
+    assert!(burst > after_restart + (3_000_000_i64 << 16), "readings jumped ahead: {burst} vs {after_restart}");
+    // a crash, and the wall clock back where it was: the saved mark is ahead of every reading handed out
+    c.psql(&n, "ALTER SYSTEM RESET edgesync.clock_offset;");
     c.kill9(&n);
     c.start(&n);
     n.execute("INSERT INTO public.inventory VALUES ('after_crash', 1, NULL)");
-    assert!(hlc_of("after_crash") > burst);
+    assert!(hlc_of("after_crash") > burst, "{} > {burst}", hlc_of("after_crash"));
 }
 
 #[test]

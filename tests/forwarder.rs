@@ -147,6 +147,11 @@ fn set_fault_point(n: &Node, point: Option<&str>) {
     n.execute("SELECT pg_reload_conf()");
 }
 
+/// The confirmed position of the edge's slot for the cloud.
+fn slot_confirmed(e: &Node) -> String {
+    e.scalar("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'edgesync_cloud'")
+}
+
 fn wait_up(c: &Cluster, n: &Node) {
     c.wait_for(&format!("{} to accept connections", n.name), DRAIN, || Ok(n.try_query("SELECT 1").is_ok()));
 }
@@ -186,6 +191,13 @@ fn kill9_at_every_point_of_a_push_loses_and_doubles_nothing() {
             } else {
                 c.wait_for(&format!("{what}: forwarder held"), DEADLINE, || Ok(peer_field(e, "state")? == "held"));
             }
+            // Where the push stands tells the three points apart: nothing of
+            // this batch on the cloud before it is sent or while its apply
+            // waits; all of it once the cloud committed, before the slot moves.
+            let on_cloud = readings_of(&cloud, &e.name).unwrap().0;
+            let expected = if point == "before_advance" { next_id - 1 } else { next_id - 1 - 1_000 };
+            assert_eq!(on_cloud, expected, "{what}: rows on the cloud while held");
+            let slot_before = slot_confirmed(e);
             match victim {
                 Victim::Forwarder => {
                     let pid: i32 = peer_field(e, "worker_pid").unwrap().parse().unwrap();
@@ -214,6 +226,17 @@ fn kill9_at_every_point_of_a_push_loses_and_doubles_nothing() {
             e.execute("SELECT edgesync.sync_now('cloud')");
             let (count, _) = readings_of(&cloud, &e.name).unwrap();
             assert_eq!(count, next_id - 1, "{what}: every row once");
+            // the slot moved to what the cloud confirmed, past this batch
+            let confirmed: String = cloud.scalar("SELECT remote_lsn::text FROM pg_replication_origin_status WHERE external_id = 'edgesync_edge1'");
+            let moved: bool = e.scalar(&format!(
+                "SELECT confirmed_flush_lsn >= '{confirmed}'::pg_lsn AND confirmed_flush_lsn > '{slot_before}'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'edgesync_cloud'"
+            ));
+            assert!(moved, "{what}: the slot moved to the cloud's confirmed {confirmed} (it was at {slot_before})");
+            if point == "before_advance" && !matches!(victim, Victim::CloudServer) {
+                // a new forwarder learns from hello that the cloud has the
+                // batch and moves the slot without sending it again
+                assert_eq!(peer_field(e, "rows_sent").unwrap(), "0", "{what}: the applied batch is not sent again");
+            }
         }
     }
 }
@@ -404,7 +427,14 @@ fn peers_are_paused_resumed_altered_and_dropped_live() {
     // on_demand: nothing moves until asked
     e.execute("SELECT edgesync.alter_peer('cloud', mode => 'on_demand')");
     c.wait_for("the forwarder to take the new mode", DEADLINE, || Ok(peer_field(e, "mode")? == "on_demand"));
+    // a round makes sure the forwarder has read its new settings (it reads them at every wake-up)
+    let nothing: i64 = e.scalar("SELECT edgesync.sync_now('cloud')");
+    assert_eq!(nothing, 0);
     write_readings(e, 501, 100, 100);
+    // a realtime forwarder would push within 50 ms: over 40 such intervals, nothing moves
+    let before = readings_of(&cloud, &e.name).unwrap();
+    c.assert_stays("the cloud unchanged before sync_now", Duration::from_secs(2), || Ok(readings_of(&cloud, &e.name)? == before));
+    assert_eq!(before.0, 500);
     let sent: i64 = e.scalar("SELECT edgesync.sync_now('cloud')");
     assert_eq!(sent, 100);
     assert_eq!(readings_of(&cloud, &e.name).unwrap(), readings_of(e, &e.name).unwrap());
@@ -425,6 +455,7 @@ fn peers_are_paused_resumed_altered_and_dropped_live() {
     assert!(!health.contains("s3cret-pw"), "{health}");
     let log = std::fs::read_to_string(&e.logfile).unwrap();
     assert!(!log.contains("s3cret-pw"), "the server log shows the password");
+    passwords_show_nowhere_when_libpq_quotes_them_or_a_login_is_refused(&c, &cloud, e);
     e.execute(&format!("SELECT edgesync.alter_peer('cloud', conninfo => 'host=127.0.0.1 port={} dbname=postgres user=edge_login')", cloud.port));
 
     // a bad conninfo is refused and changes nothing
@@ -437,6 +468,52 @@ fn peers_are_paused_resumed_altered_and_dropped_live() {
     assert_eq!(rows, 0);
     let slots: i64 = e.scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'edgesync_cloud'");
     assert_eq!(slots, 0, "its slot is dropped");
+}
+
+/// libpq quotes parts of a conninfo it cannot read back, not always after
+/// `password=`; a refused login names the user. Either way the password
+/// shows in no error, view, health row or server log line.
+fn passwords_show_nowhere_when_libpq_quotes_them_or_a_login_is_refused(c: &Cluster, cloud: &Node, e: &Node) {
+    let secret = "s3cret-pw";
+    let shows_nowhere = |what: &str, error: &str| {
+        assert!(!error.contains(secret), "{what}: the error shows the password: {error}");
+        let shown: String = e.scalar("SELECT coalesce(string_agg(row_to_json(p)::text, ' '), '') FROM edgesync.peers p");
+        assert!(!shown.contains(secret), "{what}: edgesync.peers shows the password: {shown}");
+        let health: String = e.scalar("SELECT coalesce(string_agg(detail, ' '), '') FROM edgesync.health");
+        assert!(!health.contains(secret), "{what}: edgesync.health shows the password: {health}");
+        let log = std::fs::read_to_string(&e.logfile).unwrap();
+        assert!(!log.contains(secret), "{what}: the server log shows the password");
+    };
+    // refused when set: the statement itself is kept out of the log (a documented limit)
+    let mut session = e.connect();
+    session.batch_execute("SET log_min_error_statement = panic").unwrap();
+    let bad = session
+        .batch_execute(&format!("SELECT edgesync.alter_peer('cloud', conninfo => 'postgresql://edge_login:{secret}%zz@127.0.0.1/postgres')"))
+        .expect_err("a bad percent-encoding is refused");
+    shows_nowhere("a bad URI", &common::db_message(&bad));
+    // read only when the forwarder connects: a URI inside dbname
+    e.execute(&format!(
+        "SELECT edgesync.alter_peer('cloud', conninfo => 'host=127.0.0.1 port={} dbname=''postgresql://edge_login:{secret}%zz@127.0.0.1/postgres'' connect_timeout=2')",
+        cloud.port
+    ));
+    let failed = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("the forwarder cannot read that conninfo");
+    assert!(failed.contains("percent"), "{failed}");
+    shows_nowhere("a URI in dbname", &failed);
+    // a refused login
+    let hba = cloud.datadir.join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("host all edge_login 127.0.0.1/32 scram-sha-256\n{rules}")).unwrap();
+    cloud.execute("ALTER ROLE edge_login PASSWORD 'the-right-one'; SELECT pg_reload_conf()");
+    e.execute(&format!(
+        "SELECT edgesync.alter_peer('cloud', conninfo => 'host=127.0.0.1 port={} dbname=postgres user=edge_login password={secret} connect_timeout=2')",
+        cloud.port
+    ));
+    c.wait_for("the refused login", DEADLINE, || {
+        Ok(e.try_query("SELECT edgesync.sync_now('cloud')").err().is_some_and(|m| m.contains("password authentication failed")))
+    });
+    shows_nowhere("a refused login", &peer_field(e, "last_error").unwrap());
+    std::fs::write(&hba, rules).unwrap();
+    cloud.execute("SELECT pg_reload_conf()");
 }
 
 /// Updates and deletes travel; an update of a row the cloud lacks is judged
@@ -489,4 +566,156 @@ fn updates_and_deletes_travel_and_missing_rows_are_judged() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(logged, vec![("delete_missing".into(), "keep_local".into()), ("update_missing".into(), "apply_remote".into())]);
+}
+
+/// The cloud writes each table as its owner, as PostgreSQL's own apply does:
+/// an ordinary role's table records that role as the writer, and row-level
+/// security forced on the table holds for the rows a peer sends.
+#[test]
+fn tables_are_written_as_their_owners() {
+    let (c, cloud, edges) = hub("owners", 1, "on_demand");
+    let e = &edges[0];
+    cloud.execute(
+        "CREATE ROLE shop; ALTER TABLE public.sensor_readings OWNER TO shop;
+         ALTER TABLE public.sensor_readings ADD COLUMN written_by text DEFAULT current_user;
+         ALTER TABLE public.sensor_readings ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+         CREATE POLICY known_sensors ON public.sensor_readings TO shop USING (true) WITH CHECK (sensor < 40);",
+    );
+    let insert = |id: i64, sensor: i32| {
+        e.execute(&format!("INSERT INTO public.sensor_readings VALUES ('edge1', {id}, {sensor}, '2026-01-01', 1.5)"))
+    };
+    insert(1, 7);
+    insert(2, 8);
+    let sent: i64 = e.scalar("SELECT edgesync.sync_now('cloud')");
+    assert_eq!(sent, 2);
+    let writers: String = cloud.scalar("SELECT string_agg(DISTINCT written_by, ',') FROM public.sensor_readings");
+    assert_eq!(writers, "shop", "rows are written as the table's owner");
+
+    insert(3, 45);
+    let refused = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("the owner may not write sensor 45");
+    assert!(refused.contains("row-level security"), "{refused}");
+    let held: i64 = cloud.scalar("SELECT count(*) FROM public.sensor_readings");
+    assert_eq!(held, 2, "nothing of the refused batch is applied");
+    // the owner's rights change on the cloud: the waiting change goes through
+    cloud.execute("DROP POLICY known_sensors ON public.sensor_readings;
+                   CREATE POLICY all_sensors ON public.sensor_readings TO shop USING (true) WITH CHECK (true)");
+    c.wait_for("the held row on the cloud", DEADLINE, || {
+        let _ = e.try_query("SELECT edgesync.sync_now('cloud')");
+        Ok(cloud.try_query("SELECT 1 FROM public.sensor_readings WHERE id = 3 AND written_by = 'shop'")?.len() == 1)
+    });
+}
+
+/// Two nodes that each push to the other: a change goes over once and never
+/// comes back (on 16+ the slot's `origin = none`, on 15 the forwarder's own filter).
+#[test]
+fn a_node_that_receives_and_pushes_sends_back_nothing() {
+    let mut c = Cluster::new("echo");
+    let (a, b) = (c.add_node("a", &[]), c.add_node("b", &[]));
+    for (n, id) in [(&a, 1), (&b, 2)] {
+        n.execute(&format!(
+            "CREATE EXTENSION edgesync; SELECT edgesync.create_node('{}', {id}); {INVENTORY};
+             SELECT edgesync.add_table('public.inventory', sync => 'both');
+             CREATE ROLE peer_login LOGIN; GRANT edgesync_peer TO peer_login;",
+            n.name
+        ));
+    }
+    for (n, other) in [(&a, &b), (&b, &a)] {
+        n.execute(&format!(
+            "SELECT edgesync.add_peer('{}', 'host=127.0.0.1 port={} dbname=postgres user=peer_login connect_timeout=5', mode => 'on_demand')",
+            other.name, other.port
+        ));
+    }
+    let sync = |from: &Node, to: &Node| -> i64 { from.scalar(&format!("SELECT edgesync.sync_now('{}')", to.name)) };
+    let rows = |n: &Node| -> String { n.scalar("SELECT coalesce(string_agg(sku || '=' || qty, ',' ORDER BY sku), '') FROM public.inventory") };
+    c.wait_for("both forwarders", DEADLINE, || {
+        Ok(a.try_query("SELECT 1 FROM edgesync.peers WHERE worker_pid IS NOT NULL")?.len() == 1
+            && b.try_query("SELECT 1 FROM edgesync.peers WHERE worker_pid IS NOT NULL")?.len() == 1)
+    });
+    a.execute("INSERT INTO public.inventory VALUES ('from_a', 1, NULL)");
+    assert_eq!(sync(&a, &b), 1);
+    assert_eq!(rows(&b), "from_a=1");
+    assert_eq!(sync(&b, &a), 0, "b does not send a's change back");
+    b.execute("UPDATE public.inventory SET qty = 2 WHERE sku = 'from_a'; INSERT INTO public.inventory VALUES ('from_b', 1, NULL)");
+    assert_eq!(sync(&b, &a), 2);
+    assert_eq!(sync(&a, &b), 0, "a does not send b's changes back");
+    assert_eq!(rows(&a), rows(&b));
+    assert_eq!(rows(&a), "from_a=2,from_b=1");
+    for n in [&a, &b] {
+        let logged: i64 = n.scalar("SELECT count(*) FROM edgesync.conflict_log");
+        assert_eq!(logged, 0, "{}: one-way changes are not conflicts", n.name);
+    }
+}
+
+/// `batch` mode: a round goes when `batch_interval` has passed or a batch's
+/// worth of changes waits, and `max_batch_bytes` cuts a backlog into batches.
+#[test]
+fn batch_mode_waits_for_the_interval_or_a_full_batch() {
+    let (c, cloud, edges) = hub("batch_mode", 1, "batch");
+    let e = &edges[0];
+    e.execute("SELECT edgesync.alter_peer('cloud', batch_interval => '1 hour', max_batch_bytes => 65536)");
+    // make sure the forwarder runs with these settings before writing
+    let nothing: i64 = e.scalar("SELECT edgesync.sync_now('cloud')");
+    assert_eq!(nothing, 0);
+    write_readings(e, 1, 10, 10);
+    c.assert_stays("a small backlog waits for the interval", Duration::from_secs(2), || Ok(readings_of(&cloud, &e.name)?.0 == 0));
+    let batches_before: i64 = peer_field(e, "batches_sent").unwrap().parse().unwrap();
+    // more than a batch's worth: it goes without waiting, cut at max_batch_bytes
+    write_readings(e, 11, 3_000, 100);
+    wait_arrived(&c, &cloud, e, DEADLINE);
+    let batches: i64 = peer_field(e, "batches_sent").unwrap().parse::<i64>().unwrap() - batches_before;
+    assert!(batches >= 3, "3,010 rows of about 100 bytes went in batches of at most 64 kB: {batches} batches");
+    // a short interval: a single row goes once it has passed
+    e.execute("SELECT edgesync.alter_peer('cloud', batch_interval => '1 second')");
+    write_readings(e, 5_000, 1, 1);
+    wait_arrived(&c, &cloud, e, DEADLINE);
+}
+
+/// A peer that accepts the connection and never answers: the forwarder gives
+/// up after `connect_timeout` (or `edgesync.peer_timeout` when the conninfo
+/// sets none) and stays responsive to SIGTERM while it waits.
+#[test]
+fn a_silent_peer_times_out_and_the_forwarder_still_stops_at_once() {
+    let (c, _cloud, edges) = hub("silent_peer", 1, "on_demand");
+    let e = &edges[0];
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream); // accepted, never answered, never closed
+        }
+    });
+    let mut next_id = 1;
+    let mut timed = |conninfo: &str| -> (String, Duration) {
+        e.execute(&format!("SELECT edgesync.alter_peer('cloud', conninfo => '{conninfo}')"));
+        // a round connects only to send something
+        write_readings(e, next_id, 1, 1);
+        next_id += 1;
+        let started = std::time::Instant::now();
+        let error = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("a silent peer");
+        (error, started.elapsed())
+    };
+    let (error, took) = timed(&format!("host=127.0.0.1 port={port} dbname=postgres user=edge_login connect_timeout=2"));
+    assert!(error.contains("failed"), "{error}");
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "gave up after {took:?}, connect_timeout is 2 s");
+    e.execute("ALTER SYSTEM SET edgesync.peer_timeout = '3s'; SELECT pg_reload_conf()");
+    c.wait_for("peer_timeout 3s", DEADLINE, || Ok(e.try_query("SELECT 1 FROM pg_settings WHERE name = 'edgesync.peer_timeout' AND setting = '3'")?.len() == 1));
+    let (error, took) = timed(&format!("host=127.0.0.1 port={port} dbname=postgres user=edge_login"));
+    assert!(error.contains("failed"), "{error}");
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(20), "gave up after {took:?}, peer_timeout is 3 s");
+    // stuck on a long connect_timeout, a SIGTERM still stops the forwarder at once
+    e.execute(&format!("SELECT edgesync.alter_peer('cloud', conninfo => 'host=127.0.0.1 port={port} dbname=postgres user=edge_login connect_timeout=600')"));
+    write_readings(e, 100, 1, 1);
+    let mut asker = e.connect();
+    std::thread::spawn(move || {
+        let _ = asker.batch_execute("SELECT edgesync.sync_now('cloud', timeout => '10 min')");
+    });
+    c.wait_for("the forwarder connecting", DEADLINE, || Ok(peer_field(e, "state")? == "connecting"));
+    let pid: i32 = peer_field(e, "worker_pid").unwrap().parse().unwrap();
+    let asked = std::time::Instant::now();
+    e.execute(&format!("SELECT pg_terminate_backend({pid})"));
+    c.wait_for("the forwarder gone", Duration::from_secs(5), || {
+        Ok(e.try_query(&format!("SELECT 1 FROM pg_stat_activity WHERE pid = {pid}"))?.is_empty())
+    });
+    assert!(asked.elapsed() < Duration::from_secs(5), "stopped after {:?}", asked.elapsed());
 }

@@ -105,6 +105,18 @@ fn standby_lag_and_disconnection_move_health_and_recover() {
             .map_err(|e| e.to_string())?;
         Ok(rows.len() >= 6 && rows.iter().all(|r| r.get::<_, String>(0) == "ok"))
     });
+
+    // The primary goes away: on the standby, its WAL receiver check turns critical.
+    c.stop(&primary);
+    c.wait_for("the standby's receiver critical", DEADLINE, || {
+        let rows = standby.try_query("SELECT status, detail FROM edgesync.health WHERE component = 'wal_receiver' AND metric = 'status'")?;
+        Ok(rows.first().is_some_and(|r| r.get::<_, String>(0) == "critical" && r.get::<_, String>(1).contains("not connected to its primary")))
+    });
+    c.start(&primary);
+    c.wait_for("the standby's receiver ok again", DEADLINE, || {
+        let rows = standby.try_query("SELECT status FROM edgesync.health WHERE component = 'wal_receiver' AND metric = 'status'")?;
+        Ok(rows.first().is_some_and(|r| r.get::<_, String>(0) == "ok"))
+    });
 }
 
 #[test]
@@ -242,9 +254,13 @@ fn diagnose_flags_an_inactive_slot_holding_wal_and_the_fixes_work() {
     assert_eq!(slot.2, "SELECT pg_drop_replication_slot('forgotten_edge');");
     let cap = before.iter().find(|f| f.1 == "max_slot_wal_keep_size").expect("max_slot_wal_keep_size finding");
 
+    // the cap's fix alone clears the cap's finding, while the slot is still there
     c.psql(&node, &cap.2);
+    c.wait_for("the cap applied", DEADLINE, || Ok(node.scalar::<String>("SHOW max_slot_wal_keep_size") == "10GB"));
+    let capped = findings(&mut session);
+    assert!(capped.iter().all(|f| f.1 != "max_slot_wal_keep_size"), "{capped:?}");
+    assert!(capped.iter().any(|f| f.1 == "slot:forgotten_edge"), "the slot finding stays until its own fix: {capped:?}");
     c.psql(&node, &slot.2);
     let after = findings(&mut session);
     assert!(after.iter().all(|f| f.1 != "slot:forgotten_edge" && f.1 != "max_slot_wal_keep_size"), "{after:?}");
-    assert_eq!(node.scalar::<String>("SHOW max_slot_wal_keep_size"), "10GB");
 }

@@ -14,11 +14,22 @@ fn install_old_script() {
         .expect("copy the 0.1.0 script into the extension directory");
 }
 
-/// The extension's members and their privileges, one line each.
+/// The extension's members, one line each: its name, its privileges, and
+/// its definition (a function's whole definition, SECURITY DEFINER and
+/// search_path included; a view's query; a table's columns and checks).
 fn members(n: &Node, db: &str) -> Vec<String> {
     let mut c = postgres::Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname={db}", n.port), postgres::NoTls).unwrap();
     c.query(
         "SELECT pg_describe_object(d.classid, d.objid, 0) || coalesce(' ' || p.proacl::text, '') || coalesce(' ' || r.relacl::text, '')
+                || coalesce(E'\n' || CASE WHEN p.prokind IN ('f', 'p') THEN pg_get_functiondef(p.oid) END, '')
+                || coalesce(E'\n' || CASE WHEN r.relkind = 'v' THEN pg_get_viewdef(r.oid) END, '')
+                || coalesce(E'\n' || CASE WHEN r.relkind = 'r' THEN
+                     (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+                                        || coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), ''), ', ' ORDER BY a.attnum)
+                        FROM pg_attribute a LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+                       WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped)
+                     || coalesce(' ' || (SELECT string_agg(pg_get_constraintdef(k.oid), ', ' ORDER BY k.conname)
+                                           FROM pg_constraint k WHERE k.conrelid = r.oid), '') END, '')
            FROM pg_depend d
            LEFT JOIN pg_proc p ON d.classid = 'pg_proc'::regclass AND p.oid = d.objid
            LEFT JOIN pg_class r ON d.classid = 'pg_class'::regclass AND r.oid = d.objid
@@ -44,7 +55,18 @@ fn update_from_0_1_0_matches_a_fresh_install() {
          SELECT edgesync.set_conflict_policy('public.inventory');
          INSERT INTO public.inventory VALUES ('A', 1);",
     );
+    let versions_before: Vec<String> = n
+        .query("SELECT sku || ' ' || encode(edgesync_version, 'hex') || ' ' || edgesync.row_version(edgesync_version)::text FROM public.inventory ORDER BY sku")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     n.execute("ALTER EXTENSION edgesync UPDATE TO '0.2.0'");
+    let versions_after: Vec<String> = n
+        .query("SELECT sku || ' ' || encode(edgesync_version, 'hex') || ' ' || edgesync.row_version(edgesync_version)::text FROM public.inventory ORDER BY sku")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions_after, versions_before, "row versions written before the update read the same after it");
     let version: String = n.scalar("SELECT extversion FROM pg_extension WHERE extname = 'edgesync'");
     assert_eq!(version, "0.2.0");
     n.execute("CREATE DATABASE fresh");

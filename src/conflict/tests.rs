@@ -132,9 +132,13 @@ mod tests {
         let kept = Spi::get_one::<pgrx::JsonB>(&format!("SELECT edgesync.resolve_conflict({id}, 'merge')")).unwrap().unwrap();
         assert_eq!(kept.0["qty"], 5, "local values stay");
         assert_eq!(kept.0["note"], "remote", "NULLs are filled from the remote row");
-        let (status, by) = Spi::get_two::<String, String>(&format!("SELECT status, resolved_by::text FROM edgesync.conflict_log WHERE id = {id}")).unwrap();
-        assert_eq!(status.as_deref(), Some("resolved"));
-        assert!(by.is_some());
+        let (status, resolution, by_me) = Spi::get_three::<String, String, bool>(&format!(
+            "SELECT status, resolution, resolved_by = current_user AND resolved_at IS NOT NULL FROM edgesync.conflict_log WHERE id = {id}"
+        ))
+        .unwrap();
+        assert_eq!((status.as_deref(), resolution.as_deref(), by_me), (Some("resolved"), Some("merge"), Some(true)));
+        let row = Spi::get_one::<String>("SELECT sku || ':' || qty || ':' || note FROM public.stock WHERE sku = 'a'").unwrap();
+        assert_eq!(row.as_deref(), Some("a:5:remote"), "the table holds the merged row");
         let prev = Spi::get_one::<Vec<i64>>("SELECT edgesync.row_version(edgesync_version) FROM public.stock WHERE sku = 'a'").unwrap().unwrap();
         assert_eq!((prev[2], prev[3]), (2, 9), "the resolution is written on top of the remote version");
     }
@@ -193,9 +197,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(Spi::get_one::<i64>("SELECT edgesync.purge_tombstones()").unwrap(), Some(1));
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM edgesync.tombstone").unwrap(), Some(1));
+        let tombstones = Spi::get_one::<String>("SELECT string_agg(key->>'sku', ',' ORDER BY key->>'sku') FROM edgesync.tombstone").unwrap();
+        assert_eq!(tombstones.as_deref(), Some("new"), "only the expired tombstone goes");
         assert_eq!(Spi::get_one::<i64>("SELECT edgesync.purge_conflict_log('1 day')").unwrap(), Some(1), "pending ones stay");
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM edgesync.conflict_log").unwrap(), Some(2));
+        let kept = Spi::get_one::<String>(
+            "SELECT string_agg(status || ':' || (detected_at > now() - interval '1 day'), ',' ORDER BY status) FROM edgesync.conflict_log",
+        )
+        .unwrap();
+        assert_eq!(kept.as_deref(), Some("pending:false,resolved:true"), "the old pending one and the new resolved one stay");
         let (pending, health) = Spi::get_two::<i64, String>(
             "SELECT (SELECT pending FROM edgesync.conflict_stats WHERE resolution = 'pending'),
                     (SELECT status FROM edgesync.health WHERE component = 'conflicts' AND object = 'public.stock')",
@@ -213,12 +222,20 @@ mod tests {
              CREATE SCHEMA es_evil; GRANT USAGE ON SCHEMA es_evil TO es_owner;
              CREATE FUNCTION es_evil.now() RETURNS timestamptz LANGUAGE plpgsql AS
                $$ BEGIN RAISE EXCEPTION 'hijacked'; END $$;
-             GRANT EXECUTE ON FUNCTION es_evil.now() TO es_owner;
-             SET ROLE es_owner; SET search_path = es_evil, pg_catalog;
-             DELETE FROM public.stock WHERE sku = 'before';
-             RESET ROLE; RESET search_path;",
+             GRANT EXECUTE ON FUNCTION es_evil.now() TO es_owner;",
         )
         .unwrap();
+        let as_owner_with_evil_path = |sql: &str| {
+            Spi::run(&format!("SET ROLE es_owner; SET search_path = es_evil, pg_catalog; {sql}; RESET ROLE; RESET search_path;")).unwrap()
+        };
+        let tombstone = || Spi::get_one::<Vec<i64>>("SELECT version FROM edgesync.tombstone WHERE key = '{\"sku\": \"before\"}'").unwrap();
+        as_owner_with_evil_path("DELETE FROM public.stock WHERE sku = 'before'");
+        let first = tombstone().expect("the first delete leaves a tombstone");
+        // A second delete of the key takes the tombstone's ON CONFLICT branch,
+        // whose now() would be es_evil.now() under the caller's search_path.
+        as_owner_with_evil_path("INSERT INTO public.stock VALUES ('before', 2, NULL); DELETE FROM public.stock WHERE sku = 'before'");
+        let second = tombstone().expect("the tombstone stays");
+        assert!(second[0] > first[0], "the tombstone now carries the second delete: {first:?} -> {second:?}");
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM edgesync.tombstone").unwrap(), Some(1));
     }
 
@@ -271,5 +288,76 @@ mod tests {
         )
         .unwrap();
         assert_eq!(admin_can, Some(true));
+    }
+
+    /// `public.shelf`, owned by the ordinary role es_shop, with a pending
+    /// conflict on key 'x' (local qty 1, remote qty 2).
+    fn conflict_on_a_table_of_an_ordinary_owner() -> i64 {
+        Spi::run(
+            "SELECT edgesync.create_node('test_node', 7);
+             CREATE ROLE es_shop;
+             CREATE TABLE public.shelf (sku text PRIMARY KEY, qty int);
+             ALTER TABLE public.shelf OWNER TO es_shop;
+             SELECT edgesync.set_conflict_policy('public.shelf', 'manual');
+             INSERT INTO public.shelf VALUES ('x', 1);",
+        )
+        .unwrap();
+        Spi::get_one::<i64>(
+            "INSERT INTO edgesync.conflict_log (schema_name, table_name, conflict_type, resolution, key, local_row, remote_row,
+                                                local_version, remote_version, status)
+             SELECT 'public', 'shelf', 'update_origin_differs', 'pending', '{\"sku\": \"x\"}',
+                    to_jsonb(s) - 'edgesync_version', '{\"sku\": \"x\", \"qty\": 2}', edgesync.row_version(s.edgesync_version), '{3,9,0,0}', 'pending'
+               FROM public.shelf s
+             RETURNING id",
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn the_tables_owner_settles_its_conflicts() {
+        let id = conflict_on_a_table_of_an_ordinary_owner();
+        Spi::run(&format!("SET LOCAL ROLE es_shop; SELECT edgesync.resolve_conflict({id}, 'apply_remote'); RESET ROLE")).unwrap();
+        let (resolution, by) =
+            Spi::get_two::<String, String>(&format!("SELECT resolution, resolved_by::text FROM edgesync.conflict_log WHERE id = {id}")).unwrap();
+        assert_eq!((resolution.as_deref(), by.as_deref()), (Some("apply_remote"), Some("es_shop")));
+        assert_eq!(Spi::get_one::<i32>("SELECT qty FROM public.shelf WHERE sku = 'x'").unwrap(), Some(2));
+    }
+
+    #[pg_test]
+    fn a_non_superuser_admin_settles_conflicts_with_its_own_rights() {
+        let id = conflict_on_a_table_of_an_ordinary_owner();
+        Spi::run(
+            "CREATE ROLE es_dba; GRANT edgesync_admin TO es_dba;
+             GRANT SELECT, INSERT, UPDATE ON public.shelf TO es_dba",
+        )
+        .unwrap();
+        Spi::run(&format!("SET LOCAL ROLE es_dba; SELECT edgesync.resolve_conflict({id}, 'keep_local'); RESET ROLE")).unwrap();
+        let (resolution, by) =
+            Spi::get_two::<String, String>(&format!("SELECT resolution, resolved_by::text FROM edgesync.conflict_log WHERE id = {id}")).unwrap();
+        assert_eq!((resolution.as_deref(), by.as_deref()), (Some("keep_local"), Some("es_dba")));
+        assert_eq!(Spi::get_one::<i32>("SELECT qty FROM public.shelf WHERE sku = 'x'").unwrap(), Some(1));
+        let prev = Spi::get_one::<Vec<i64>>("SELECT edgesync.row_version(edgesync_version) FROM public.shelf").unwrap().unwrap();
+        assert_eq!((prev[2], prev[3]), (3, 9), "written on top of the remote version");
+    }
+
+    #[pg_test(error = "permission denied for table shelf")]
+    fn an_admin_without_rights_on_the_table_cannot_write_a_resolution() {
+        let id = conflict_on_a_table_of_an_ordinary_owner();
+        Spi::run("CREATE ROLE es_dba2; GRANT edgesync_admin TO es_dba2").unwrap();
+        Spi::run(&format!("SET LOCAL ROLE es_dba2; SELECT edgesync.resolve_conflict({id}, 'keep_local')")).unwrap();
+    }
+
+    #[pg_test]
+    fn custom_row_data_with_some_columns_keeps_the_others_from_the_local_row() {
+        let id = pending_conflict();
+        Spi::run("UPDATE public.stock SET note = 'local note' WHERE sku = 'a'").unwrap();
+        let kept = Spi::get_one::<pgrx::JsonB>(&format!("SELECT edgesync.resolve_conflict({id}, 'custom', '{{\"qty\": 42}}')")).unwrap().unwrap();
+        assert_eq!((kept.0["qty"].clone(), kept.0["note"].clone()), (serde_json::json!(42), serde_json::json!("local note")));
+        let row = Spi::get_one::<String>("SELECT sku || ':' || qty || ':' || note FROM public.stock WHERE sku = 'a'").unwrap();
+        assert_eq!(row.as_deref(), Some("a:42:local note"));
+        let (resolution, status) =
+            Spi::get_two::<String, String>(&format!("SELECT resolution, status FROM edgesync.conflict_log WHERE id = {id}")).unwrap();
+        assert_eq!((resolution.as_deref(), status.as_deref()), (Some("custom"), Some("resolved")));
     }
 }

@@ -8,10 +8,16 @@ mod tests {
 
     #[pg_test]
     fn thresholds_follow_settings() {
-        Spi::run("SET edgesync.lag_warning_bytes = '2MB'; SET edgesync.lag_critical_seconds = '2min'").unwrap();
-        let (wb, cs) = Spi::get_two::<i64, f64>("SELECT warning_bytes, critical_seconds FROM edgesync.thresholds()").unwrap();
-        assert_eq!(wb, Some(2 * 1024 * 1024));
-        assert_eq!(cs, Some(120.0));
+        Spi::run(
+            "SET edgesync.lag_warning_bytes = '2MB'; SET edgesync.lag_critical_bytes = '3GB';
+             SET edgesync.lag_warning_seconds = '45s'; SET edgesync.lag_critical_seconds = '2min'",
+        )
+        .unwrap();
+        let all = Spi::get_one::<String>(
+            "SELECT warning_bytes || ' ' || critical_bytes || ' ' || warning_seconds || ' ' || critical_seconds FROM edgesync.thresholds()",
+        )
+        .unwrap();
+        assert_eq!(all.as_deref(), Some("2097152 3221225472 45 120"), "each threshold comes from its own setting");
     }
 
     #[pg_test]
@@ -56,8 +62,17 @@ mod tests {
 
     #[pg_test]
     fn diagnose_reports_settings_with_fixes() {
+        // a slot with no cap on the WAL it may hold (the test server keeps the default, unlimited)
+        Spi::run("SELECT pg_advisory_xact_lock(4242); SELECT pg_create_physical_replication_slot('es_diag_slot', true)").unwrap();
+        let (severity, fix) = Spi::get_two::<String, String>(
+            "SELECT severity, fix FROM edgesync.diagnose() WHERE subject = 'max_slot_wal_keep_size'",
+        )
+        .unwrap();
+        assert_eq!(severity.as_deref(), Some("warning"));
+        assert!(fix.unwrap_or_default().contains("ALTER SYSTEM SET max_slot_wal_keep_size"), "the finding says how to fix it");
         let rows = Spi::get_one::<i64>("SELECT count(*) FROM edgesync.diagnose() WHERE fix IS NULL OR fix = ''").unwrap();
         assert_eq!(rows, Some(0), "every finding carries a fix");
+        Spi::run("SELECT pg_drop_replication_slot('es_diag_slot')").unwrap();
         // The test server runs with wal_level = logical and edgesync preloaded (see below).
         let wal = Spi::get_one::<i64>("SELECT count(*) FROM edgesync.diagnose() WHERE subject = 'wal_level'").unwrap();
         assert_eq!(wal, Some(0));
@@ -77,5 +92,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(monitor_can, Some(true));
+    }
+
+    #[pg_test]
+    fn a_role_with_only_pg_monitor_reads_health_but_no_row_data() {
+        Spi::run(
+            "SELECT pg_advisory_xact_lock(4242);
+             CREATE FUNCTION public.es_can_read(relation text) RETURNS boolean LANGUAGE plpgsql AS $$
+             BEGIN EXECUTE format('SELECT count(*) FROM %s', relation); RETURN true;
+             EXCEPTION WHEN insufficient_privilege THEN RETURN false; END $$;
+             CREATE ROLE es_watcher; GRANT pg_monitor TO es_watcher; SET LOCAL ROLE es_watcher",
+        )
+        .unwrap();
+        for readable in [
+            "edgesync.streaming_replication",
+            "edgesync.wal_receiver",
+            "edgesync.replication_slots",
+            "edgesync.subscriptions",
+            "edgesync.health",
+            "edgesync.diagnose()",
+            "edgesync.peers",
+        ] {
+            let can = Spi::get_one_with_args::<bool>("SELECT public.es_can_read($1)", &[readable.into()]).unwrap();
+            assert_eq!(can, Some(true), "pg_monitor reads {readable}");
+        }
+        for row_data in ["edgesync.conflict_log", "edgesync.conflicts", "edgesync.tombstone", "edgesync.peer"] {
+            let can = Spi::get_one_with_args::<bool>("SELECT public.es_can_read($1)", &[row_data.into()]).unwrap();
+            assert_eq!(can, Some(false), "pg_monitor does not read {row_data}");
+        }
+        let node = Spi::get_one::<String>("SELECT status FROM edgesync.health WHERE component = 'node'").unwrap();
+        assert_eq!(node.as_deref(), Some("ok"), "the checks themselves run with pg_monitor's rights");
+        Spi::run("RESET ROLE").unwrap();
     }
 }

@@ -56,6 +56,9 @@ mod tests {
         // a password in a bad conninfo never comes back
         let e = check("password=s3cret host=a 'unterminated").unwrap_or_default();
         assert!(!e.contains("s3cret"), "{e}");
+        // libpq quotes a part it cannot read back without saying it is a password
+        let e = check("postgresql://edge:s3cret%zz@cloud.example/iot").unwrap_or_default();
+        assert!(e.contains("percent") && !e.contains("s3cret"), "{e}");
     }
 
     #[pg_test(error = "edgesync: mode must be one of realtime, batch, on_demand, not 'sometimes'")]
@@ -127,5 +130,59 @@ mod tests {
         )
         .unwrap();
         assert_eq!(grants, Some(true));
+    }
+
+    /// A peer row as `add_peer` writes it, but without its slot: a slot
+    /// cannot be created in a transaction that wrote, and a pg_test is one.
+    fn a_peer_row() {
+        Spi::run(
+            "SELECT edgesync.create_node('edge_t', 7);
+             INSERT INTO edgesync.peer (name, conninfo, mode, batch_interval, max_batch_rows, max_batch_bytes, slot_name)
+             VALUES ('cloud', 'host=cloud.example password=s3cret', 'realtime', '1 minute', 10000, 16777216, 'edgesync_cloud')",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn a_non_superuser_admin_manages_peers_and_reads_their_state() {
+        a_peer_row();
+        Spi::run(
+            "CREATE ROLE es_ops; GRANT edgesync_admin TO es_ops; SET LOCAL ROLE es_ops;
+             SELECT edgesync.alter_peer('cloud', mode => 'batch', max_batch_rows => 500);
+             SELECT edgesync.pause_peer('cloud');",
+        )
+        .unwrap();
+        let seen = Spi::get_one::<String>("SELECT peer || ':' || mode || ':' || state FROM edgesync.peers").unwrap();
+        assert_eq!(seen.as_deref(), Some("cloud:batch:paused"), "an admin reads the peers view");
+        Spi::run("RESET ROLE").unwrap();
+        let (rows, paused) = Spi::get_two::<i32, bool>("SELECT max_batch_rows, paused FROM edgesync.peer").unwrap();
+        assert_eq!((rows, paused), (Some(500), Some(true)));
+        Spi::run("SET LOCAL ROLE es_ops; SELECT edgesync.resume_peer('cloud'); RESET ROLE").unwrap();
+        assert_eq!(Spi::get_one::<bool>("SELECT paused FROM edgesync.peer").unwrap(), Some(false));
+    }
+
+    #[pg_test(error = "edgesync: only a superuser may set a peer's conninfo")]
+    fn alter_peer_conninfo_needs_a_superuser() {
+        a_peer_row();
+        Spi::run("CREATE ROLE es_ops2; GRANT edgesync_admin TO es_ops2; SET LOCAL ROLE es_ops2").unwrap();
+        Spi::run("SELECT edgesync.alter_peer('cloud', conninfo => 'host=elsewhere.example')").unwrap();
+    }
+
+    #[pg_test]
+    fn a_monitoring_role_reads_the_peers_view_but_not_conninfos() {
+        a_peer_row();
+        Spi::run(
+            "CREATE FUNCTION public.es_can_read(relation text) RETURNS boolean LANGUAGE plpgsql AS $$
+             BEGIN EXECUTE format('SELECT count(*) FROM %s', relation); RETURN true;
+             EXCEPTION WHEN insufficient_privilege THEN RETURN false; END $$;
+             CREATE ROLE es_watcher; GRANT pg_monitor TO es_watcher; SET LOCAL ROLE es_watcher",
+        )
+        .unwrap();
+        let peers = Spi::get_one::<String>("SELECT peer || ':' || mode || ':' || slot_name FROM edgesync.peers").unwrap();
+        assert_eq!(peers.as_deref(), Some("cloud:realtime:edgesync_cloud"));
+        let shown = Spi::get_one::<String>("SELECT to_jsonb(p)::text FROM edgesync.peers p").unwrap().unwrap();
+        assert!(!shown.contains("s3cret") && !shown.contains("cloud.example"), "no conninfo in the view: {shown}");
+        assert_eq!(Spi::get_one::<bool>("SELECT public.es_can_read('edgesync.peer')").unwrap(), Some(false), "conninfos are the owner's");
+        Spi::run("RESET ROLE").unwrap();
     }
 }

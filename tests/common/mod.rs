@@ -245,6 +245,20 @@ impl Cluster {
         }
     }
 
+    /// Check that `condition` holds for the whole of `window` (what must not
+    /// happen can only be watched for a while); fails at the first look where
+    /// it does not.
+    pub fn assert_stays(&self, what: &str, window: Duration, mut condition: impl FnMut() -> Result<bool, String>) {
+        let until = Instant::now() + window;
+        while Instant::now() < until {
+            match condition() {
+                Ok(true) => std::thread::sleep(POLL_INTERVAL),
+                Ok(false) => panic!("no longer true: {what}\n{}", self.log_tails()),
+                Err(e) => panic!("while watching {what}: {e}\n{}", self.log_tails()),
+            }
+        }
+    }
+
     pub fn log_tails(&self) -> String {
         let mut out = String::new();
         for n in &self.nodes {
