@@ -1,7 +1,7 @@
 -- The forwarder's SQL side: which tables travel where (edgesync.sync_table),
 -- the peers this node talks to (edgesync.peer), and the functions to manage
--- them. The moving parts are in Rust: peers.rs (status, sync_now),
--- apply.rs (apply_batch), worker.rs (launcher and forwarders).
+-- them. The moving parts are in Rust, in src/sync/: status.rs and peers.rs
+-- (status, sync_now), apply.rs (apply_batch), launcher.rs and forwarder.rs.
 
 DO $$
 BEGIN

@@ -3,12 +3,21 @@
 //! Vocabulary (see README.md, "Concepts"), used the same way in every file:
 //! - node: one PostgreSQL database running edgesync.
 //! - peer: a node this node talks to (an edge has one: the cloud).
+//! - change: one row insert, update or delete, with the row's version and origin.
+//! - version: a hybrid-logical-clock reading plus a node id, stamped on a row
+//!   by the node that last wrote it; what last-writer-wins compares.
+//! - batch: a run of whole source transactions, encoded and compressed.
+//! - conflict / resolution: a remote change meeting a concurrent local one, and
+//!   what was done about it (`edgesync.conflict_log`).
 //! - check: one row of `edgesync.health`, a metric judged ok / warning / critical.
 //! - finding: one row of `edgesync.diagnose()`, a setting or object to fix, with the SQL that fixes it.
 //! - threshold: the warning or critical level of a check, from the `edgesync.lag_*` settings.
 //!
-//! Layout: `model/` holds pure logic (no pgrx); the other modules are thin
-//! glue that read the server and call it; hand-written SQL lives in `sql/`.
+//! Layout: one folder per subsystem, `health/`, `conflict/` and `sync/`
+//! (capture → pack → transport → apply, and the workers), each a thin layer
+//! over the pure logic of the same name in `model/` (no pgrx, plain tests);
+//! `compat` fences the differences between PostgreSQL versions; hand-written
+//! SQL lives in `sql/`.
 
 use pgrx::prelude::*;
 

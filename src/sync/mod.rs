@@ -1,4 +1,23 @@
-//! Moving changes between nodes: capture → pack → transport → apply.
+//! Moving changes between nodes. A change travels through four stages, one
+//! file each, and the workers that drive them:
+//!
+//! ```text
+//!  sending node                                          receiving node
+//!  capture.rs ──► model/sync/pack.rs ──► transport.rs ──► apply.rs (+ target.rs)
+//!  read the slot   whole transactions     libpq, latch-    apply_batch: origin session,
+//!  (peek, advance) into batches           aware waits      exactly once, tables as owners
+//!        ▲
+//!  launcher.rs starts one forwarder.rs per peer; status.rs is what they show
+//!  (edgesync.peers); peers.rs holds the SQL functions that act on them (sync_now).
+//! ```
+//!
+//! The pure halves live in `model/sync/` under the same names (`capture`
+//! reads pgoutput messages into transactions, `pack`, `batch` the wire
+//! format, `forwarder` the state machine). The pull side (a cloud's feed of
+//! transactions that edges pull) belongs here too, as `feed.rs` (the cloud's
+//! feed worker and `pull_batch`) and `pull.rs` (the edge applying what it
+//! pulled through `apply.rs`).
+
 pub mod apply;
 pub mod capture;
 pub mod forwarder;

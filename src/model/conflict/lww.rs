@@ -1,7 +1,7 @@
 //! The conflict decision: given what this node holds for a key and the
 //! remote change that meets it, is it a conflict, and what happens?
 //!
-//! `decide` is pure and total; the trigger in `conflict.rs` feeds it and
+//! `decide` is pure and total; the trigger in `conflict/trigger.rs` feeds it and
 //! carries out the `Action`. Two nodes meeting the same pair of concurrent
 //! changes (each one's local is the other's remote) pick the same row.
 

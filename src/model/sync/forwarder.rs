@@ -1,6 +1,7 @@
 //! The forwarder's state machine: what a forwarder does next, and how long
-//! it may sleep before that. Pure: the worker feeds it events and the
-//! clock, and carries out its actions.
+//! it may sleep before that. Pure: the forwarder worker
+//! (`sync/forwarder.rs`) feeds it events and the clock, and carries out its
+//! actions.
 //!
 //! ```text
 //!   Idle ──due──► Round ──ok──► Idle
