@@ -194,9 +194,15 @@ fn kill9_at_every_point_of_a_push_loses_and_doubles_nothing() {
             // Where the push stands tells the three points apart: nothing of
             // this batch on the cloud before it is sent or while its apply
             // waits; all of it once the cloud committed, before the slot moves.
-            let on_cloud = readings_of(&cloud, &e.name).unwrap().0;
-            let expected = if point == "before_advance" { next_id - 1 } else { next_id - 1 - 1_000 };
-            assert_eq!(on_cloud, expected, "{what}: rows on the cloud while held");
+            // (a realtime forwarder may have peeked part of the write: at
+            // before_advance the cloud holds what that peek sent)
+            let held_at = readings_of(&cloud, &e.name).unwrap().0;
+            let before_this_write = next_id - 1 - 1_000;
+            if point == "before_advance" {
+                assert!(held_at > before_this_write && held_at < next_id, "{what}: the cloud committed the batch before the slot moved: {held_at}");
+            } else {
+                assert_eq!(held_at, before_this_write, "{what}: nothing of this write on the cloud while held");
+            }
             let slot_before = slot_confirmed(e);
             match victim {
                 Victim::Forwarder => {
@@ -233,9 +239,10 @@ fn kill9_at_every_point_of_a_push_loses_and_doubles_nothing() {
             ));
             assert!(moved, "{what}: the slot moved to the cloud's confirmed {confirmed} (it was at {slot_before})");
             if point == "before_advance" && !matches!(victim, Victim::CloudServer) {
-                // a new forwarder learns from hello that the cloud has the
-                // batch and moves the slot without sending it again
-                assert_eq!(peer_field(e, "rows_sent").unwrap(), "0", "{what}: the applied batch is not sent again");
+                // a new forwarder (its counters start at 0) learns from hello what
+                // the cloud has, moves the slot past it and sends only the rest
+                let sent: i64 = peer_field(e, "rows_sent").unwrap().parse().unwrap();
+                assert_eq!(sent, next_id - 1 - held_at, "{what}: what the cloud had is not sent again");
             }
         }
     }
@@ -496,8 +503,8 @@ fn passwords_show_nowhere_when_libpq_quotes_them_or_a_login_is_refused(c: &Clust
         "SELECT edgesync.alter_peer('cloud', conninfo => 'host=127.0.0.1 port={} dbname=''postgresql://edge_login:{secret}%zz@127.0.0.1/postgres'' connect_timeout=2')",
         cloud.port
     ));
-    let failed = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("the forwarder cannot read that conninfo");
-    assert!(failed.contains("percent"), "{failed}");
+    let failed = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("no such database");
+    assert!(failed.contains("does not exist"), "libpq names the dbname it was given: {failed}");
     shows_nowhere("a URI in dbname", &failed);
     // a refused login
     let hba = cloud.datadir.join("pg_hba.conf");
@@ -698,7 +705,7 @@ fn a_silent_peer_times_out_and_the_forwarder_still_stops_at_once() {
     let (error, took) = timed(&format!("host=127.0.0.1 port={port} dbname=postgres user=edge_login connect_timeout=2"));
     assert!(error.contains("failed"), "{error}");
     assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "gave up after {took:?}, connect_timeout is 2 s");
-    e.execute("ALTER SYSTEM SET edgesync.peer_timeout = '3s'; SELECT pg_reload_conf()");
+    c.psql(e, "ALTER SYSTEM SET edgesync.peer_timeout = '3s'; SELECT pg_reload_conf();");
     c.wait_for("peer_timeout 3s", DEADLINE, || Ok(e.try_query("SELECT 1 FROM pg_settings WHERE name = 'edgesync.peer_timeout' AND setting = '3'")?.len() == 1));
     let (error, took) = timed(&format!("host=127.0.0.1 port={port} dbname=postgres user=edge_login"));
     assert!(error.contains("failed"), "{error}");
