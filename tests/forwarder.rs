@@ -152,10 +152,6 @@ fn slot_confirmed(e: &Node) -> String {
     e.scalar("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'edgesync_cloud'")
 }
 
-fn wait_up(c: &Cluster, n: &Node) {
-    c.wait_for(&format!("{} to accept connections", n.name), DRAIN, || Ok(n.try_query("SELECT 1").is_ok()));
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Victim {
     Forwarder,
@@ -390,9 +386,69 @@ fn apply_batch_refuses_bad_input_and_applies_a_resent_batch_once() {
     let again: String = peer.query_one("SELECT edgesync.apply_batch($1)::text", &[&good]).unwrap().get(0);
     assert_eq!(again, "0/3E8");
     assert_eq!(count(), 3);
+    // one batch per transaction and never inside a savepoint: the origin's
+    // progress is recorded at commit, and would outlive a rolled-back
+    // savepoint or let a second copy of a batch apply
+    let next = handmade_batch("edge9", "sensor_readings", 2_000, &[4, 5], true, 1);
+    let other = handmade_batch("edge8", "sensor_readings", 2_000, &[6], true, 1);
+    let refused_in = |peer: &mut postgres::Client, setup: &[&[u8]], bytes: &[u8]| -> String {
+        let mut tx = peer.transaction().unwrap();
+        for b in setup {
+            tx.query_one("SELECT edgesync.apply_batch($1)::text", &[b]).unwrap();
+        }
+        let message = common::db_message(&tx.query_one("SELECT edgesync.apply_batch($1)::text", &[&bytes]).expect_err("refused"));
+        tx.rollback().unwrap();
+        message
+    };
+    let in_savepoint = {
+        let mut tx = peer.transaction().unwrap();
+        tx.batch_execute("SAVEPOINT s").unwrap();
+        let m = common::db_message(&tx.query_one("SELECT edgesync.apply_batch($1)::text", &[&next]).expect_err("in a savepoint"));
+        tx.rollback().unwrap();
+        m
+    };
+    assert!(in_savepoint.contains("cannot run inside a savepoint"), "{in_savepoint}");
+    let twice = refused_in(&mut peer, &[&next], &next);
+    assert!(twice.contains("one batch per transaction"), "{twice}");
+    let two_senders = refused_in(&mut peer, &[&next], &other);
+    assert!(two_senders.contains("another origin"), "{two_senders}");
+    assert_eq!(count(), 3, "nothing of the refused transactions stays");
+    let progress: String = cloud.scalar("SELECT remote_lsn::text FROM pg_replication_origin_status WHERE external_id = 'edgesync_edge9'");
+    assert_eq!(progress, "0/3E8", "the origin's progress did not move either");
+
+    // a transaction that applied a batch and then rolled back, or failed at
+    // COMMIT (a deferred constraint), records nothing: the batch applies when sent again
+    let progress = || -> String { cloud.scalar("SELECT remote_lsn::text FROM pg_replication_origin_status WHERE external_id = 'edgesync_edge9'") };
+    {
+        let mut tx = peer.transaction().unwrap();
+        tx.query_one("SELECT edgesync.apply_batch($1)::text", &[&next]).unwrap();
+        tx.rollback().unwrap();
+    }
+    assert_eq!((progress(), count()), ("0/3E8".to_string(), 3), "a rolled-back apply records no progress");
+    cloud.execute(
+        "CREATE FUNCTION public.no_four() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN IF NEW.id = 4 THEN RAISE EXCEPTION 'id 4 refused at commit'; END IF; RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER no_four AFTER INSERT ON public.sensor_readings
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.no_four();
+         ALTER TABLE public.sensor_readings ENABLE ALWAYS TRIGGER no_four;",
+    );
+    let at_commit = peer.query_one("SELECT edgesync.apply_batch($1)::text", &[&next]).expect_err("refused at commit");
+    assert!(common::db_message(&at_commit).contains("id 4 refused at commit"), "{}", common::db_message(&at_commit));
+    assert_eq!((progress(), count()), ("0/3E8".to_string(), 3), "a commit that failed records no progress");
+    let serializable = {
+        let mut tx = peer.build_transaction().isolation_level(postgres::IsolationLevel::Serializable).start().unwrap();
+        let m = common::db_message(&tx.query_one("SELECT edgesync.apply_batch($1)::text", &[&next]).expect_err("serializable"));
+        tx.rollback().unwrap();
+        m
+    };
+    assert!(serializable.contains("SERIALIZABLE"), "{serializable}");
+    cloud.execute("DROP TRIGGER no_four ON public.sensor_readings");
+    let applied: String = peer.query_one("SELECT edgesync.apply_batch($1)::text", &[&next]).unwrap().get(0);
+    assert_eq!((applied, progress(), count()), ("0/7D0".to_string(), "0/7D0".to_string(), 5));
+
     let origin: String = cloud.scalar("SELECT roident::text FROM pg_replication_origin WHERE roname = 'edgesync_edge9'");
     let tagged: i64 = cloud.scalar(&format!("SELECT count(*) FROM public.sensor_readings WHERE pg_xact_commit_timestamp_origin(xmin) IS NOT NULL AND (pg_xact_commit_timestamp_origin(xmin)).roident = {origin}"));
-    assert_eq!(tagged, 3, "rows carry the sender's origin");
+    assert_eq!(tagged, 5, "rows carry the sender's origin");
 
     // only edgesync_peer may push
     let mut outsider = as_role("nobody");
@@ -506,6 +562,19 @@ fn passwords_show_nowhere_when_libpq_quotes_them_or_a_login_is_refused(c: &Clust
     let failed = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("no such database");
     assert!(failed.contains("does not exist"), "libpq names the dbname it was given: {failed}");
     shows_nowhere("a URI in dbname", &failed);
+    // a conninfo that reached the catalog without alter_peer's check: the
+    // forwarder's libpq quotes the password back bare (a bad percent-encoding)
+    let mut direct = e.connect();
+    direct.batch_execute("SET log_statement = none; SET log_min_error_statement = panic").unwrap();
+    direct
+        .batch_execute(&format!(
+            "UPDATE edgesync.peer SET conninfo = 'postgresql://edge_login:{secret}%zz@127.0.0.1:{}/postgres' WHERE name = 'cloud'",
+            cloud.port
+        ))
+        .unwrap();
+    let failed = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("libpq cannot read that conninfo");
+    assert!(failed.contains("percent"), "{failed}");
+    shows_nowhere("a bad URI read by the forwarder", &failed);
     // a refused login
     let hba = cloud.datadir.join("pg_hba.conf");
     let rules = std::fs::read_to_string(&hba).unwrap();
@@ -699,7 +768,8 @@ fn a_silent_peer_times_out_and_the_forwarder_still_stops_at_once() {
         write_readings(e, next_id, 1, 1);
         next_id += 1;
         let started = std::time::Instant::now();
-        let error = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("a silent peer");
+        // a short timeout: a forwarder that waited past its deadline fails the test fast
+        let error = e.try_query("SELECT edgesync.sync_now('cloud', timeout => '30s')").expect_err("a silent peer");
         (error, started.elapsed())
     };
     let (error, took) = timed(&format!("host=127.0.0.1 port={port} dbname=postgres user=edge_login connect_timeout=2"));

@@ -67,7 +67,7 @@ mod tests {
         let (severity, fix) = Spi::get_two::<String, String>(
             "SELECT severity, fix FROM edgesync.diagnose() WHERE subject = 'max_slot_wal_keep_size'",
         )
-        .unwrap();
+        .expect("diagnose() reports the unlimited max_slot_wal_keep_size");
         assert_eq!(severity.as_deref(), Some("warning"));
         assert!(fix.unwrap_or_default().contains("ALTER SYSTEM SET max_slot_wal_keep_size"), "the finding says how to fix it");
         let rows = Spi::get_one::<i64>("SELECT count(*) FROM edgesync.diagnose() WHERE fix IS NULL OR fix = ''").unwrap();

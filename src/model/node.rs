@@ -48,4 +48,9 @@ mod tests {
         assert_eq!(slot_name("Store_1"), "edgesync_store_1");
         assert!(slot_name(&"X".repeat(MAX_NODE_NAME)).len() <= 63);
     }
+
+    #[test]
+    fn the_rule_is_told_with_the_name() {
+        assert_eq!(name_rule("peer", "a-b"), "edgesync: peer name \"a-b\" must be 1 to 48 letters, digits or underscores");
+    }
 }

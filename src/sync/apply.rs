@@ -129,20 +129,40 @@ fn require_durable_commit() {
     }
 }
 
-/// Record the last transaction applied as the origin's progress (taken when
-/// the caller's transaction commits); returns the highest sender LSN applied.
+thread_local! {
+    /// The sender LSN and commit time to record as the origin's progress
+    /// when this transaction commits ((0, 0): none).
+    static PROGRESS_AT_COMMIT: Cell<(u64, i64)> = const { Cell::new((0, 0)) };
+}
+
+/// Record the last transaction applied as the origin's progress when the
+/// caller's transaction commits; returns the highest sender LSN applied.
+///
+/// The session's progress is set only just before COMMIT: PostgreSQL also
+/// records it when a transaction with an origin aborts (RecordTransactionAbort),
+/// so set any earlier it would mark rows that were rolled back as applied (a
+/// client's ROLLBACK after apply_batch, a deferred constraint failing at
+/// commit) and the batch would be skipped for good.
 fn record_progress(last_applied: Option<(u64, i64)>, done: u64) -> u64 {
     match last_applied {
         Some((lsn, time)) => {
-            // SAFETY: backend-local globals of the origin session this
-            // backend set up; only this backend reads them, at its commit.
-            unsafe {
-                pg_sys::replorigin_session_origin_lsn = lsn;
-                pg_sys::replorigin_session_origin_timestamp = time;
-            }
+            PROGRESS_AT_COMMIT.with(|p| p.set((lsn, time)));
             lsn.max(done)
         }
         None => done,
+    }
+}
+
+/// At PRE_COMMIT, after the deferred triggers: hand the progress to the origin session.
+fn set_progress_for_commit() {
+    let (lsn, time) = PROGRESS_AT_COMMIT.with(|p| p.replace((0, 0)));
+    if lsn != 0 {
+        // SAFETY: backend-local globals of the origin session this backend
+        // set up for this transaction; RecordTransactionCommit reads them next.
+        unsafe {
+            pg_sys::replorigin_session_origin_lsn = lsn;
+            pg_sys::replorigin_session_origin_timestamp = time;
+        }
     }
 }
 
@@ -290,6 +310,7 @@ fn begin_origin_session(sender: &str) {
         pg_sys::replorigin_session_origin = id;
     }
     SESSION_ORIGIN.with(|s| s.set(id));
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PreCommit, set_progress_for_commit);
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, end_origin_session);
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, end_origin_session);
 }
@@ -320,6 +341,15 @@ fn check_session_free(id: pg_sys::RepOriginId) {
             "edgesync: apply_batch cannot run inside a savepoint or an exception block".to_string(),
         );
     }
+    // SAFETY: reads this backend's isolation level for the running transaction.
+    if unsafe { pg_sys::XactIsoLevel } == pg_sys::XACT_SERIALIZABLE as i32 {
+        // a serialization failure is raised after PRE_COMMIT, and an abort
+        // records the origin's progress too: the batch would count as applied
+        raise(
+            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            "edgesync: apply_batch cannot run in a SERIALIZABLE transaction: use READ COMMITTED or REPEATABLE READ",
+        );
+    }
     let active = SESSION_ORIGIN.with(|s| s.get());
     if active == id {
         // progress is read as committed: a second batch here could apply twice
@@ -338,6 +368,7 @@ fn check_session_free(id: pg_sys::RepOriginId) {
 }
 
 fn end_origin_session() {
+    PROGRESS_AT_COMMIT.with(|p| p.set((0, 0)));
     if SESSION_ORIGIN.with(|s| s.replace(0)) != 0 {
         // SAFETY: SESSION_ORIGIN was set, so begin_origin_session set up the
         // session this resets; the globals are this backend's own.

@@ -453,6 +453,8 @@ impl Forwarder {
         }
         let remote_ms: i64 = field(1).and_then(|c| c.parse().ok()).unwrap_or(0);
         let skew = remote_ms - (sent_at + got_at) / 2;
+        // apply_batch refuses SERIALIZABLE, whatever the peer's default
+        conn.query("SET default_transaction_isolation TO 'read committed'", &[], Self::timeout())?;
         self.peer_has = field(0).and_then(|l| parse_lsn(&l)).unwrap_or(0);
         if self.peer_has > 0 {
             in_transaction(|| capture::advance(&peer.slot, self.peer_has))?;

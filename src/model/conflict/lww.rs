@@ -354,4 +354,31 @@ mod tests {
         assert_eq!(Resolution::parse_choice("merge"), Ok(Resolution::Merge));
         assert!(Resolution::parse_choice("pending").is_err(), "pending is not a choice");
     }
+
+    #[test]
+    fn names_are_the_ones_sql_reads_and_writes() {
+        // policies and resolutions round-trip through their names (set_conflict_policy, resolve_conflict)
+        for p in [Policy::LastWriterWins, Policy::KeepLocal, Policy::ApplyRemote, Policy::Manual, Policy::Custom] {
+            assert_eq!(p.as_str().parse::<Policy>(), Ok(p));
+            assert!(Policy::NAMES.contains(p.as_str()), "{p:?}");
+        }
+        assert_eq!(Policy::LastWriterWins.as_str(), "last_writer_wins");
+        for r in [Resolution::ApplyRemote, Resolution::KeepLocal, Resolution::Merge, Resolution::Custom] {
+            assert_eq!(Resolution::parse_choice(r.as_str()), Ok(r));
+        }
+        assert_eq!(Resolution::Pending.as_str(), "pending");
+        // conflict types read as PostgreSQL 18 names them, in conflict_log and in messages
+        let names = [
+            (ConflictType::InsertExists, "insert_exists"),
+            (ConflictType::UpdateOriginDiffers, "update_origin_differs"),
+            (ConflictType::UpdateMissing, "update_missing"),
+            (ConflictType::UpdateDeleted, "update_deleted"),
+            (ConflictType::DeleteOriginDiffers, "delete_origin_differs"),
+            (ConflictType::DeleteMissing, "delete_missing"),
+        ];
+        for (t, name) in names {
+            assert_eq!(t.as_str(), name);
+            assert_eq!(t.to_string(), name);
+        }
+    }
 }

@@ -215,4 +215,24 @@ mod tests {
         assert!(RowStamp::from_array(&[Some(1), None, Some(0), Some(0)]).is_err());
         assert!(RowStamp::from_array(&[Some(1), Some(1 << 40), Some(0), Some(0)]).is_err());
     }
+
+    #[test]
+    fn bad_hex_is_an_error_not_a_panic() {
+        // an odd number of digits (a truncated value) is refused before it is sliced
+        for bad in ["\\x0", "\\x000", &format!("\\x{}", "0".repeat(47))] {
+            assert_eq!(RowStamp::from_hex(bad), Err(BadStamp(format!("not a hex bytea: {bad:?}"))));
+        }
+        assert!(RowStamp::from_hex(&format!("\\x{}", "0".repeat(46))).is_err(), "23 bytes");
+        assert!(RowStamp::from_hex("\\x\u{e9}").is_err(), "not ASCII");
+    }
+
+    #[test]
+    fn text_forms_for_messages() {
+        // millis.logical@node, as conflict messages show a version
+        let v = Version::new(hlc_from_millis(1_700_000_000_123) + 5, 7);
+        assert_eq!(v.to_string(), "1700000000123.5@7");
+        assert_eq!(Version::ZERO.to_string(), "0.0@0");
+        let e = RowStamp::from_bytes(&[0; 3]).unwrap_err();
+        assert_eq!(e.to_string(), "edgesync_version must be 24 bytes, not 3");
+    }
 }

@@ -417,6 +417,27 @@ mod tests {
     }
 
     #[test]
+    fn statuses_read_as_the_health_view_shows_them() {
+        for (s, name) in [(Status::Ok, "ok"), (Status::Warning, "warning"), (Status::Critical, "critical")] {
+            assert_eq!(s.as_str(), name);
+            assert_eq!(s.to_string(), name);
+        }
+    }
+
+    #[test]
+    fn details_show_the_value_and_the_level() {
+        let s = Standby { name: "s1".into(), kind: "physical".into(), state: Some("streaming".into()), replay_lag_bytes: Some(500.0), replay_lag_seconds: Some(0.25) };
+        let c = standby_checks(&s, &t());
+        assert_eq!(c[0].status, Status::Ok, "streaming is the healthy state");
+        assert_eq!(c[0].detail, "walsender state is \"streaming\"");
+        assert_eq!(c[1].detail, "replay lag (bytes) 500 reached the warning level 100");
+        assert_eq!(c[2].detail, "replay lag (seconds) 0.250 is below the warning level 10");
+        let c = standby_checks(&Standby { replay_lag_bytes: Some(5000.0), replay_lag_seconds: None, ..s }, &t());
+        assert_eq!(c[1].detail, "replay lag (bytes) 5000 reached the critical level 1000");
+        assert_eq!(c[2].detail, "replay lag (seconds): not measured");
+    }
+
+    #[test]
     fn standby_lag_moves_through_levels() {
         let mut s = Standby { name: "s1".into(), kind: "physical".into(), state: Some("streaming".into()), ..Default::default() };
         s.replay_lag_bytes = Some(50.0);
@@ -451,6 +472,20 @@ mod tests {
         let c = slot_checks(&s, &t());
         assert_eq!(status_of(&c, "retained_wal_bytes"), Status::Critical);
         assert!(c[1].detail.contains("disk is at risk"));
+        // the disk is at risk only when both: inactive, and the retained WAL critical
+        s.active = true;
+        assert!(!slot_checks(&s, &t())[1].detail.contains("disk is at risk"), "a consumer is reading");
+        s.active = false;
+        s.retained_wal_bytes = Some(10.0);
+        assert!(!slot_checks(&s, &t())[1].detail.contains("disk is at risk"), "little WAL retained");
+        // who the consumer is, by the slot's type
+        assert!(slot_checks(&s, &t())[0].detail.starts_with("no standby is connected"));
+        s.slot_type = "logical".into();
+        assert!(slot_checks(&s, &t())[0].detail.starts_with("no subscriber is connected"));
+        s.active = true;
+        assert_eq!(slot_checks(&s, &t())[0].detail, "its subscriber is connected");
+        s.slot_type = "physical".into();
+        assert_eq!(slot_checks(&s, &t())[0].detail, "its standby is connected");
         for (ws, want) in [("extended", Status::Warning), ("unreserved", Status::Critical), ("lost", Status::Critical)] {
             s.wal_status = Some(ws.into());
             assert_eq!(status_of(&slot_checks(&s, &t()), "wal_status"), want, "{ws}");
@@ -481,11 +516,28 @@ mod tests {
     }
 
     #[test]
+    fn subscription_errors_and_conflicts_warn_when_any() {
+        let mut s = Subscription { name: "sub".into(), enabled: true, worker_running: true, seconds_since_last_message: Some(1.0), error_count: 0, conflict_count: Some(0) };
+        let by = |s: &Subscription, m: &str| subscription_checks(s, &t()).into_iter().find(|c| c.metric == m).unwrap();
+        assert_eq!(by(&s, "error_count").detail, "no apply or table-sync errors");
+        assert_eq!((by(&s, "conflict_count").status, by(&s, "conflict_count").detail), (Status::Ok, "no conflicts detected by the apply worker".to_string()));
+        s.error_count = 1;
+        s.conflict_count = Some(3);
+        assert!(by(&s, "error_count").detail.starts_with("apply or table-sync errors happened"));
+        let c = by(&s, "conflict_count");
+        assert_eq!((c.status, c.value), (Status::Warning, Some(3.0)));
+        assert!(c.detail.starts_with("the apply worker met conflicts"), "{}", c.detail);
+    }
+
+    #[test]
     fn pending_conflicts_warn() {
         let c = pending_conflicts_check("public.inventory", 2, Some(30.0));
         assert_eq!(c.status, Status::Warning);
         assert!(c.detail.contains("resolve_conflict"));
         assert_eq!(pending_conflicts_check("public.inventory", 0, None).status, Status::Ok);
+        assert_eq!(c.detail, "2 conflict(s) wait for a DBA, the oldest for 30 s: see edgesync.conflicts and edgesync.resolve_conflict()");
+        // none pending: whatever age is passed, nothing waits
+        assert_eq!(pending_conflicts_check("public.inventory", 0, Some(30.0)).detail, "no pending conflicts");
     }
 
     #[test]
@@ -526,6 +578,14 @@ mod tests {
         assert_eq!(by("lag_seconds").status, Status::Critical);
         assert_eq!(by("clock_skew_seconds").status, Status::Critical, "a clock a minute behind is ten times the limit");
         assert_eq!(by("clock_skew_seconds").value, Some(-60.0), "the sign is kept");
+        // warning from the limit, critical from ten times it
+        let skewed = |skew: f64| {
+            let p = Peer { clock_skew_seconds: Some(skew), ..healthy.clone() };
+            peer_checks(&p, &t(), 5.0).into_iter().find(|c| c.metric == "clock_skew_seconds").unwrap()
+        };
+        assert_eq!(skewed(20.0).status, Status::Warning);
+        assert_eq!(skewed(49.9).status, Status::Warning);
+        assert_eq!((skewed(50.0).status, skewed(50.0).threshold), (Status::Critical, Some(50.0)));
 
         assert_eq!(peer_checks(&Peer { state: "stopped".into(), ..healthy.clone() }, &t(), 5.0)[0].status, Status::Critical);
         assert_eq!(peer_checks(&Peer { state: "paused".into(), ..healthy }, &t(), 5.0)[0].status, Status::Warning);

@@ -380,11 +380,43 @@ mod tests {
     }
 
     #[test]
+    fn headroom_edges_and_fixes() {
+        let f = diagnose(&NodeSnapshot { wal_senders_used: 9, ..healthy() });
+        assert_eq!(f[0].fix, "ALTER SYSTEM SET max_wal_senders = '20';", "twice the current maximum");
+        assert!(diagnose(&NodeSnapshot { wal_senders_used: 8, ..healthy() }).is_empty(), "two free is enough");
+        // worker processes: the apply workers plus two, with room to spare in the fix
+        let f = diagnose(&NodeSnapshot { max_worker_processes: 5, ..healthy() });
+        assert_eq!(f[0].fix, "ALTER SYSTEM SET max_worker_processes = '12';");
+        assert!(diagnose(&NodeSnapshot { max_worker_processes: 6, ..healthy() }).is_empty());
+        // no subscription runs: apply workers are not needed
+        let none = NodeSnapshot { subscriptions_enabled: 0, max_worker_processes: 1, max_logical_replication_workers: 0, subscriptions: vec![], ..healthy() };
+        assert!(diagnose(&none).is_empty(), "{:?}", diagnose(&none));
+    }
+
+    #[test]
+    fn severities_read_as_diagnose_shows_them() {
+        let names = [(Severity::Critical, "critical"), (Severity::Warning, "warning"), (Severity::Info, "info")];
+        for (s, name) in names {
+            assert_eq!(s.as_str(), name);
+        }
+    }
+
+    #[test]
+    fn preloaded_under_any_spelling() {
+        for libs in ["$libdir/edgesync", "edgesync.so", "pg_stat_statements, \"edgesync\""] {
+            let n = NodeSnapshot { shared_preload_libraries: libs.into(), ..healthy() };
+            assert!(diagnose(&n).is_empty(), "{libs}");
+        }
+    }
+
+    #[test]
     fn slots_without_a_cap() {
         let n = NodeSnapshot { max_slot_wal_keep_size_mb: -1, ..healthy() };
         let f = diagnose(&n);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].fix, "ALTER SYSTEM SET max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf();");
+        let n = NodeSnapshot { max_slot_wal_keep_size_mb: 0, ..healthy() };
+        assert!(diagnose(&n).is_empty(), "0 MB is a cap: slots keep no more than max_wal_size");
         let n = NodeSnapshot { max_slot_wal_keep_size_mb: -1, slots: vec![], ..healthy() };
         assert!(diagnose(&n).is_empty());
         let n = NodeSnapshot { idle_replication_slot_timeout_s: Some(0), ..healthy() };

@@ -285,6 +285,52 @@ mod tests {
         assert_eq!(decode(&wire, 1 << 20), Err(BatchError::Truncated("transaction")));
     }
 
+    /// A plain (uncompressed) batch around `raw`, with a correct checksum.
+    fn plain_wire(raw: &[u8]) -> Vec<u8> {
+        let mut wire = MAGIC.to_vec();
+        wire.extend_from_slice(&FORMAT.to_be_bytes());
+        wire.extend_from_slice(&0u16.to_be_bytes());
+        wire.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        wire.extend_from_slice(&crc32c::crc32c(raw).to_be_bytes());
+        wire.extend_from_slice(raw);
+        wire
+    }
+
+    #[test]
+    fn the_limit_and_the_header_length_are_inclusive() {
+        // a payload exactly at the receiver's limit is accepted
+        let (wire, raw_len) = encode_measured(&sample(), Some(3)).unwrap();
+        assert_eq!(decode(&wire, raw_len), Ok(sample()));
+        assert_eq!(decode(&wire, raw_len - 1), Err(BatchError::TooLarge { raw_len, limit: raw_len - 1 }));
+        // a bare header is long enough to be read: what is missing is its body
+        let plain = encode(&sample(), None).unwrap();
+        assert_eq!(decode(&plain[..HEADER_LEN], 1 << 20), Err(BatchError::LengthMismatch { expected: raw_len, found: 0 }));
+        assert_eq!(decode(&plain[..HEADER_LEN - 1], 1 << 20), Err(BatchError::TooShort(HEADER_LEN - 1)));
+    }
+
+    #[test]
+    fn trailing_bytes_are_counted() {
+        let wire = encode(&sample(), None).unwrap();
+        let mut raw = wire[HEADER_LEN..].to_vec();
+        raw.extend_from_slice(b"xyz");
+        assert_eq!(decode(&plain_wire(&raw), 1 << 20), Err(BatchError::TrailingBytes(3)));
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let cases = [
+            (BatchError::TooShort(3), "batch too short: 3 bytes, a header is 16"),
+            (BatchError::UnsupportedFormat(9), "unsupported batch format 9 (this node reads 1)"),
+            (BatchError::TooLarge { raw_len: 20, limit: 10 }, "batch of 20 bytes exceeds the limit of 10"),
+            (BatchError::Checksum { expected: 1, found: 0xabc }, "batch checksum mismatch: header 0x00000001, payload 0x00000abc"),
+            (BatchError::Truncated("origin"), "batch truncated in origin"),
+            (BatchError::TrailingBytes(3), "3 unexpected bytes after the last transaction"),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic() {
         // a cheap stand-in for the fuzzer: every prefix and many bit flips

@@ -134,6 +134,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn rows_and_bytes_count_the_changes_and_relations_carried() {
+        let rel = relation_msg(1, "t", &[("id", 20, true)]);
+        let msgs = txn(Some(rel.clone()), 3, 100);
+        let change_bytes: usize = msgs[2..5].iter().map(Vec::len).sum();
+        let mut r = Reader::default();
+        let t = r.read(msgs).unwrap();
+        assert_eq!((t[0].rows, t[0].bytes), (3, rel.len() + change_bytes), "the inline relation message counts");
+        // a later transaction: its relation is a need, not a message of its own
+        let t = r.read(txn(None, 3, 200)).unwrap();
+        assert_eq!((t[0].rows, t[0].bytes), (3, change_bytes));
+        assert_eq!(t[0].needs, vec![(1, rel)]);
+    }
+
+    #[test]
     fn broken_streams_are_errors() {
         let mut r = Reader::default();
         assert!(r.read(vec![insert_msg(1, &[Some("1")])]).is_err(), "change outside a transaction");

@@ -209,6 +209,11 @@ mod tests {
             assert!(w >= Duration::from_millis(6_400) && w <= Duration::from_millis(9_600), "{w:?}");
         }
         assert_ne!(b.wait(4, 1), b.wait(4, 2_000), "noise spreads retries");
+        // the whole ±20 % is used: 8 s spreads over 6.4 s ..= 9.6 s, by the millisecond
+        assert_eq!(b.wait(4, 0), Duration::from_millis(6_400));
+        assert_eq!(b.wait(4, 1), Duration::from_millis(6_401));
+        assert_eq!(b.wait(4, 3_200), Duration::from_millis(9_600));
+        assert_eq!(b.wait(4, 3_201), Duration::from_millis(6_400), "and wraps around");
 
         let failed = |now, failures| Observed { failures, ..at(now, 5) };
         let (s, a) = step(State::Round, Event::Failed, Mode::Realtime, b, &failed(1_000, 1), 0);

@@ -122,6 +122,35 @@ mod tests {
         assert_eq!(b[0].transactions[0].messages.len(), 11);
     }
 
+    /// Transactions per batch.
+    fn shape(batches: &[Batch]) -> Vec<usize> {
+        batches.iter().map(|b| b.transactions.len()).collect()
+    }
+
+    #[test]
+    fn cut_at_the_byte_limit_counting_re_announced_relations() {
+        let rel = relation_msg(1, "readings", &[("id", 20, true)]);
+        let mut msgs = txn(Some(rel.clone()), 3, 100);
+        for end in [200, 300, 400] {
+            msgs.extend(txn(None, 3, end));
+        }
+        let txns = Reader::default().read(msgs).unwrap();
+        let (first, next) = (txns[0].bytes, txns[1].bytes);
+        assert_eq!(first, next + rel.len());
+        let rows = 1000;
+
+        // exactly the first two fit: a batch may be full to the byte
+        let b = pack("edge", txns.clone(), Limits { max_rows: rows, max_bytes: first + next });
+        assert_eq!(shape(&b), vec![2, 2]);
+        assert!(b.iter().all(self_contained));
+        // the re-announced relation counts: with it, two transactions no longer fit
+        let b = pack("edge", txns.clone(), Limits { max_rows: rows, max_bytes: 2 * next });
+        assert_eq!(shape(&b), vec![1, 1, 1, 1]);
+        // rows too: exactly at the limit fits
+        let b = pack("edge", txns, Limits { max_rows: 6, max_bytes: 1 << 20 });
+        assert_eq!(shape(&b), vec![2, 2]);
+    }
+
     fn pg_walstream_origin(name: &str) -> Vec<u8> {
         crate::model::sync::pgoutput::tests::wire(&pg_walstream::LogicalReplicationMessage::Origin { origin_lsn: 0, origin_name: name.into() })
     }

@@ -201,6 +201,26 @@ pub mod tests {
     }
 
     #[test]
+    fn which_messages_are_changes_and_of_which_relation() {
+        let rel = parse(&relation_msg(16384, "t", &[("id", 20, true)])).unwrap();
+        assert_eq!(rel.relation(), Some(16384));
+        assert!(!rel.is_change());
+        let ins = parse(&insert_msg(16385, &[Some("1")])).unwrap();
+        assert_eq!(ins.relation(), Some(16385));
+        let del = parse(&wire(&Wire::Delete { relation_id: 9, old_tuple: tuple(&[Some("1")]), key_type: 'K' })).unwrap();
+        assert_eq!(del.relation(), Some(9));
+        let trunc = parse(&wire(&Wire::Truncate { relation_ids: vec![1, 2], flags: 0 })).unwrap();
+        assert_eq!(trunc.relation(), None, "a truncate names several");
+        for change in [&ins, &del, &trunc] {
+            assert!(change.is_change(), "{change:?}");
+        }
+        for other in [parse(&begin_msg(1, 1)).unwrap(), parse(&commit_msg(20, 1)).unwrap(), Message::Origin { name: "o".into() }] {
+            assert!(!other.is_change(), "{other:?}");
+            assert_eq!(other.relation(), None);
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(parse(&[]).is_err());
         assert!(parse(b"Z").is_err());

@@ -142,6 +142,26 @@ mod tests {
     }
 
     #[test]
+    fn user_info_ends_where_the_authority_does() {
+        // an '@' after the host (path, query, fragment, the rest of a message) is no user info
+        for text in [
+            "postgresql://cloud:5432/iot@x",
+            "postgresql://cloud:5432?user=a@b",
+            "postgresql://cloud:5432#a@b",
+            "could not connect to postgresql://cloud:5432 as edge@site",
+        ] {
+            assert_eq!(redact_secrets(text), text);
+        }
+    }
+
+    #[test]
+    fn an_unterminated_quoted_password_is_masked_to_the_end() {
+        assert_eq!(redact_secrets("password='s3cret"), "password=***");
+        assert_eq!(redact_secrets("password='pé"), "password=***");
+        assert_eq!(redact_secrets("password = 'a b"), "password=***");
+    }
+
+    #[test]
     fn passwords_libpq_quotes_back_bare_are_masked_too() {
         let uri = "postgresql://edge:s3cret%zz@cloud/iot";
         assert_eq!(redact_secrets_of("invalid percent-encoded token: \"s3cret%zz\"", uri), "invalid percent-encoded token: \"***\"");
