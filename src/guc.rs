@@ -5,7 +5,7 @@
 
 use std::ffi::CString;
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 
 use crate::model::health::checks::Thresholds;
 
@@ -186,5 +186,37 @@ pub fn thresholds() -> Thresholds {
         critical_bytes: LAG_CRITICAL_BYTES.get() as f64 * 1024.0,
         warning_seconds: LAG_WARNING_SECONDS.get() as f64,
         critical_seconds: LAG_CRITICAL_SECONDS.get() as f64,
+    }
+}
+
+/// How long a setting made by [`set_for`] lasts.
+pub enum Scope {
+    /// Until the current GUC nest level is popped (`AtEOXact_GUC`).
+    NestLevel,
+    /// Until the end of the current transaction, like `SET LOCAL`.
+    Transaction,
+}
+
+/// Set a server setting for a while, as a session would with `SET` (a
+/// refused value raises an ERROR).
+pub fn set_for(scope: Scope, name: &std::ffi::CStr, value: &std::ffi::CStr) {
+    let action = match scope {
+        Scope::NestLevel => pg_sys::GucAction::GUC_ACTION_SAVE,
+        Scope::Transaction => pg_sys::GucAction::GUC_ACTION_LOCAL,
+    };
+    // SAFETY: name and value are NUL-terminated and outlive the call (the
+    // GUC machinery copies them); called in a backend inside a transaction;
+    // with elevel ERROR a refused setting raises instead of returning.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            action,
+            true,
+            pgrx::PgLogLevel::ERROR as i32,
+            false,
+        );
     }
 }

@@ -80,22 +80,10 @@ pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Set `search_path` to `pg_catalog, pg_temp` at the current GUC nest level.
+/// Set `search_path` to `pg_catalog, pg_temp` at the current GUC nest level
+/// (`as_role` opened it and pops it after).
 fn pin_search_path() {
-    // SAFETY: NUL-terminated name and value; GUC_ACTION_SAVE ties the
-    // setting to the nest level `as_role` opened, which is popped after.
-    unsafe {
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            pgrx::PgLogLevel::ERROR as i32,
-            false,
-        );
-    }
+    crate::guc::set_for(crate::guc::Scope::NestLevel, c"search_path", c"pg_catalog, pg_temp");
 }
 
 /// The role calling right now.

@@ -112,21 +112,7 @@ fn applied_mark() -> u64 {
 
 /// The answer is only given once it is durable: this commit waits for its flush.
 fn require_durable_commit() {
-    // SAFETY: name and value are NUL-terminated static strings; we are in
-    // the caller's transaction, which GUC_ACTION_LOCAL scopes the setting
-    // to; with elevel ERROR a refused setting raises instead of returning.
-    unsafe {
-        pg_sys::set_config_option(
-            c"synchronous_commit".as_ptr(),
-            c"on".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            pgrx::PgLogLevel::ERROR as i32,
-            false,
-        );
-    }
+    crate::guc::set_for(crate::guc::Scope::Transaction, c"synchronous_commit", c"on");
 }
 
 thread_local! {
