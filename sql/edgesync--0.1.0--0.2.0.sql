@@ -113,6 +113,11 @@ CREATE TABLE edgesync.sync_table (
 COMMENT ON TABLE edgesync.sync_table IS 'Tables enrolled in sync (edgesync.add_table) and their direction';
 SELECT pg_catalog.pg_extension_config_dump('edgesync.sync_table', '');
 
+-- A node's name follows the one rule the Rust code applies (model::node),
+-- here through the function that exposes it.
+ALTER TABLE edgesync.node DROP CONSTRAINT node_name_check,
+    ADD CONSTRAINT node_name_check CHECK (edgesync._is_node_name(name));
+
 CREATE TABLE edgesync.peer (
     id              integer     GENERATED ALWAYS AS IDENTITY UNIQUE,
     name            text        PRIMARY KEY CHECK (edgesync._is_node_name(name)),

@@ -23,6 +23,10 @@ SELECT pg_catalog.pg_extension_config_dump('edgesync.sync_table', '');
 
 -- Peers this node connects to. Node-local (slots live here): not dumped.
 -- conninfo may hold a password: the table is readable only by its owner.
+-- A node's name follows the one rule the Rust code applies (model::node),
+-- here through the function that exposes it.
+ALTER TABLE edgesync.node ADD CONSTRAINT node_name_check CHECK (edgesync._is_node_name(name));
+
 CREATE TABLE edgesync.peer (
     id              integer     GENERATED ALWAYS AS IDENTITY UNIQUE,
     name            text        PRIMARY KEY CHECK (edgesync._is_node_name(name)),

@@ -16,7 +16,7 @@ COMMENT ON ROLE edgesync_admin IS 'May read edgesync.conflict_log and settle con
 CREATE TABLE edgesync.node (
     singleton  boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
     node_id    integer     NOT NULL CHECK (node_id > 0),
-    name       text        NOT NULL CHECK (name ~ '^[A-Za-z0-9_]{1,48}$'),
+    name       text        NOT NULL,  -- checked by node_name_check (sql/forwarder.sql)
     created_at timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE edgesync.node IS 'This node: its name and the id stamped into every row version it writes';
