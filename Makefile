@@ -73,24 +73,13 @@ endif
 
 # Mutation testing of the pure logic in src/model/ (not part of `make test`):
 # cargo-mutants changes the code one mutant at a time and reports the mutants
-# no unit test catches. It runs on a copy staged in target/mutants/crate/
-# (mutants/ beside src/model/, no pgrx: a mutant builds in about a second),
-# in place there (one mutant at a time), so the work tree is never changed. The report is in
-# target/mutants/mutants.out/ (missed.txt: the survivors). Pass options with
-# MUTANTS_ARGS, e.g. MUTANTS_ARGS='-f src/model/conflict/lww.rs'.
-CARGO_MUTANTS_VERSION := 27.1.0
-MUTANTS_DIR := target/mutants
+# no unit test catches (mutants/README.md). It runs on a crate staged in
+# target/mutants/crate/, no pgrx (a mutant builds in about a second), so the
+# work tree is never changed. Fails on a survivor not in mutants/survivors.txt.
+# Report: target/mutants/mutants.out/. One file: MUTANTS_ARGS='-f src/model/node.rs'.
 MUTANTS_ARGS ?=
 mutants: setup
-	@cargo mutants --version 2>/dev/null | grep -qx 'cargo-mutants $(CARGO_MUTANTS_VERSION)' || \
-		{ echo "installing cargo-mutants $(CARGO_MUTANTS_VERSION)"; cargo install cargo-mutants --version $(CARGO_MUTANTS_VERSION) --locked --quiet; }
-	@rm -rf $(MUTANTS_DIR)/crate/src $(MUTANTS_DIR)/crate/.cargo
-	@mkdir -p $(MUTANTS_DIR)/crate/src $(MUTANTS_DIR)/crate/.cargo
-	@cp mutants/Cargo.toml mutants/Cargo.lock $(MUTANTS_DIR)/crate/
-	@cp mutants/mutants.toml $(MUTANTS_DIR)/crate/.cargo/mutants.toml
-	@cp mutants/src/lib.rs $(MUTANTS_DIR)/crate/src/
-	@cp -r src/model $(MUTANTS_DIR)/crate/src/
-	cd $(MUTANTS_DIR)/crate && cargo mutants --in-place --output $(CURDIR)/$(MUTANTS_DIR) $(MUTANTS_ARGS)
+	@bash mutants/run.sh $(MUTANTS_ARGS)
 
 clean:
 	cargo clean

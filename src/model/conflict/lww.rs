@@ -297,6 +297,17 @@ mod tests {
     }
 
     #[test]
+    fn a_write_re_sent_after_its_delete_does_not_bring_the_row_back() {
+        // Applying a native delete records the deleted row's own version as
+        // the tombstone's (conflict/trigger.rs): a re-sent batch or a relay
+        // may then bring that very write again, equal to the tombstone.
+        let deleted = Local::Deleted(v(200, B));
+        for remote in [Remote::Insert(stamp(200, B, Version::ZERO)), Remote::Update(stamp(200, B, v(100, A)))] {
+            assert_eq!(decide(deleted, remote, Policy::LastWriterWins, A).action, Action::KeepLocal, "{remote:?}");
+        }
+    }
+
+    #[test]
     fn native_deletes_apply_under_every_policy() {
         let row = Local::Row(stamp(200, A, v(100, A)));
         let native = Remote::Delete { seen: None, version: None };

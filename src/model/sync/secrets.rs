@@ -112,12 +112,12 @@ fn quoted_len(quoted: &str) -> usize {
     let mut n = 1;
     let mut chars = quoted.char_indices();
     while let Some((i, c)) = chars.next() {
-        if c == '\\' {
-            chars.next();
-        } else if c == '\'' {
-            return i + 2;
+        match c {
+            // the escaped character is part of the value, the last one too
+            '\\' => n = chars.next().map_or(i + 1 + c.len_utf8(), |(j, e)| j + 1 + e.len_utf8()),
+            '\'' => return i + 2,
+            _ => n = i + 1 + c.len_utf8(),
         }
-        n = i + 1 + c.len_utf8();
     }
     n
 }
@@ -136,6 +136,7 @@ mod tests {
         assert_eq!(redact_secrets("postgresql://edge:s3cret@cloud:5432/iot?x=1"), "postgresql://edge:***@cloud:5432/iot?x=1");
         assert_eq!(redact_secrets("bad uri postgres://u:p%zz@h/db here"), "bad uri postgres://u:***@h/db here");
         assert_eq!(redact_secrets("postgresql://edge@cloud/iot"), "postgresql://edge@cloud/iot");
+        assert_eq!(redact_secrets("password='ab\\'"), "password=***", "an escaped last character is masked too");
         for s in ["password=", "password='unterminated", "password =", "x password"] {
             assert!(!redact_secrets(s).contains("unterminated"), "{s}");
         }
