@@ -31,6 +31,8 @@ pub static MAX_CLOCK_SKEW_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static FAULT_POINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// zstd level of batches.
 pub static COMPRESSION_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(3);
+/// The largest batch payload (after decompression) this node applies, in kB.
+pub static MAX_BATCH_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(256 * 1024);
 
 /// Define every `edgesync.*` setting (at library load).
 pub fn define() {
@@ -49,6 +51,16 @@ fn preloading() -> bool {
 /// Where the forwarders run, how long they wait, how they compress, and
 /// the fault-injection point they stop at.
 fn define_forwarder_settings() {
+    GucRegistry::define_int_guc(
+        c"edgesync.max_batch_size",
+        c"The largest batch this node applies, after decompression.",
+        c"A batch that claims more is refused before anything is read from it; a peer's max_batch_bytes must stay below it (a larger single transaction is sent whole).",
+        &MAX_BATCH_SIZE_KB,
+        1024,
+        1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
     // a server-start setting can only be defined while preloading (and
     // forwarders only run then)
     if preloading() {
@@ -219,4 +231,9 @@ pub fn set_for(scope: Scope, name: &std::ffi::CStr, value: &std::ffi::CStr) {
             false,
         );
     }
+}
+
+/// `edgesync.max_batch_size` in bytes.
+pub fn max_batch_size() -> usize {
+    MAX_BATCH_SIZE_KB.get().max(1) as usize * 1024
 }

@@ -450,6 +450,42 @@ fn apply_batch_refuses_bad_input_and_applies_a_resent_batch_once() {
     let tagged: i64 = cloud.scalar(&format!("SELECT count(*) FROM public.sensor_readings WHERE pg_xact_commit_timestamp_origin(xmin) IS NOT NULL AND (pg_xact_commit_timestamp_origin(xmin)).roident = {origin}"));
     assert_eq!(tagged, 5, "rows carry the sender's origin");
 
+    // bombs: what a batch claims is never what it gets
+    let hwm = |c: &mut postgres::Client| -> i64 {
+        let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc");
+        line.split_whitespace().nth(1).unwrap().parse::<i64>().unwrap()
+    };
+    let frame = |body: &[u8], compressed: bool, raw_len: u32, crc: u32| -> Vec<u8> {
+        let mut out = b"EDGB".to_vec();
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(&u16::from(compressed).to_be_bytes());
+        out.extend_from_slice(&raw_len.to_be_bytes());
+        out.extend_from_slice(&crc.to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    };
+    let zeros = vec![0u8; 200 << 20];
+    let zero_bomb = frame(&zstd::bulk::compress(&zeros, 3).unwrap(), true, zeros.len() as u32, crc32c::crc32c(&zeros));
+    let mut claims = vec![0u8, 1, b'e'];
+    claims.extend_from_slice(&u32::MAX.to_be_bytes());
+    let count_bomb = frame(&claims, false, claims.len() as u32, crc32c::crc32c(&claims));
+    let too_large = frame(b"", true, 300 << 20, 0);
+    let before = hwm(&mut peer);
+    for (bomb, why, says) in [
+        (&zero_bomb, "200 MB of zeros in a few kilobytes", "decompresses to more than"),
+        (&count_bomb, "four billion transactions claimed", "more than the batch's bytes can hold"),
+        (&too_large, "300 MB claimed", "exceeds the limit"),
+    ] {
+        let e = peer.query_one("SELECT edgesync.apply_batch($1)::text", &[bomb]).expect_err(why);
+        assert!(common::db_message(&e).contains(says), "{why}: {}", common::db_message(&e));
+    }
+    let after = hwm(&mut peer);
+    println!("backend peak memory (VmHWM) across the bombs: {before} kB -> {after} kB, {} kB compressed sent", zero_bomb.len() / 1024);
+    assert!(after - before < 16 * 1024, "the bombs cost {} kB", after - before);
+    assert_eq!(count(), 5);
+
     // only edgesync_peer may push
     let mut outsider = as_role("nobody");
     let e = outsider.query_one("SELECT edgesync.apply_batch($1)::text", &[&good]).expect_err("no grant");

@@ -40,8 +40,6 @@ use crate::model::sync::batch::{self, Batch, Transaction};
 use crate::model::sync::pgoutput::{self, Message, Relation, Value};
 use crate::privilege::{as_extension_owner, as_role};
 
-/// The largest decompressed batch a node accepts (a bytea holds at most 1 GB).
-const MAX_BATCH_RAW: usize = 1 << 30;
 
 /// Which way a batch travels, which says which enrolled tables it may change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +58,7 @@ impl Direction {
 /// (through `edgesync.apply_batch`, which grants and types it).
 #[pg_extern(volatile, parallel_unsafe)]
 fn _apply_batch(batch: &[u8]) -> i64 {
-    let decoded = batch::decode(batch, MAX_BATCH_RAW)
+    let decoded = batch::decode(batch, crate::guc::max_batch_size())
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")));
     apply(decoded, Direction::Up) as i64
 }
@@ -86,19 +84,14 @@ pub fn apply(b: Batch, direction: Direction) -> u64 {
     record_progress(state.last_applied, done)
 }
 
-/// Refuse a batch whose sender is not a node name or whose transactions
-/// are not in the sender's commit order, before anything of it is applied.
+/// Refuse a batch whose sender is not a node name, before anything of it is
+/// applied (`batch::decode` has checked the transactions' order).
 fn check_batch(b: &Batch) {
     if !crate::model::node::is_node_name(&b.sender) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("edgesync: refused batch: sender {:?} is not a node name", b.sender),
         );
-    }
-    for pair in b.transactions.windows(2) {
-        if pair[1].end_lsn <= pair[0].end_lsn {
-            raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "edgesync: refused batch: transactions out of order".to_string());
-        }
     }
 }
 

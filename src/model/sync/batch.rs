@@ -12,8 +12,17 @@
 //! payload sender str | ntxn u32 | ntxn × (end_lsn u64 | commit_time i64 | origin str? | nmsg u32 | nmsg × bytes)
 //! str     len u16 + UTF-8;  str? = 0xFFFF for none;  bytes = len u32 + data
 //! ```
-//! The checksum covers the uncompressed payload; `raw_len` is checked
-//! before decompressing, against a limit the receiver chooses.
+//! The checksum covers the uncompressed payload.
+//!
+//! A batch comes from a peer and is hostile until checked: the sizes and
+//! counts it declares are claims, never allocations. `raw_len` is checked
+//! against the receiver's limit before anything else; decompression streams
+//! and stops at `raw_len`, and at `MAX_EXPANSION` times the bytes that
+//! actually arrived (a few kilobytes of compressed zeros cannot become a
+//! gigabyte); counts are checked against the bytes left before anything is
+//! read for them. The sender sends a batch uncompressed in the rare case
+//! that it compresses better than `MAX_EXPANSION`, so the cap never refuses
+//! an honest batch.
 
 use std::fmt;
 
@@ -22,6 +31,13 @@ pub const FORMAT: u16 = 1;
 pub const HEADER_LEN: usize = 16;
 const COMPRESSED: u16 = 1;
 const NO_ORIGIN: u16 = u16::MAX;
+/// A compressed body may decompress to at most this many times its size.
+pub const MAX_EXPANSION: usize = 256;
+/// The fewest payload bytes a transaction takes (end LSN, commit time,
+/// origin length, message count).
+const MIN_TRANSACTION_LEN: usize = 8 + 8 + 2 + 4;
+/// The fewest payload bytes a message takes: its length and a type byte.
+const MIN_MESSAGE_LEN: usize = 4 + 1;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transaction {
@@ -55,6 +71,12 @@ pub enum BatchError {
     BadText(&'static str),
     TrailingBytes(usize),
     FieldTooLong(&'static str),
+    /// A compressed body that grows past `MAX_EXPANSION` times its size.
+    Expands { received: usize },
+    /// A count larger than the bytes left could hold.
+    CountTooLarge { what: &'static str, count: u64 },
+    EmptyMessage,
+    OutOfOrder,
 }
 
 impl fmt::Display for BatchError {
@@ -72,6 +94,12 @@ impl fmt::Display for BatchError {
             BatchError::BadText(what) => write!(f, "batch {what} is not UTF-8"),
             BatchError::TrailingBytes(n) => write!(f, "{n} unexpected bytes after the last transaction"),
             BatchError::FieldTooLong(what) => write!(f, "{what} too long for the batch format"),
+            BatchError::Expands { received } => {
+                write!(f, "a compressed body of {received} bytes decompresses to more than {MAX_EXPANSION} times its size")
+            }
+            BatchError::CountTooLarge { what, count } => write!(f, "{what} {count} is more than the batch's bytes can hold"),
+            BatchError::EmptyMessage => write!(f, "an empty message (a pgoutput message has at least its type byte)"),
+            BatchError::OutOfOrder => write!(f, "transactions out of order"),
         }
     }
 }
@@ -117,9 +145,14 @@ pub fn encode(batch: &Batch, zstd_level: Option<i32>) -> Result<Vec<u8>, BatchEr
 pub fn encode_measured(batch: &Batch, zstd_level: Option<i32>) -> Result<(Vec<u8>, usize), BatchError> {
     let raw = payload(batch)?;
     let raw_len = u32::try_from(raw.len()).map_err(|_| BatchError::FieldTooLong("batch"))?;
-    let (flags, body) = match zstd_level {
-        Some(level) => (COMPRESSED, zstd::bulk::compress(&raw, level).map_err(|e| BatchError::Decompress(e.to_string()))?),
-        None => (0, raw.clone()),
+    let compressed = match zstd_level {
+        Some(level) => Some(zstd::bulk::compress(&raw, level).map_err(|e| BatchError::Decompress(e.to_string()))?),
+        None => None,
+    };
+    // a receiver refuses a body that expands past MAX_EXPANSION: send such a rare one plain
+    let (flags, body) = match compressed {
+        Some(c) if c.len().saturating_mul(MAX_EXPANSION) >= raw.len() => (COMPRESSED, c),
+        _ => (0, raw.clone()),
     };
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(&MAGIC);
@@ -152,6 +185,15 @@ impl<'a> Reader<'a> {
     fn u64(&mut self, what: &'static str) -> Result<u64, BatchError> {
         Ok(u64::from_be_bytes(self.take(8, what)?.try_into().unwrap()))
     }
+    /// Refuse `count` items of at least `min_len` bytes each when the bytes
+    /// left cannot hold them (before anything is allocated for them).
+    fn check_count(&self, what: &'static str, count: u32, min_len: usize) -> Result<(), BatchError> {
+        let left = self.data.len() - self.at;
+        if (count as usize).saturating_mul(min_len) > left {
+            return Err(BatchError::CountTooLarge { what, count: count as u64 });
+        }
+        Ok(())
+    }
     fn text(&mut self, len: u16, what: &'static str) -> Result<String, BatchError> {
         let bytes = self.take(len as usize, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| BatchError::BadText(what))
@@ -159,7 +201,25 @@ impl<'a> Reader<'a> {
 }
 
 /// Decode and verify a batch; refuses payloads larger than `max_raw_len`.
+/// Memory stays within a small multiple of the bytes received and of
+/// `max_raw_len`, whatever the batch claims.
 pub fn decode(data: &[u8], max_raw_len: usize) -> Result<Batch, BatchError> {
+    let (compressed, raw_len, crc) = read_header(data, max_raw_len)?;
+    let body = &data[HEADER_LEN..];
+    let raw = if compressed { inflate(body, raw_len)? } else { body.to_vec() };
+    if raw.len() != raw_len {
+        return Err(BatchError::LengthMismatch { expected: raw_len, found: raw.len() });
+    }
+    let found = crc32c::crc32c(&raw);
+    if found != crc {
+        return Err(BatchError::Checksum { expected: crc, found });
+    }
+    read_payload(&raw)
+}
+
+/// The header's claims, checked: whether the body is compressed, the
+/// payload's length (within `max_raw_len`) and its checksum.
+fn read_header(data: &[u8], max_raw_len: usize) -> Result<(bool, usize, u32), BatchError> {
     if data.len() < HEADER_LEN {
         return Err(BatchError::TooShort(data.len()));
     }
@@ -180,44 +240,64 @@ pub fn decode(data: &[u8], max_raw_len: usize) -> Result<Batch, BatchError> {
     if raw_len > max_raw_len {
         return Err(BatchError::TooLarge { raw_len, limit: max_raw_len });
     }
-    let body = &data[HEADER_LEN..];
-    let raw = if flags & COMPRESSED != 0 {
-        zstd::bulk::decompress(body, raw_len).map_err(|e| BatchError::Decompress(e.to_string()))?
-    } else {
-        body.to_vec()
-    };
-    if raw.len() != raw_len {
-        return Err(BatchError::LengthMismatch { expected: raw_len, found: raw.len() });
-    }
-    let found = crc32c::crc32c(&raw);
-    if found != crc {
-        return Err(BatchError::Checksum { expected: crc, found });
-    }
+    Ok((flags & COMPRESSED != 0, raw_len, crc))
+}
 
-    let mut r = Reader { data: &raw, at: 0 };
+/// Decompress `body`, streaming: the output grows only as bytes actually
+/// come out, and stops one byte past `raw_len` or past MAX_EXPANSION times
+/// the body, whichever is less.
+fn inflate(body: &[u8], raw_len: usize) -> Result<Vec<u8>, BatchError> {
+    use std::io::Read;
+    let cap = body.len().saturating_mul(MAX_EXPANSION);
+    let limit = raw_len.min(cap);
+    let decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(|e| BatchError::Decompress(e.to_string()))?;
+    let mut raw = Vec::new();
+    decoder.take(limit as u64 + 1).read_to_end(&mut raw).map_err(|e| BatchError::Decompress(e.to_string()))?;
+    if raw.len() > limit && limit == cap && cap < raw_len {
+        return Err(BatchError::Expands { received: body.len() });
+    }
+    Ok(raw)
+}
+
+/// The payload's transactions, each count checked against the bytes left.
+fn read_payload(raw: &[u8]) -> Result<Batch, BatchError> {
+    let mut r = Reader { data: raw, at: 0 };
     let len = r.u16("sender")?;
     let sender = r.text(len, "sender")?;
     let ntxn = r.u32("transaction count")?;
-    let mut transactions = Vec::new();
+    r.check_count("transaction count", ntxn, MIN_TRANSACTION_LEN)?;
+    let mut transactions: Vec<Transaction> = Vec::with_capacity(ntxn as usize);
     for _ in 0..ntxn {
-        let end_lsn = r.u64("transaction")?;
-        let commit_time = r.u64("transaction")? as i64;
-        let origin = match r.u16("origin")? {
-            NO_ORIGIN => None,
-            len => Some(r.text(len, "origin")?),
-        };
-        let nmsg = r.u32("message count")?;
-        let mut messages = Vec::new();
-        for _ in 0..nmsg {
-            let len = r.u32("message")? as usize;
-            messages.push(r.take(len, "message")?.to_vec());
+        let t = read_transaction(&mut r)?;
+        if transactions.last().is_some_and(|before| t.end_lsn <= before.end_lsn) {
+            return Err(BatchError::OutOfOrder);
         }
-        transactions.push(Transaction { end_lsn, commit_time, origin, messages });
+        transactions.push(t);
     }
     if r.at != raw.len() {
         return Err(BatchError::TrailingBytes(raw.len() - r.at));
     }
     Ok(Batch { sender, transactions })
+}
+
+fn read_transaction(r: &mut Reader<'_>) -> Result<Transaction, BatchError> {
+    let end_lsn = r.u64("transaction")?;
+    let commit_time = r.u64("transaction")? as i64;
+    let origin = match r.u16("origin")? {
+        NO_ORIGIN => None,
+        len => Some(r.text(len, "origin")?),
+    };
+    let nmsg = r.u32("message count")?;
+    r.check_count("message count", nmsg, MIN_MESSAGE_LEN)?;
+    let mut messages = Vec::with_capacity(nmsg as usize);
+    for _ in 0..nmsg {
+        let len = r.u32("message")? as usize;
+        if len == 0 {
+            return Err(BatchError::EmptyMessage);
+        }
+        messages.push(r.take(len, "message")?.to_vec());
+    }
+    Ok(Transaction { end_lsn, commit_time, origin, messages })
 }
 
 #[cfg(test)]
@@ -282,18 +362,12 @@ mod tests {
         wire.extend_from_slice(&(raw.len() as u32).to_be_bytes());
         wire.extend_from_slice(&crc32c::crc32c(&raw).to_be_bytes());
         wire.extend_from_slice(&raw);
-        assert_eq!(decode(&wire, 1 << 20), Err(BatchError::Truncated("transaction")));
+        assert_eq!(decode(&wire, 1 << 20), Err(BatchError::CountTooLarge { what: "transaction count", count: 5 }));
     }
 
     /// A plain (uncompressed) batch around `raw`, with a correct checksum.
     fn plain_wire(raw: &[u8]) -> Vec<u8> {
-        let mut wire = MAGIC.to_vec();
-        wire.extend_from_slice(&FORMAT.to_be_bytes());
-        wire.extend_from_slice(&0u16.to_be_bytes());
-        wire.extend_from_slice(&(raw.len() as u32).to_be_bytes());
-        wire.extend_from_slice(&crc32c::crc32c(raw).to_be_bytes());
-        wire.extend_from_slice(raw);
-        wire
+        framed(raw, false, raw.len() as u32, crc32c::crc32c(raw))
     }
 
     #[test]
@@ -345,5 +419,64 @@ mod tests {
                 let _ = decode(&w, 1 << 20);
             }
         }
+    }
+
+    /// `body` behind a header that claims `raw_len` payload bytes and `crc`.
+    fn framed(body: &[u8], compressed: bool, raw_len: u32, crc: u32) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&FORMAT.to_be_bytes());
+        out.extend_from_slice(&u16::from(compressed).to_be_bytes());
+        out.extend_from_slice(&raw_len.to_be_bytes());
+        out.extend_from_slice(&crc.to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn a_compressed_bomb_is_refused_at_its_expansion_cap() {
+        // 64 MB of zeros compress to a few kilobytes; the header tells the truth
+        let zeros = vec![0u8; 64 << 20];
+        let body = zstd::bulk::compress(&zeros, 3).unwrap();
+        assert!(body.len() * MAX_EXPANSION < zeros.len());
+        let bomb = framed(&body, true, zeros.len() as u32, crc32c::crc32c(&zeros));
+        assert_eq!(decode(&bomb, 1 << 30), Err(BatchError::Expands { received: body.len() }));
+    }
+
+    #[test]
+    fn counts_are_checked_against_the_bytes_that_arrived() {
+        // a sender, then a claim of four billion transactions in a few bytes
+        let mut payload = vec![0, 1, b'e'];
+        payload.extend_from_slice(&u32::MAX.to_be_bytes());
+        payload.extend_from_slice(&[0; 40]);
+        let wire = framed(&payload, false, payload.len() as u32, crc32c::crc32c(&payload));
+        assert_eq!(decode(&wire, 1 << 20), Err(BatchError::CountTooLarge { what: "transaction count", count: u32::MAX as u64 }));
+        // one transaction claiming four billion messages
+        let mut payload = vec![0, 1, b'e', 0, 0, 0, 1];
+        payload.extend_from_slice(&[0; 16]);
+        payload.extend_from_slice(&NO_ORIGIN.to_be_bytes());
+        payload.extend_from_slice(&u32::MAX.to_be_bytes());
+        let wire = framed(&payload, false, payload.len() as u32, crc32c::crc32c(&payload));
+        assert_eq!(decode(&wire, 1 << 20), Err(BatchError::CountTooLarge { what: "message count", count: u32::MAX as u64 }));
+    }
+
+    #[test]
+    fn empty_messages_and_disordered_transactions_are_refused() {
+        let mut b = sample();
+        b.transactions[0].messages.push(Vec::new());
+        assert_eq!(decode(&encode(&b, None).unwrap(), 1 << 20), Err(BatchError::EmptyMessage));
+        let mut b = sample();
+        b.transactions[1].end_lsn = b.transactions[0].end_lsn;
+        assert_eq!(decode(&encode(&b, Some(3)).unwrap(), 1 << 20), Err(BatchError::OutOfOrder));
+    }
+
+    #[test]
+    fn a_batch_that_compresses_too_well_travels_plain() {
+        let b = Batch {
+            sender: "edge".into(),
+            transactions: vec![Transaction { end_lsn: 1, commit_time: 1, origin: None, messages: vec![vec![b'I'; 1 << 20]] }],
+        };
+        let wire = encode(&b, Some(3)).unwrap();
+        assert_eq!(u16::from_be_bytes([wire[6], wire[7]]) & COMPRESSED, 0, "sent uncompressed");
+        assert_eq!(decode(&wire, 1 << 21).unwrap(), b);
     }
 }
