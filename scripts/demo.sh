@@ -12,7 +12,9 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DEMO_DIR="${EDGESYNC_DEMO_DIR:-$ROOT/demo-data}"
 PG_USER="${PG_USER:-postgres}"
 BINDIR="$("${PG_CONFIG:?set PG_CONFIG}" --bindir)"
-BASE_PORT="${EDGESYNC_DEMO_PORT:-55432}"
+# Below the kernel's ephemeral range (32768-60999 by default): a client
+# socket of this machine can never be holding one of the demo's ports.
+BASE_PORT="${EDGESYNC_DEMO_PORT:-25432}"
 DB=iot
 NODES=(cloud edge1 edge2 edge_ro)
 
