@@ -16,6 +16,18 @@ thread_local! {
     static PLANS: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
 }
 
+/// At most this many plans are kept per backend. The statement texts
+/// depend on what a peer sends (which columns it marks unchanged), so the
+/// cache is bounded; when it is full it starts over (a handful of hot
+/// statements are prepared again at once).
+pub(crate) const MAX_PLANS: usize = 1024;
+
+/// The number of plans this backend keeps.
+#[cfg(any(test, feature = "pg_test"))]
+pub(crate) fn kept_plans() -> usize {
+    PLANS.with(|plans| plans.borrow().len())
+}
+
 /// The kept plan for `sql`, prepared on first use.
 pub(crate) fn plan_for(client: &SpiClient<'_>, sql: &str, args: &[PgOid], mutating: bool) -> pgrx::spi::Result<Rc<OwnedPreparedStatement>> {
     if let Some(plan) = PLANS.with(|plans| plans.borrow().get(sql).cloned()) {
@@ -23,6 +35,12 @@ pub(crate) fn plan_for(client: &SpiClient<'_>, sql: &str, args: &[PgOid], mutati
     }
     let stmt = if mutating { client.prepare_mut(sql, args)? } else { client.prepare(sql, args)? };
     let plan = Rc::new(stmt.keep());
-    PLANS.with(|plans| plans.borrow_mut().insert(sql.to_string(), plan.clone()));
+    PLANS.with(|plans| {
+        let mut plans = plans.borrow_mut();
+        if plans.len() >= MAX_PLANS {
+            plans.clear();
+        }
+        plans.insert(sql.to_string(), plan.clone());
+    });
     Ok(plan)
 }

@@ -44,7 +44,9 @@ impl Drop for RestoreUser {
         if !std::thread::panicking() {
             // SAFETY: `guc_level` came from NewGUCNestLevel in `as_role`, in
             // this backend, and has not been popped (no error unwound it).
-            unsafe { pg_sys::AtEOXact_GUC(true, self.guc_level) };
+            // `false`: every setting changed in there is undone, so code run
+            // as another role (a table owner's trigger) cannot leave one behind.
+            unsafe { pg_sys::AtEOXact_GUC(false, self.guc_level) };
         }
         // SAFETY: restores the user and security context read from this
         // backend by GetUserIdAndSecContext in `as_role`.
@@ -62,7 +64,8 @@ pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Run `f` as `role`, with `search_path` pinned the same way (edgesync's
-/// apply writes each table as its owner, as PostgreSQL's own apply does).
+/// apply writes each table as its owner, as PostgreSQL's own apply does);
+/// every setting changed in there is undone at the end.
 pub fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let mut user = pg_sys::Oid::INVALID;
     let mut context = 0;

@@ -485,6 +485,29 @@ fn apply_batch_refuses_bad_input_and_applies_a_resent_batch_once() {
     println!("backend peak memory (VmHWM) across the bombs: {before} kB -> {after} kB, {} kB compressed sent", zero_bomb.len() / 1024);
     assert!(after - before < 16 * 1024, "the bombs cost {} kB", after - before);
     assert_eq!(count(), 5);
+    // a table owner's code leaves no setting behind
+    cloud.execute(
+        "CREATE FUNCTION public.meddle() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM set_config('myapp.leak', 'yes', false); RETURN NEW; END $$;
+         CREATE TRIGGER meddle BEFORE INSERT ON public.sensor_readings FOR EACH ROW EXECUTE FUNCTION public.meddle();
+         ALTER TABLE public.sensor_readings ENABLE REPLICA TRIGGER meddle;",
+    );
+    let sixth = handmade_batch("edge9", "sensor_readings", 3_000, &[6], true, 1);
+    peer.query_one("SELECT edgesync.apply_batch($1)::text", &[&sixth]).unwrap();
+    let leaked: Option<String> = peer.query_one("SELECT nullif(current_setting('myapp.leak', true), '')", &[]).unwrap().get(0);
+    assert_eq!(leaked, None, "the trigger's setting did not outlive it");
+    cloud.execute("DROP TRIGGER meddle ON public.sensor_readings");
+    assert_eq!(count(), 6);
+
+    // a batch with nothing to apply creates no replication origin for its sender
+    let mut empty = vec![0u8, 6];
+    empty.extend_from_slice(b"forged");
+    empty.extend_from_slice(&0u32.to_be_bytes());
+    let empty = frame(&empty, false, empty.len() as u32, crc32c::crc32c(&empty));
+    let answer: String = peer.query_one("SELECT edgesync.apply_batch($1)::text", &[&empty]).unwrap().get(0);
+    assert_eq!(answer, "0/0");
+    let origins: i64 = cloud.scalar("SELECT count(*) FROM pg_replication_origin WHERE roname = 'edgesync_forged'");
+    assert_eq!(origins, 0, "no origin for an empty batch");
 
     // only edgesync_peer may push
     let mut outsider = as_role("nobody");
@@ -831,4 +854,37 @@ fn a_silent_peer_times_out_and_the_forwarder_still_stops_at_once() {
         Ok(e.try_query(&format!("SELECT 1 FROM pg_stat_activity WHERE pid = {pid}"))?.is_empty())
     });
     assert!(asked.elapsed() < Duration::from_secs(5), "stopped after {:?}", asked.elapsed());
+}
+
+/// Apply runs as PostgreSQL's own apply worker does (`session_replication_role
+/// = replica`): an ordinary trigger on the receiving table does not fire for
+/// pushed rows, an `ENABLE REPLICA` one does, and the conflict trigger
+/// (`ENABLE ALWAYS`) still judges them.
+#[test]
+fn pushed_rows_fire_replica_triggers_only() {
+    let (_c, cloud, edges) = hub("replica_role", 1, "on_demand");
+    let e = &edges[0];
+    cloud.execute(
+        "CREATE TABLE public.audit (kind text, id bigint);
+         CREATE FUNCTION public.audit_row() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO public.audit VALUES (TG_ARGV[0], NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER ordinary AFTER INSERT ON public.sensor_readings FOR EACH ROW EXECUTE FUNCTION public.audit_row('ordinary');
+         CREATE TRIGGER for_replicas AFTER INSERT ON public.sensor_readings FOR EACH ROW EXECUTE FUNCTION public.audit_row('replica');
+         ALTER TABLE public.sensor_readings ENABLE REPLICA TRIGGER for_replicas;",
+    );
+    write_readings(e, 1, 3, 3);
+    let sent: i64 = e.scalar("SELECT edgesync.sync_now('cloud')");
+    assert_eq!(sent, 3);
+    let fired: String = cloud.scalar("SELECT coalesce(string_agg(kind || ':' || id, ',' ORDER BY kind, id), '') FROM public.audit");
+    assert_eq!(fired, "replica:1,replica:2,replica:3", "only the replica trigger fires for pushed rows");
+    // the receiving table's local writes still fire the ordinary one
+    cloud.execute("INSERT INTO public.sensor_readings VALUES ('cloud', 9, 1, now(), 1)");
+    let local: i64 = cloud.scalar("SELECT count(*) FROM public.audit WHERE kind = 'ordinary'");
+    assert_eq!(local, 1);
+    // and the conflict trigger still judges pushed rows on a table under a policy
+    cloud.execute("INSERT INTO public.inventory VALUES ('X', 1, 'cloud')");
+    e.execute("INSERT INTO public.inventory VALUES ('X', 2, 'edge')");
+    e.execute("SELECT edgesync.sync_now('cloud')");
+    let logged: i64 = cloud.scalar("SELECT count(*) FROM edgesync.conflict_log WHERE key->>'sku' = 'X'");
+    assert_eq!(logged, 1, "the conflict trigger fired");
 }

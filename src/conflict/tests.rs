@@ -360,4 +360,15 @@ mod tests {
             Spi::get_two::<String, String>(&format!("SELECT resolution, status FROM edgesync.conflict_log WHERE id = {id}")).unwrap();
         assert_eq!((resolution.as_deref(), status.as_deref()), (Some("custom"), Some("resolved")));
     }
+
+    #[pg_test]
+    fn the_plan_cache_is_bounded() {
+        Spi::connect(|client| {
+            for i in 0..crate::plan_cache::MAX_PLANS + 100 {
+                crate::plan_cache::plan_for(client, &format!("SELECT {i}"), &[], false).unwrap();
+            }
+        });
+        let kept = crate::plan_cache::kept_plans();
+        assert!(kept > 0 && kept <= crate::plan_cache::MAX_PLANS, "{kept} plans kept");
+    }
 }

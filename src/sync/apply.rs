@@ -73,9 +73,15 @@ fn _batch_format() -> i32 {
 /// applied so far (this batch's last transaction, or the earlier mark).
 pub fn apply(b: Batch, direction: Direction) -> u64 {
     check_batch(&b);
+    if b.transactions.is_empty() {
+        // nothing to apply: no origin is created for it (origins are a
+        // cluster-wide, limited resource), the sender only learns where it stands
+        return committed_progress(&b.sender);
+    }
     begin_origin_session(&b.sender);
     let done = applied_mark();
     require_durable_commit();
+    apply_as_replica();
     let mut state = BatchApply::new(&b.sender, direction);
     for t in &b.transactions {
         state.apply_transaction(t, done);
@@ -101,6 +107,28 @@ fn applied_mark() -> u64 {
     // session, which is what the progress is read from (PostgreSQL takes
     // the session's lock itself); `false`: no local WAL flush is wanted.
     unsafe { pg_sys::replorigin_session_get_progress(false) }
+}
+
+/// How far `sender`'s changes were applied here, as committed (0: never),
+/// read without setting up (or creating) its origin.
+fn committed_progress(sender: &str) -> u64 {
+    let Ok(name) = CString::new(crate::model::node::origin_name(sender)) else { return 0 };
+    // SAFETY: `name` is NUL-terminated and outlives the calls; we are in a
+    // transaction; missing_ok gives 0 for an absent origin; `false`: no flush.
+    unsafe {
+        match pg_sys::replorigin_by_name(name.as_ptr(), true) {
+            0 => 0,
+            id => pg_sys::replorigin_get_progress(id, false),
+        }
+    }
+}
+
+/// Apply as PostgreSQL's own apply worker does: only `ENABLE REPLICA` and
+/// `ENABLE ALWAYS` triggers fire (the conflict trigger is one), so audit or
+/// aggregate triggers do not run twice across the fleet, and foreign keys
+/// are not checked again (the sender checked them).
+fn apply_as_replica() {
+    crate::guc::set_for(crate::guc::Scope::Transaction, c"session_replication_role", c"replica");
 }
 
 /// The answer is only given once it is durable: this commit waits for its flush.
