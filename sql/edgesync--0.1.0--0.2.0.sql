@@ -136,7 +136,7 @@ CREATE PUBLICATION edgesync_up WITH (publish = 'insert, update, delete');
 
 CREATE FUNCTION edgesync._check_choice(what text, value text, allowed text[]) RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF value IS NULL OR NOT (value = ANY (allowed)) THEN
@@ -432,3 +432,16 @@ GRANT EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_ta
 GRANT EXECUTE ON FUNCTION edgesync.hello(text), edgesync.apply_batch(bytea) TO edgesync_peer;
 GRANT SELECT ON edgesync.peers TO pg_monitor, edgesync_admin;
 GRANT EXECUTE ON FUNCTION edgesync._peer_status() TO pg_monitor, edgesync_admin;
+
+-- Every function that pins search_path names pg_temp last (left out, it is
+-- searched first for tables): the functions of 0.1.0 that did not.
+ALTER FUNCTION edgesync._key_of(jsonb, text[]) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION edgesync._write_row(regclass, jsonb, text[]) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION edgesync._delete_row(regclass, jsonb) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION edgesync._call_conflict_handler(regproc, regclass, text, jsonb, jsonb) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION edgesync.set_conflict_policy(regclass, text, regproc) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION edgesync.drop_conflict_policy(regclass, boolean) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION edgesync.pending_conflict_counts() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION edgesync.resolve_conflicts(regclass, text, interval) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION edgesync.purge_conflict_log(interval) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION edgesync.current_wal_lsn() SET search_path = pg_catalog, pg_temp;

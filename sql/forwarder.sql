@@ -48,7 +48,7 @@ CREATE PUBLICATION edgesync_up WITH (publish = 'insert, update, delete');
 -- Raise unless the value is one of the allowed ones.
 CREATE FUNCTION edgesync._check_choice(what text, value text, allowed text[]) RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF value IS NULL OR NOT (value = ANY (allowed)) THEN

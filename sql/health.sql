@@ -6,7 +6,7 @@
 -- primary, the last received position on a standby.
 CREATE FUNCTION edgesync.current_wal_lsn() RETURNS pg_lsn
 LANGUAGE sql STABLE
-SET search_path = pg_catalog
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT CASE WHEN pg_is_in_recovery()
                 THEN coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())

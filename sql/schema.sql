@@ -75,7 +75,7 @@ COMMENT ON TABLE edgesync.tombstone IS 'Recently deleted keys of tables under co
 -- The key columns of a row, as a jsonb object.
 CREATE FUNCTION edgesync._key_of(row_data jsonb, key_columns text[]) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog
+SET search_path = pg_catalog, pg_temp
 AS $$ SELECT jsonb_object_agg(k, row_data -> k) FROM unnest(key_columns) AS k $$;
 
 -- Write a whole row given as jsonb: update the row with its key, or insert it.
@@ -83,7 +83,7 @@ AS $$ SELECT jsonb_object_agg(k, row_data -> k) FROM unnest(key_columns) AS k $$
 -- identity columns keep the row's value (OVERRIDING SYSTEM VALUE).
 CREATE FUNCTION edgesync._write_row(relation regclass, row_data jsonb, key_columns text[]) RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     cols     text;
@@ -116,7 +116,7 @@ $$;
 -- Delete the row with this key, if any.
 CREATE FUNCTION edgesync._delete_row(relation regclass, key jsonb) RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     match text;
@@ -135,7 +135,7 @@ CREATE FUNCTION edgesync._call_conflict_handler(handler regproc, relation regcla
                                                 local_row jsonb, remote_row jsonb,
                                                 OUT ok boolean, OUT kept_row jsonb, OUT error text)
 LANGUAGE plpgsql
-SET search_path = pg_catalog
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     EXECUTE format('SELECT %s($1, $2, $3, $4)', handler)
@@ -152,7 +152,7 @@ $$;
 CREATE FUNCTION edgesync.set_conflict_policy(relation regclass, policy text DEFAULT 'last_writer_wins',
                                              handler regproc DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     keys    text[];
@@ -235,7 +235,7 @@ COMMENT ON FUNCTION edgesync.set_conflict_policy(regclass, text, regproc) IS
 -- Take a table out of conflict handling.
 CREATE FUNCTION edgesync.drop_conflict_policy(relation regclass, drop_column boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF NOT EXISTS (SELECT FROM edgesync.conflict_table WHERE relid = relation) THEN
@@ -274,7 +274,7 @@ CREATE FUNCTION edgesync.pending_conflict_counts(OUT schema_name name, OUT table
                                                  OUT pending bigint, OUT oldest timestamptz)
 RETURNS SETOF record
 LANGUAGE sql STABLE SECURITY DEFINER
-SET search_path = pg_catalog
+SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT schema_name, table_name, count(*), min(detected_at)
       FROM edgesync.conflict_log WHERE status = 'pending'
@@ -285,7 +285,7 @@ $$;
 CREATE FUNCTION edgesync.resolve_conflicts(relation regclass, resolution text, older_than interval DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql
-SET search_path = pg_catalog
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     RETURN edgesync._resolve_conflicts(relation::oid, resolution, older_than);
@@ -297,7 +297,7 @@ COMMENT ON FUNCTION edgesync.resolve_conflicts(regclass, text, interval) IS
 -- Delete resolved conflict_log rows detected longer ago than older_than.
 CREATE FUNCTION edgesync.purge_conflict_log(older_than interval) RETURNS bigint
 LANGUAGE plpgsql
-SET search_path = pg_catalog
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     n bigint;

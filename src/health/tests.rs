@@ -124,4 +124,25 @@ mod tests {
         assert_eq!(node.as_deref(), Some("ok"), "the checks themselves run with pg_monitor's rights");
         Spi::run("RESET ROLE").unwrap();
     }
+
+    #[pg_test]
+    fn every_pinned_search_path_names_pg_temp_last() {
+        // left out, pg_temp is searched first for tables: a caller's temporary
+        // table could stand in for one of edgesync's in a SECURITY DEFINER function
+        let unpinned = Spi::get_one::<String>(
+            "SELECT string_agg(p.oid::regprocedure::text || ' ' || c, ', ')
+               FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+               JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'edgesync',
+                    unnest(p.proconfig) c
+              WHERE c LIKE 'search_path=%' AND c NOT LIKE '%pg_temp'",
+        )
+        .unwrap();
+        assert_eq!(unpinned, None, "functions whose search_path does not end with pg_temp");
+        let pinned = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname = 'edgesync' AND 'search_path=pg_catalog, pg_temp' = ANY (p.proconfig)",
+        )
+        .unwrap();
+        assert!(pinned.unwrap() >= 20, "{pinned:?} functions pin search_path");
+    }
 }
