@@ -112,14 +112,11 @@ fn applied_mark() -> u64 {
 /// How far `sender`'s changes were applied here, as committed (0: never),
 /// read without setting up (or creating) its origin.
 fn committed_progress(sender: &str) -> u64 {
-    let Ok(name) = CString::new(crate::model::node::origin_name(sender)) else { return 0 };
-    // SAFETY: `name` is NUL-terminated and outlives the calls; we are in a
-    // transaction; missing_ok gives 0 for an absent origin; `false`: no flush.
-    unsafe {
-        match pg_sys::replorigin_by_name(name.as_ptr(), true) {
-            0 => 0,
-            id => pg_sys::replorigin_get_progress(id, false),
-        }
+    match find_origin(&origin_name_of(sender)) {
+        0 => 0,
+        // SAFETY: `id` names an existing origin; we are in a transaction;
+        // `false`: no local WAL flush is wanted.
+        id => unsafe { pg_sys::replorigin_get_progress(id, false) },
     }
 }
 
@@ -322,19 +319,28 @@ fn begin_origin_session(sender: &str) {
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, end_origin_session);
 }
 
+/// The replication origin's name for `sender` (check_batch let only node
+/// names through, and they have no NUL).
+fn origin_name_of(sender: &str) -> CString {
+    CString::new(crate::model::node::origin_name(sender)).expect("node names have no NUL")
+}
+
+/// The origin called `name` (0, InvalidRepOriginId, when there is none).
+fn find_origin(name: &CString) -> pg_sys::RepOriginId {
+    // SAFETY: `name` is NUL-terminated and outlives the call; we are in a
+    // transaction; with missing_ok an absent origin is 0, not an error.
+    unsafe { pg_sys::replorigin_by_name(name.as_ptr(), true) }
+}
+
 /// The replication origin of `sender`'s changes, created on its first batch.
 fn origin_of(sender: &str) -> pg_sys::RepOriginId {
-    // check_batch let only node names through, and they have no NUL
-    let name = CString::new(crate::model::node::origin_name(sender)).expect("node names have no NUL");
-    // SAFETY: `name` is NUL-terminated and outlives both calls; we are in a
-    // transaction, which reading and adding to pg_replication_origin needs;
-    // with missing_ok an absent origin is 0 (InvalidRepOriginId), not an error.
-    as_extension_owner(|| unsafe {
-        match pg_sys::replorigin_by_name(name.as_ptr(), true) {
-            0 => pg_sys::replorigin_create(name.as_ptr()),
-            id => id,
-        }
-    })
+    let name = origin_name_of(sender);
+    match find_origin(&name) {
+        // SAFETY: `name` is NUL-terminated and outlives the call; adding to
+        // pg_replication_origin needs the owner's rights and a transaction.
+        0 => as_extension_owner(|| unsafe { pg_sys::replorigin_create(name.as_ptr()) }),
+        id => id,
+    }
 }
 
 /// Refuse to apply in a savepoint, a second batch in this transaction, or
