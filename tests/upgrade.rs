@@ -5,13 +5,14 @@ mod common;
 
 use common::{Cluster, Node};
 
-/// Install edgesync 0.1.0's script (kept as a fixture) next to the current one.
-fn install_old_script() {
+/// Install an old release's script (kept as a fixture) next to the current one.
+fn install_old_script(version: &str) {
     let pg_config = std::env::var("EDGESYNC_PG_CONFIG").unwrap_or_else(|_| "pg_config".into());
     let out = std::process::Command::new(&pg_config).arg("--sharedir").output().expect("pg_config");
     let dir = std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("extension");
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/edgesync--0.1.0.sql"), dir.join("edgesync--0.1.0.sql"))
-        .expect("copy the 0.1.0 script into the extension directory");
+    let name = format!("edgesync--{version}.sql");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(&name);
+    std::fs::copy(fixture, dir.join(&name)).expect("copy the old script into the extension directory");
 }
 
 /// The extension's members, one line each: its name, its privileges, and
@@ -46,21 +47,34 @@ fn members(n: &Node, db: &str) -> Vec<String> {
 
 #[test]
 fn update_from_0_1_0_matches_a_fresh_install() {
-    install_old_script();
-    let mut cluster = Cluster::new("upgrade");
+    update_matches_a_fresh_install("0.1.0", "upgrade01");
+}
+
+#[test]
+fn update_from_0_2_0_matches_a_fresh_install() {
+    update_matches_a_fresh_install("0.2.0", "upgrade02");
+}
+
+/// Install `old`, write a row under conflict handling, update to this
+/// version: the row keeps its version, and the extension's members are
+/// those of a fresh install.
+fn update_matches_a_fresh_install(old: &str, cluster_name: &str) {
+    install_old_script(old);
+    let current = env!("CARGO_PKG_VERSION");
+    let mut cluster = Cluster::new(cluster_name);
     let n = cluster.add_node("n", &[]);
-    n.execute(
-        "CREATE EXTENSION edgesync VERSION '0.1.0'; SELECT edgesync.create_node('n', 1);
+    n.execute(&format!(
+        "CREATE EXTENSION edgesync VERSION '{old}'; SELECT edgesync.create_node('n', 1);
          CREATE TABLE public.inventory (sku text PRIMARY KEY, qty int);
          SELECT edgesync.set_conflict_policy('public.inventory');
-         INSERT INTO public.inventory VALUES ('A', 1);",
-    );
+         INSERT INTO public.inventory VALUES ('A', 1);"
+    ));
     let versions_before: Vec<String> = n
         .query("SELECT sku || ' ' || encode(edgesync_version, 'hex') || ' ' || edgesync.row_version(edgesync_version)::text FROM public.inventory ORDER BY sku")
         .iter()
         .map(|r| r.get(0))
         .collect();
-    n.execute("ALTER EXTENSION edgesync UPDATE TO '0.2.0'");
+    n.execute(&format!("ALTER EXTENSION edgesync UPDATE TO '{current}'"));
     let versions_after: Vec<String> = n
         .query("SELECT sku || ' ' || encode(edgesync_version, 'hex') || ' ' || edgesync.row_version(edgesync_version)::text FROM public.inventory ORDER BY sku")
         .iter()
@@ -68,7 +82,7 @@ fn update_from_0_1_0_matches_a_fresh_install() {
         .collect();
     assert_eq!(versions_after, versions_before, "row versions written before the update read the same after it");
     let version: String = n.scalar("SELECT extversion FROM pg_extension WHERE extname = 'edgesync'");
-    assert_eq!(version, "0.2.0");
+    assert_eq!(version, current);
     n.execute("CREATE DATABASE fresh");
     let mut fresh = postgres::Client::connect(&format!("host=127.0.0.1 port={} user=postgres dbname=fresh", n.port), postgres::NoTls).unwrap();
     fresh.batch_execute("CREATE EXTENSION edgesync").unwrap();
@@ -76,7 +90,7 @@ fn update_from_0_1_0_matches_a_fresh_install() {
     let missing: Vec<_> = installed.iter().filter(|m| !upgraded.contains(m)).collect();
     let extra: Vec<_> = upgraded.iter().filter(|m| !installed.contains(m)).collect();
     assert!(missing.is_empty() && extra.is_empty(), "missing after the update: {missing:#?}\nonly in the update: {extra:#?}");
-    // the data and the conflict handling of 0.1.0 carry on; the new API works
+    // the data and the conflict handling of the old release carry on; the new API works
     n.execute("UPDATE public.inventory SET qty = 2 WHERE sku = 'A'; SELECT edgesync.add_table('public.inventory', sync => 'both')");
     let stamped: i64 = n.scalar("SELECT (edgesync.row_version(edgesync_version))[1] FROM public.inventory");
     assert!(stamped > 0);
