@@ -149,7 +149,9 @@ REVOKE EXECUTE ON FUNCTION edgesync.resolve_conflict(bigint, text, jsonb),
                            edgesync.purge_conflict_log(interval),
                            edgesync.purge_tombstones(),
                            edgesync.pending_conflict_counts(),
-                           edgesync.conflict_trigger() FROM PUBLIC;
+                           edgesync.conflict_trigger(),
+                           edgesync._set_conflict_policy(regclass, text, regproc),
+                           edgesync._drop_conflict_policy(regclass, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION edgesync.resolve_conflict(bigint, text, jsonb),
                           edgesync.resolve_conflicts(regclass, text, interval),
                           edgesync._resolve_conflicts(oid, text, interval) TO edgesync_admin WITH GRANT OPTION;
