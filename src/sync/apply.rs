@@ -36,7 +36,7 @@ use super::target::Target;
 use crate::conflict::{log_conflict, plan_for, ConflictRecord, TableFlag};
 use crate::error::raise;
 use crate::model::conflict::lww::{ConflictType, Resolution};
-use crate::model::sync::batch::{self, Batch, Transaction};
+use crate::model::sync::batch::{self, Decoded, TransactionView};
 use crate::model::sync::pgoutput::{self, Message, Relation, Value};
 use crate::privilege::{as_extension_owner, as_role};
 
@@ -60,7 +60,7 @@ impl Direction {
 fn _apply_batch(batch: &[u8]) -> i64 {
     let decoded = batch::decode(batch, crate::guc::max_batch_size())
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")));
-    apply(decoded, Direction::Up) as i64
+    apply(&decoded, Direction::Up) as i64
 }
 
 /// The current format of batches this node reads and writes.
@@ -71,20 +71,20 @@ fn _batch_format() -> i32 {
 
 /// Apply `b` in the caller's transaction; returns the highest sender LSN
 /// applied so far (this batch's last transaction, or the earlier mark).
-pub fn apply(b: Batch, direction: Direction) -> u64 {
-    check_batch(&b);
-    if b.transactions.is_empty() {
+pub fn apply(b: &Decoded<'_>, direction: Direction) -> u64 {
+    check_batch(b);
+    if b.transaction_count() == 0 {
         // nothing to apply: no origin is created for it (origins are a
         // cluster-wide, limited resource), the sender only learns where it stands
-        return committed_progress(&b.sender);
+        return committed_progress(b.sender());
     }
-    begin_origin_session(&b.sender);
+    begin_origin_session(b.sender());
     let done = applied_mark();
     require_durable_commit();
     apply_as_replica();
-    let mut state = BatchApply::new(&b.sender, direction);
-    for t in &b.transactions {
-        state.apply_transaction(t, done);
+    let mut state = BatchApply::new(b.sender(), direction);
+    for t in b.transactions() {
+        state.apply_transaction(&t, done);
     }
     state.flush_run();
     record_progress(state.last_applied, done)
@@ -92,11 +92,11 @@ pub fn apply(b: Batch, direction: Direction) -> u64 {
 
 /// Refuse a batch whose sender is not a node name, before anything of it is
 /// applied (`batch::decode` has checked the transactions' order).
-fn check_batch(b: &Batch) {
-    if !crate::model::node::is_node_name(&b.sender) {
+fn check_batch(b: &Decoded<'_>) {
+    if !crate::model::node::is_node_name(b.sender()) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("edgesync: refused batch: sender {:?} is not a node name", b.sender),
+            format!("edgesync: refused batch: sender {:?} is not a node name", b.sender()),
         );
     }
 }
@@ -201,10 +201,10 @@ impl<'b> BatchApply<'b> {
 
     /// Apply one source transaction, unless it was applied before (`done`
     /// is the origin's committed progress).
-    fn apply_transaction(&mut self, t: &Transaction, done: u64) {
+    fn apply_transaction(&mut self, t: &TransactionView<'_>, done: u64) {
         // relation messages count even in a transaction applied before: later ones need them
         let applied_before = t.end_lsn <= done;
-        for raw in &t.messages {
+        for raw in t.messages() {
             let msg = pgoutput::parse(raw)
                 .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")));
             self.dispatch(msg, applied_before);
@@ -232,6 +232,7 @@ impl<'b> BatchApply<'b> {
     /// A relation description: changes after it follow it, so the run
     /// written under the old one is written first, and the table matched again.
     fn handle_relation(&mut self, r: Relation) {
+        check_relation_limits(&r, self.definitions.len(), self.definitions.contains_key(&r.id));
         if !self.run.is_empty() && self.run_relation == r.id {
             self.flush_run();
         }
@@ -254,6 +255,11 @@ impl<'b> BatchApply<'b> {
         }
         self.run_relation = relation;
         self.run.push(change);
+        // parsed rows take more memory than their bytes: write them in
+        // bounded runs, not a whole batch's worth at once
+        if self.run.len() >= MAX_RUN_ROWS {
+            self.flush_run();
+        }
     }
 
     /// The local table of a sender relation, matched on its first change.
@@ -275,6 +281,24 @@ impl<'b> BatchApply<'b> {
         if !self.run.is_empty() {
             write_run(std::mem::take(&mut self.run), &self.targets[&self.run_relation]);
         }
+    }
+}
+
+/// Refuse a relation description beyond what a table can be (more columns
+/// than PostgreSQL allows), or one more relation than a batch may describe:
+/// descriptions are kept for the whole batch, so their number is bounded.
+fn check_relation_limits(r: &Relation, described: usize, known: bool) {
+    if r.columns.len() > MAX_COLUMNS {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!("edgesync: refused batch: relation {} has {} columns, more than a table can have ({MAX_COLUMNS})", r.id, r.columns.len()),
+        );
+    }
+    if !known && described >= MAX_RELATIONS {
+        raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("edgesync: refused batch: it describes more than {MAX_RELATIONS} relations"),
+        );
     }
 }
 
@@ -407,6 +431,12 @@ fn text_types(n: usize) -> Vec<PgOid> {
 
 /// Consecutive plain inserts go in one statement of at most this many rows.
 const BULK_INSERT_ROWS: usize = 1000;
+/// Parsed changes held before they are written (a few bulk statements' worth).
+const MAX_RUN_ROWS: usize = 4 * BULK_INSERT_ROWS;
+/// The most columns a table can have (PostgreSQL's MaxHeapAttributeNumber).
+const MAX_COLUMNS: usize = 1600;
+/// The most relations one batch may describe.
+const MAX_RELATIONS: usize = 10_000;
 
 fn is_plain_insert(change: &Message) -> bool {
     matches!(change, Message::Insert { new, .. } if !new.contains(&Value::Unchanged))
