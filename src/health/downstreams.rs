@@ -28,7 +28,7 @@ const RECORDING_LOCK: (i32, i32) = (0x6573_0008, 1);
 pub(super) fn record_connected() {
     // asked as the caller, before anything runs as the owner: finding the
     // owner may assign a transaction id, which a standby refuses
-    if !Spi::connect(|client| may_record(client)) {
+    if !Spi::connect(may_record) {
         return;
     }
     as_extension_owner(|| {
