@@ -33,8 +33,9 @@ use pgrx::spi::SpiClient;
 use pgrx::PgSqlErrorCode;
 
 use super::target::Target;
-use crate::conflict::{log_conflict, plan_for, ConflictRecord, TableFlag};
+use crate::conflict::{log_conflict, missing_row_deleted, plan_for, ConflictRecord, RemoteDeleteStamp, TableFlag};
 use crate::error::raise;
+use crate::model::conflict::delete_stamp::{self, DeleteStamp};
 use crate::model::conflict::lww::{ConflictType, Resolution};
 use crate::model::sync::batch::{self, Batch, Transaction};
 use crate::model::sync::pgoutput::{self, Message, Relation, Value};
@@ -184,6 +185,9 @@ struct BatchApply<'b> {
     run_relation: u32,
     /// The end LSN and commit time of the last transaction applied.
     last_applied: Option<(u64, i64)>,
+    /// The sender's delete stamp just read (its relation, and the message),
+    /// for the change right after it if that is a delete of that relation.
+    pending_stamp: Option<(u32, Message)>,
 }
 
 impl<'b> BatchApply<'b> {
@@ -196,6 +200,7 @@ impl<'b> BatchApply<'b> {
             run: Vec::new(),
             run_relation: 0,
             last_applied: None,
+            pending_stamp: None,
         }
     }
 
@@ -204,6 +209,7 @@ impl<'b> BatchApply<'b> {
     fn apply_transaction(&mut self, t: &Transaction, done: u64) {
         // relation messages count even in a transaction applied before: later ones need them
         let applied_before = t.end_lsn <= done;
+        self.pending_stamp = None;
         for raw in &t.messages {
             let msg = pgoutput::parse(raw)
                 .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")));
@@ -225,6 +231,9 @@ impl<'b> BatchApply<'b> {
                 self.handle_change(relation, msg)
             }
             Message::Truncate { .. } if !applied_before => refuse_truncate(),
+            Message::Logical { ref prefix, ref content } if !applied_before && prefix == delete_stamp::PREFIX => {
+                self.pending_stamp = Some((read_delete_stamp(content).0.relation, msg));
+            }
             _ => {}
         }
     }
@@ -253,6 +262,11 @@ impl<'b> BatchApply<'b> {
             self.flush_run();
         }
         self.run_relation = relation;
+        // a delete's versions travel just before it, in its run
+        match self.pending_stamp.take() {
+            Some((stamped, stamp)) if stamped == relation && matches!(change, Message::Delete { .. }) => self.run.push(stamp),
+            _ => {}
+        }
         self.run.push(change);
     }
 
@@ -417,13 +431,14 @@ fn write_run(changes: Vec<Message>, target: &Target) {
     as_role(target.owner, || {
         Spi::connect_mut(|client| {
             let mut rest = &changes[..];
+            let mut stamp = None;
             while !rest.is_empty() {
                 let inserts = rest.iter().take(BULK_INSERT_ROWS).take_while(|c| is_plain_insert(c)).count();
                 if inserts > 1 {
                     bulk_insert(client, target, &rest[..inserts])?;
                     rest = &rest[inserts..];
                 } else {
-                    apply_change(client, target, &rest[0])?;
+                    apply_change(client, target, &rest[0], &mut stamp)?;
                     rest = &rest[1..];
                 }
             }
@@ -454,12 +469,28 @@ fn bulk_insert(client: &mut SpiClient<'_>, t: &Target, inserts: &[Message]) -> p
     Ok(())
 }
 
-fn apply_change(client: &mut SpiClient<'_>, t: &Target, change: &Message) -> pgrx::spi::Result<()> {
+/// Apply one change; a delete stamp is kept in `stamp` for the delete after it.
+fn apply_change(client: &mut SpiClient<'_>, t: &Target, change: &Message, stamp: &mut Option<(serde_json::Value, DeleteStamp)>) -> pgrx::spi::Result<()> {
     match change {
         Message::Insert { new, .. } => insert(client, t, new),
         Message::Update { old, new, .. } => update(client, t, old.as_deref(), new),
-        Message::Delete { old, .. } => delete(client, t, old),
+        Message::Delete { old, .. } => delete(client, t, old, stamp.take()),
+        Message::Logical { content, .. } => {
+            let (s, key) = read_delete_stamp(content);
+            *stamp = Some((key, s));
+            Ok(())
+        }
         _ => Ok(()),
+    }
+}
+
+/// A sender's delete stamp and its key object, or the batch is refused.
+fn read_delete_stamp(content: &[u8]) -> (DeleteStamp, serde_json::Value) {
+    let refuse = |e: String| -> ! { raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")) };
+    let stamp = DeleteStamp::decode(content).unwrap_or_else(|e| refuse(e));
+    match serde_json::from_str::<serde_json::Value>(&stamp.key) {
+        Ok(key @ serde_json::Value::Object(_)) => (stamp, key),
+        _ => refuse("a delete stamp's key is not a JSON object".to_string()),
     }
 }
 
@@ -485,13 +516,21 @@ fn update(client: &mut SpiClient<'_>, t: &Target, old: Option<&[Value]>, new: &[
     update_of_missing_row(client, t, new)
 }
 
-/// Delete the row the old key names; a row already gone is logged
-/// (delete_missing) and nothing else happens.
-fn delete(client: &mut SpiClient<'_>, t: &Target, old: &[Value]) -> pgrx::spi::Result<()> {
+/// Delete the row the old key names, handing the delete's versions (when
+/// the sender sent them) to the conflict trigger. A row already gone is
+/// logged (delete_missing); under a conflict policy the delete's tombstone
+/// is recorded all the same.
+fn delete(client: &mut SpiClient<'_>, t: &Target, old: &[Value], stamp: Option<(serde_json::Value, DeleteStamp)>) -> pgrx::spi::Result<()> {
     let plan = plan_for(client, &t.delete_sql, &text_types(t.key.len()), true)?;
     let args: Vec<DatumWithOid<'_>> = t.key.iter().map(|&k| text_arg(&old[k])).collect();
-    if client.update(&*plan, None, &args)?.is_empty() {
-        log(t, ConflictType::DeleteMissing, Resolution::KeepLocal, old, None, None);
+    let _versions = stamp.as_ref().map(|(key, s)| RemoteDeleteStamp::set(t.relid, key.clone(), s.stamp));
+    if !client.update(&*plan, None, &args)?.is_empty() {
+        return Ok(());
+    }
+    match stamp {
+        Some((key, s)) if t.has_policy => missing_row_deleted(t.relid, &t.schema, &t.name, pgrx::JsonB(key), s.stamp)
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string())),
+        _ => log(t, ConflictType::DeleteMissing, Resolution::KeepLocal, old, None, None),
     }
     Ok(())
 }
