@@ -111,6 +111,12 @@ impl RemoteDeleteStamp {
         REMOTE_DELETE.with(|d| *d.borrow_mut() = Some((relid.to_u32(), key, stamp)));
         RemoteDeleteStamp(())
     }
+
+    /// Did the trigger meet a row for it (it takes the versions when it
+    /// does, whether it then lets the delete through or skips it)?
+    pub fn met_a_row(&self) -> bool {
+        REMOTE_DELETE.with(|d| d.borrow().is_none())
+    }
 }
 
 impl Drop for RemoteDeleteStamp {
@@ -119,8 +125,15 @@ impl Drop for RemoteDeleteStamp {
     }
 }
 
-/// The key object and versions apply handed over for a delete from
+/// Take the key object and versions apply handed over for a delete from
 /// `relid`, if any (the trigger checks the key is its row's).
-pub(super) fn remote_delete_stamp(relid: pg_sys::Oid) -> Option<(serde_json::Value, RowStamp)> {
-    REMOTE_DELETE.with(|d| d.borrow().as_ref().filter(|(r, _, _)| *r == relid.to_u32()).map(|(_, k, s)| (k.clone(), *s)))
+pub(super) fn take_remote_delete_stamp(relid: pg_sys::Oid) -> Option<(serde_json::Value, RowStamp)> {
+    REMOTE_DELETE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.as_ref().is_some_and(|(r, _, _)| *r == relid.to_u32()) {
+            d.take().map(|(_, k, s)| (k, s))
+        } else {
+            None
+        }
+    })
 }

@@ -36,7 +36,7 @@ thread_local! {
 pub(super) fn record_tombstone(relid: pg_sys::Oid, key: JsonB, stamp: RowStamp) -> Result<(), ConflictError> {
     const SQL: &str = "INSERT INTO edgesync.tombstone AS t (relid, key, version) VALUES ($1, $2, $3)
                        ON CONFLICT (relid, key) DO UPDATE
-                       SET version = pg_catalog.greatest(t.version, EXCLUDED.version), deleted_at = now()";
+                       SET version = GREATEST(t.version, EXCLUDED.version), deleted_at = now()";
     let args = [PgOid::from(pg_sys::OIDOID), PgOid::from(pg_sys::JSONBOID), PgOid::from(pg_sys::INT8ARRAYOID)];
     as_extension_owner(|| {
         Spi::connect_mut(|client| {

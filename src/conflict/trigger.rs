@@ -219,7 +219,7 @@ fn remote_delete<'a>(trigger: &'a PgTrigger<'a>, table: &LazyTable<'_>, policy: 
 /// row's key object, when the key they came with is this row's (None: a
 /// native delete, or versions of another row).
 fn delete_versions(trigger: &PgTrigger<'_>, table: &LazyTable<'_>) -> Result<Option<(RowStamp, JsonB)>, ConflictError> {
-    let Some((key, stamp)) = flags::remote_delete_stamp(relid_of(trigger)) else {
+    let Some((key, stamp)) = flags::take_remote_delete_stamp(relid_of(trigger)) else {
         return Ok(None);
     };
     let row_key = key_json(table.get()?, composite(trigger, Tuple::Trig)?)?;
