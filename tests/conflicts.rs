@@ -504,3 +504,42 @@ fn a_forwarded_delete_of_a_missing_row_leaves_its_tombstone() {
         assert_eq!(logged, vec![("y".to_string(), "delete_missing".to_string(), "keep_local".to_string(), versioned)], "{}", n.name);
     }
 }
+
+/// Two nodes insert the same key into a table without a conflict policy:
+/// the receiver keeps the row it has and logs insert_exists with both rows,
+/// and later changes keep flowing both ways (a duplicate key used to stop
+/// the sender's batches for good), for single and bulk-applied inserts.
+#[test]
+fn colliding_keys_without_a_policy_are_logged_and_do_not_stop_the_peer() {
+    let (c, a, b) = pushing_pair("fwd_insert_exists");
+    a.execute("INSERT INTO public.readings VALUES (1, 'a')");
+    b.execute("INSERT INTO public.readings VALUES (1, 'b'), (15, 'b')");
+    a.execute("INSERT INTO public.readings SELECT g, 'a' FROM generate_series(10, 20) g");
+    push(&a, &b);
+    push(&b, &a);
+    a.execute("INSERT INTO public.readings VALUES (2, 'a')");
+    b.execute("INSERT INTO public.readings VALUES (3, 'b')");
+    push(&a, &b);
+    push(&b, &a);
+    let held = |n: &Node| -> String { n.scalar("SELECT string_agg(id || '=' || value, ',' ORDER BY id) FROM public.readings") };
+    let later = "2=a,3=b,10=a,11=a,12=a,13=a,14=a";
+    assert_eq!(held(&a), format!("1=a,{later},15=a,16=a,17=a,18=a,19=a,20=a"), "a keeps its own 1 and 15");
+    assert_eq!(held(&b), format!("1=b,{later},15=b,16=a,17=a,18=a,19=a,20=a"), "b keeps its own 1 and 15");
+    let logged = |n: &Node| -> Vec<(i32, String, String, String, String)> {
+        n.query(
+            "SELECT (key->>'id')::int, conflict_type, resolution, local_row->>'value', remote_row->>'value'
+               FROM edgesync.conflict_log WHERE table_name = 'readings' ORDER BY 1",
+        )
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
+    };
+    let row = |id: i32, local: &str, remote: &str| (id, "insert_exists".to_string(), "keep_local".to_string(), local.to_string(), remote.to_string());
+    assert_eq!(logged(&b), vec![row(1, "b", "a"), row(15, "b", "a")]);
+    assert_eq!(logged(&a), vec![row(1, "a", "b"), row(15, "a", "b")]);
+    for n in [&a, &b] {
+        let error = n.scalar::<String>("SELECT coalesce(last_error, '') FROM edgesync.peers");
+        assert_eq!(error, "", "{}'s peer is not blocked", n.name);
+    }
+    let _ = c;
+}

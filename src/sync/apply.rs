@@ -39,6 +39,7 @@ use crate::model::conflict::delete_stamp::{self, DeleteStamp};
 use crate::model::conflict::lww::{ConflictType, Resolution};
 use crate::model::sync::batch::{self, Batch, Transaction};
 use crate::model::sync::pgoutput::{self, Message, Relation, Value};
+use crate::model::sql_text::quote_ident;
 use crate::privilege::{as_extension_owner, as_role};
 
 
@@ -463,10 +464,65 @@ fn bulk_insert(client: &mut SpiClient<'_>, t: &Target, inserts: &[Message]) -> p
             });
         }
     }
-    let plan = plan_for(client, &t.bulk_insert_sql, &vec![PgOid::from(pg_sys::TEXTARRAYOID); written.len()], true)?;
+    let sql = keeping_existing_rows(t, &t.bulk_insert_sql);
+    let plan = plan_for(client, &sql, &vec![PgOid::from(pg_sys::TEXTARRAYOID); written.len()], true)?;
     let args: Vec<DatumWithOid<'_>> = columns.into_iter().map(|c| c.into()).collect();
-    client.update(&*plan, None, &args)?;
+    if client.update(&*plan, None, &args)?.len() < inserts.len() {
+        for change in inserts {
+            let Message::Insert { new, .. } = change else { unreachable!("only inserts are bulked") };
+            log_if_kept_existing(client, t, new)?;
+        }
+    }
     Ok(())
+}
+
+/// The insert `sql` for table `t`: on a table without a conflict policy a
+/// key that exists here keeps its row (logged by the caller as
+/// insert_exists); a duplicate key would otherwise stop the sender's
+/// batches for good. Under a policy the conflict trigger settles it.
+fn keeping_existing_rows<'s>(t: &Target, sql: &'s str) -> std::borrow::Cow<'s, str> {
+    if t.has_policy {
+        sql.into()
+    } else {
+        format!("{sql} ON CONFLICT DO NOTHING").into()
+    }
+}
+
+/// After an insert that skipped rows: if the row holding `new`'s key was
+/// not written by this transaction, the insert met it: log insert_exists
+/// with both rows (the row here stays).
+fn log_if_kept_existing(client: &mut SpiClient<'_>, t: &Target, new: &[Value]) -> pgrx::spi::Result<()> {
+    let key = t.key_json(new);
+    let key_column = |&k: &usize| &t.columns[k].as_ref().expect("key columns are written").0;
+    let cond = t.key.iter().map(key_column).map(|k| format!("t.{0} = r.{0}", quote_ident(k))).collect::<Vec<_>>().join(" AND ");
+    let sql = format!(
+        "SELECT pg_catalog.to_jsonb(t) FROM {q} AS t, pg_catalog.jsonb_populate_record(NULL::{q}, $1) AS r
+          WHERE {cond} AND t.xmin OPERATOR(pg_catalog.<>) pg_catalog.pg_current_xact_id()::pg_catalog.xid",
+        q = t.qualified
+    );
+    let found = client.select(&sql, None, &[key.into()])?;
+    if let Some(local) = found.into_iter().next().map(|r| r.get::<pgrx::JsonB>(1)).transpose()?.flatten() {
+        log_insert_exists(t, new, local);
+    }
+    Ok(())
+}
+
+fn log_insert_exists(t: &Target, new: &[Value], local: pgrx::JsonB) {
+    log_conflict(ConflictRecord {
+        table_schema: &t.schema,
+        table_name: &t.name,
+        conflict: ConflictType::InsertExists,
+        resolution: Resolution::KeepLocal,
+        key: t.key_json(new),
+        kept_row: Some(pgrx::JsonB(local.0.clone())),
+        local_row: Some(local),
+        remote_row: Some(t.row_json(new)),
+        local_version: None,
+        remote_version: None,
+        remote_origin: crate::conflict::origin_name(),
+        note: Some("no conflict policy on this table: the row already here is kept".to_string()),
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
 }
 
 /// Apply one change; a delete stamp is kept in `stamp` for the delete after it.
@@ -495,9 +551,11 @@ fn read_delete_stamp(content: &[u8]) -> (DeleteStamp, serde_json::Value) {
 }
 
 fn insert(client: &mut SpiClient<'_>, t: &Target, new: &[Value]) -> pgrx::spi::Result<()> {
-    let plan = plan_for(client, &t.insert_sql, &text_types(t.written.len()), true)?;
+    let plan = plan_for(client, &keeping_existing_rows(t, &t.insert_sql), &text_types(t.written.len()), true)?;
     let args: Vec<DatumWithOid<'_>> = t.written.iter().map(|&i| text_arg(&new[i])).collect();
-    client.update(&*plan, None, &args)?;
+    if client.update(&*plan, None, &args)?.is_empty() && !t.has_policy {
+        log_if_kept_existing(client, t, new)?;
+    }
     Ok(())
 }
 
