@@ -164,7 +164,7 @@ for n in "$PORT_A" "$PORT_B"; do
     q "$n" -c "CREATE TABLE es_plain $TABLE_DDL; CREATE TABLE es_lww $TABLE_DDL;
         SELECT edgesync.add_table('es_plain', sync => 'up'); SELECT edgesync.add_table('es_lww', sync => 'both');" >/dev/null
 done
-q "$PORT_B" -c "CREATE ROLE edge_login LOGIN; GRANT edgesync_peer TO edge_login;" >/dev/null
+q "$PORT_B" -c "CREATE ROLE edge_login LOGIN; GRANT edgesync_peer TO edge_login; SELECT edgesync.register_edge('bench_a', 'edge_login');" >/dev/null
 q "$PORT_A" -c "SELECT edgesync.add_peer('cloud', 'host=127.0.0.1 port=$PORT_PROXY dbname=postgres user=edge_login', mode => 'on_demand')" >/dev/null
 wait_until "the forwarder to start" 60 "$PORT_A" "SELECT count(*) FROM edgesync.peers WHERE worker_pid IS NOT NULL" 1
 q "$PORT_A" -c "SELECT edgesync.sync_now('cloud')" >/dev/null

@@ -207,6 +207,7 @@ SQL
     # edges -> cloud: readings, pushed by edgesync's forwarders (the edge dials the cloud)
     link_up
     psql_on cloud -c "CREATE ROLE edge_login LOGIN; GRANT edgesync_peer TO edge_login;
+                      SELECT edgesync.register_edge('edge1', 'edge_login'); SELECT edgesync.register_edge('edge2', 'edge_login');
                       SELECT edgesync.add_table('sensor_readings', sync => 'up')" >/dev/null
     for e in edge1 edge2; do
         psql_on "$e" -c "SELECT edgesync.add_table('sensor_readings', sync => 'up')" >/dev/null

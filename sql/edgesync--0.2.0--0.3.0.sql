@@ -351,6 +351,81 @@ CREATE EVENT TRIGGER edgesync_forget_dropped_tables ON sql_drop
 
 REVOKE EXECUTE ON FUNCTION edgesync._guard_drop_extension(), edgesync._forget_dropped_tables() FROM PUBLIC;
 
+-- Nodes that push here are registered with their login (register_edge,
+-- drop_edge); hello and apply_batch serve a login only as its node.
+-- After this update, register each edge that pushes here.
+CREATE TABLE edgesync.edge (
+    name          text        PRIMARY KEY CHECK (edgesync._is_node_name(name)),
+    login         name        NOT NULL,
+    registered_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE edgesync.edge IS 'Nodes that may push here (edgesync.register_edge), each with the login it must connect as';
+
+CREATE FUNCTION edgesync."_require_edge_login"(
+	"sender" TEXT /* & str */
+) RETURNS void
+STABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_require_edge_login_wrapper';
+CREATE FUNCTION edgesync.register_edge(name text, login name) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF name IS NULL OR NOT edgesync._is_node_name(name) THEN
+        RAISE EXCEPTION 'edgesync: node name % must be 1 to 48 letters, digits or underscores', coalesce(quote_literal(name), 'NULL')
+          USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles r WHERE r.rolname = register_edge.login AND r.rolcanlogin) THEN
+        RAISE EXCEPTION 'edgesync: % is not a role that can log in', coalesce(quote_ident(register_edge.login), 'NULL')
+          USING ERRCODE = 'undefined_object',
+                HINT = 'CREATE ROLE ... LOGIN; GRANT edgesync_peer TO ...; then register the node with it.';
+    END IF;
+    INSERT INTO edgesync.edge AS e (name, login) VALUES (register_edge.name, register_edge.login)
+    ON CONFLICT ON CONSTRAINT edge_pkey DO UPDATE SET login = EXCLUDED.login, registered_at = now();
+END
+$$;
+COMMENT ON FUNCTION edgesync.register_edge(text, name) IS
+    'Let the node name push here, as the given login only (run again to move it to another login)';
+CREATE FUNCTION edgesync.drop_edge(name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM edgesync.edge e WHERE e.name = drop_edge.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'edgesync: no edge named % is registered', coalesce(quote_literal(drop_edge.name), 'NULL')
+          USING ERRCODE = 'undefined_object';
+    END IF;
+    IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(drop_edge.name)) THEN
+        PERFORM pg_replication_origin_drop(edgesync._origin_name(drop_edge.name));
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION edgesync.drop_edge(text) IS
+    'Forget a node that pushed here: its registration and its replication origin';
+CREATE OR REPLACE FUNCTION edgesync.hello(sender text, OUT confirmed_lsn pg_lsn, OUT clock_ms bigint, OUT batch_format integer)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF sender IS NULL OR NOT edgesync._is_node_name(sender) THEN
+        RAISE EXCEPTION 'edgesync: sender % is not a node name', coalesce(quote_literal(sender), 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- only the node's own login learns its progress
+    PERFORM edgesync._require_edge_login(sender);
+    IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(sender)) THEN
+        confirmed_lsn := pg_replication_origin_progress(edgesync._origin_name(sender), true);
+    END IF;
+    clock_ms := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+    batch_format := edgesync._batch_format();
+END
+$$;
+REVOKE ALL ON edgesync.edge FROM PUBLIC;
+GRANT SELECT ON edgesync.edge TO pg_monitor, edgesync_admin;
+REVOKE EXECUTE ON FUNCTION edgesync.register_edge(text, name), edgesync.drop_edge(text), edgesync._require_edge_login(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION edgesync.register_edge(text, name), edgesync.drop_edge(text) TO edgesync_admin;
+
 -- == 8. downstreams health ==
 -- Every walsender client edgesync.health has seen (streaming standbys,
 -- logical subscribers, pg_receivewal), so that one that disconnects, and

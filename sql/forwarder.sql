@@ -304,6 +304,59 @@ END
 $$;
 COMMENT ON FUNCTION edgesync.drop_peer(text) IS 'Remove a peer, stop its forwarder and drop its replication slot (unsent changes are lost to it)';
 
+-- The receiving side's register of the nodes that push to it: each
+-- sender name belongs to one login, the role its connections authenticate
+-- as (src/sync/edges.rs). hello and apply_batch serve no one else under
+-- that name.
+CREATE TABLE edgesync.edge (
+    name          text        PRIMARY KEY CHECK (edgesync._is_node_name(name)),
+    login         name        NOT NULL,
+    registered_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE edgesync.edge IS 'Nodes that may push here (edgesync.register_edge), each with the login it must connect as';
+
+-- Register a node that pushes here, or move it to another login.
+CREATE FUNCTION edgesync.register_edge(name text, login name) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF name IS NULL OR NOT edgesync._is_node_name(name) THEN
+        RAISE EXCEPTION 'edgesync: node name % must be 1 to 48 letters, digits or underscores', coalesce(quote_literal(name), 'NULL')
+          USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles r WHERE r.rolname = register_edge.login AND r.rolcanlogin) THEN
+        RAISE EXCEPTION 'edgesync: % is not a role that can log in', coalesce(quote_ident(register_edge.login), 'NULL')
+          USING ERRCODE = 'undefined_object',
+                HINT = 'CREATE ROLE ... LOGIN; GRANT edgesync_peer TO ...; then register the node with it.';
+    END IF;
+    INSERT INTO edgesync.edge AS e (name, login) VALUES (register_edge.name, register_edge.login)
+    ON CONFLICT ON CONSTRAINT edge_pkey DO UPDATE SET login = EXCLUDED.login, registered_at = now();
+END
+$$;
+COMMENT ON FUNCTION edgesync.register_edge(text, name) IS
+    'Let the node name push here, as the given login only (run again to move it to another login)';
+
+-- Forget a node that pushed here: its registration and its replication
+-- origin (how far its changes were applied) go.
+CREATE FUNCTION edgesync.drop_edge(name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM edgesync.edge e WHERE e.name = drop_edge.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'edgesync: no edge named % is registered', coalesce(quote_literal(drop_edge.name), 'NULL')
+          USING ERRCODE = 'undefined_object';
+    END IF;
+    IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(drop_edge.name)) THEN
+        PERFORM pg_replication_origin_drop(edgesync._origin_name(drop_edge.name));
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION edgesync.drop_edge(text) IS
+    'Forget a node that pushed here: its registration and its replication origin';
+
 -- The receiving side. A pushing node says hello once per connection: it
 -- learns how far this node applied its changes, this node's clock (for the
 -- skew check) and the batch format spoken here.
@@ -315,6 +368,8 @@ BEGIN
     IF sender IS NULL OR NOT edgesync._is_node_name(sender) THEN
         RAISE EXCEPTION 'edgesync: sender % is not a node name', coalesce(quote_literal(sender), 'NULL') USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- only the node's own login learns its progress
+    PERFORM edgesync._require_edge_login(sender);
     IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(sender)) THEN
         confirmed_lsn := pg_replication_origin_progress(edgesync._origin_name(sender), true);
     END IF;
@@ -368,7 +423,8 @@ COMMENT ON VIEW edgesync.peers IS 'Each peer: forwarder state, last success and 
 
 -- Who may do what. Managing sync and peers: edgesync_admin (and superusers).
 -- Pushing into this node: edgesync_peer. Watching: pg_monitor too.
-REVOKE ALL ON edgesync.peer, edgesync.sync_table FROM PUBLIC;
+REVOKE ALL ON edgesync.peer, edgesync.sync_table, edgesync.edge FROM PUBLIC;
+GRANT SELECT ON edgesync.edge TO pg_monitor, edgesync_admin;
 GRANT SELECT ON edgesync.sync_table TO pg_monitor, edgesync_admin;
 REVOKE EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_table(regclass),
                            edgesync.add_peer(text, text, text, interval, integer, bigint),
@@ -379,6 +435,7 @@ REVOKE EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_t
                            edgesync._peer_status(), edgesync._wake_launcher_at_commit(),
                            edgesync._require_superuser_for_conninfo(), edgesync._require_table_owner(oid),
                            edgesync._api_step(text, oid, text[]),
+                           edgesync.register_edge(text, name), edgesync.drop_edge(text), edgesync._require_edge_login(text),
                            edgesync._add_table(regclass, text), edgesync._remove_table(regclass),
                            edgesync._add_peer(text, text, text, interval, integer, bigint),
                            edgesync._alter_peer(text, text, text, interval, integer, bigint) FROM PUBLIC;
@@ -387,7 +444,8 @@ GRANT EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_ta
                           edgesync.alter_peer(text, text, text, interval, integer, bigint),
                           edgesync.pause_peer(text), edgesync.resume_peer(text),
                           edgesync.drop_peer(text), edgesync.sync_now(text, interval),
-                          edgesync._api_step(text, oid, text[]) TO edgesync_admin;
+                          edgesync._api_step(text, oid, text[]),
+                          edgesync.register_edge(text, name), edgesync.drop_edge(text) TO edgesync_admin;
 GRANT EXECUTE ON FUNCTION edgesync.hello(text), edgesync.apply_batch(bytea) TO edgesync_peer;
 GRANT SELECT ON edgesync.peers TO pg_monitor, edgesync_admin;
 GRANT EXECUTE ON FUNCTION edgesync._peer_status() TO pg_monitor, edgesync_admin;

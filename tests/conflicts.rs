@@ -378,8 +378,10 @@ fn pushing_pair(test: &str) -> (Cluster, Node, Node) {
              CREATE TABLE public.readings (id int PRIMARY KEY, value text);
              SELECT edgesync.add_table('public.inventory', sync => 'both');
              SELECT edgesync.add_table('public.readings', sync => 'up');
-             CREATE ROLE peer_login LOGIN; GRANT edgesync_peer TO peer_login;",
-            n.name
+             CREATE ROLE peer_login LOGIN; GRANT edgesync_peer TO peer_login;
+             SELECT edgesync.register_edge('{}', 'peer_login');",
+            n.name,
+            if n.name == "a" { "b" } else { "a" }
         ));
     }
     for (n, other) in [(&a, &b), (&b, &a)] {

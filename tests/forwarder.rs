@@ -31,6 +31,7 @@ fn hub(test: &str, edges: usize, mode: &str) -> (Cluster, Node, Vec<Node>) {
     for i in 1..=edges {
         let name = format!("edge{i}");
         let e = c.add_node(&name, &[]);
+        cloud.execute(&format!("SELECT edgesync.register_edge('{name}', 'edge_login')"));
         e.execute(&format!(
             "CREATE EXTENSION edgesync; SELECT edgesync.create_node('{name}', {i}); {READINGS}; {INVENTORY};
              SELECT edgesync.add_table('public.sensor_readings', sync => 'up');
@@ -349,7 +350,8 @@ fn apply_batch_refuses_bad_input_and_applies_a_resent_batch_once() {
         "CREATE EXTENSION edgesync; SELECT edgesync.create_node('cloud', 100); {READINGS};
          CREATE TABLE public.not_enrolled (edge text, id bigint, sensor int, taken_at timestamptz, value float8, PRIMARY KEY (edge, id));
          SELECT edgesync.add_table('public.sensor_readings', sync => 'up');
-         CREATE ROLE edge_login LOGIN; GRANT edgesync_peer TO edge_login; CREATE ROLE nobody LOGIN;"
+         CREATE ROLE edge_login LOGIN; GRANT edgesync_peer TO edge_login; CREATE ROLE nobody LOGIN;
+         SELECT edgesync.register_edge('edge9', 'edge_login'); SELECT edgesync.register_edge('edge10', 'edge_login');"
     ));
     let as_role = |role: &str| {
         postgres::Client::connect(&format!("host=127.0.0.1 port={} user={role} dbname=postgres", cloud.port), postgres::NoTls).unwrap()
@@ -524,10 +526,30 @@ fn apply_batch_refuses_bad_input_and_applies_a_resent_batch_once() {
     empty.extend_from_slice(b"forged");
     empty.extend_from_slice(&0u32.to_be_bytes());
     let empty = frame(&empty, false, empty.len() as u32, crc32c::crc32c(&empty));
+    let e = peer.query_one("SELECT edgesync.apply_batch($1)::text", &[&empty]).expect_err("an unregistered sender");
+    assert!(common::db_message(&e).contains("node \"forged\" is not registered here"), "{}", common::db_message(&e));
+    let origins: i64 = cloud.scalar("SELECT count(*) FROM pg_replication_origin WHERE roname = 'edgesync_forged'");
+    assert_eq!(origins, 0, "no origin for a sender nobody registered");
+    cloud.execute("SELECT edgesync.register_edge('forged', 'edge_login')");
     let answer: String = peer.query_one("SELECT edgesync.apply_batch($1)::text", &[&empty]).unwrap().get(0);
     assert_eq!(answer, "0/0");
     let origins: i64 = cloud.scalar("SELECT count(*) FROM pg_replication_origin WHERE roname = 'edgesync_forged'");
     assert_eq!(origins, 0, "no origin for an empty batch");
+
+    // a login pushes, and reads progress, only as the node it is registered for
+    cloud.execute("CREATE ROLE other_login LOGIN IN ROLE edgesync_peer; SELECT edgesync.register_edge('edge8', 'other_login')");
+    let mut other = as_role("other_login");
+    let pushed = other.query_one("SELECT edgesync.apply_batch($1)::text", &[&good]).expect_err("push as edge9");
+    let greeted = other.query_one("SELECT confirmed_lsn::text FROM edgesync.hello('edge9')", &[]).expect_err("edge9's progress");
+    for e in [pushed, greeted] {
+        assert!(common::db_message(&e).contains("may not act as node \"edge9\""), "{}", common::db_message(&e));
+    }
+    let e = peer.query_one("SELECT confirmed_lsn::text FROM edgesync.hello('edge8')", &[]).expect_err("edge8's progress");
+    assert!(common::db_message(&e).contains("may not act as node \"edge8\""), "{}", common::db_message(&e));
+    let mine: String = peer.query_one("SELECT confirmed_lsn::text FROM edgesync.hello('edge9')", &[]).unwrap().get(0);
+    assert_eq!(mine, "0/7D0", "a login reads its own node's progress");
+    cloud.execute("SELECT edgesync.drop_edge('edge8')");
+    assert_eq!(count(), 6, "nothing of the impersonations applied");
 
     // only edgesync_peer may push
     let mut outsider = as_role("nobody");
@@ -770,8 +792,10 @@ fn a_node_that_receives_and_pushes_sends_back_nothing() {
         n.execute(&format!(
             "CREATE EXTENSION edgesync; SELECT edgesync.create_node('{}', {id}); {INVENTORY};
              SELECT edgesync.add_table('public.inventory', sync => 'both');
-             CREATE ROLE peer_login LOGIN; GRANT edgesync_peer TO peer_login;",
-            n.name
+             CREATE ROLE peer_login LOGIN; GRANT edgesync_peer TO peer_login;
+             SELECT edgesync.register_edge('{}', 'peer_login');",
+            n.name,
+            if n.name == "a" { "b" } else { "a" }
         ));
     }
     for (n, other) in [(&a, &b), (&b, &a)] {

@@ -31,7 +31,7 @@ fn edge_and_cloud(test: &str) -> (Cluster, Node, Node) {
         "CREATE EXTENSION edgesync; SELECT edgesync.create_node('cloud', 100); {tables}
          SELECT edgesync.add_table('public.inventory', sync => 'both');
          SELECT edgesync.add_table('public.readings', sync => 'up');
-         CREATE ROLE edge_login LOGIN IN ROLE edgesync_peer;"
+         CREATE ROLE edge_login LOGIN IN ROLE edgesync_peer; SELECT edgesync.register_edge('edge', 'edge_login');"
     ));
     edge.execute(&format!(
         "CREATE EXTENSION edgesync; {tables}

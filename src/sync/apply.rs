@@ -75,6 +75,9 @@ fn _batch_format() -> i32 {
 /// applied so far (this batch's last transaction, or the earlier mark).
 pub fn apply(b: &Decoded<'_>, direction: Direction) -> u64 {
     check_batch(b);
+    if direction == Direction::Up {
+        super::edges::require_edge_login(b.sender());
+    }
     if b.transaction_count() == 0 {
         // nothing to apply: no origin is created for it (origins are a
         // cluster-wide, limited resource), the sender only learns where it stands

@@ -20,6 +20,7 @@
 
 pub mod apply;
 pub mod capture;
+pub mod edges;
 pub mod forwarder;
 pub mod launcher;
 mod libpq;

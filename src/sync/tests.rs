@@ -115,6 +115,44 @@ mod tests {
         Spi::run("SELECT * FROM edgesync.hello('a b')").unwrap();
     }
 
+    #[pg_test(error = "edgesync: node name 'a b' must be 1 to 48 letters, digits or underscores")]
+    fn register_edge_checks_the_name() {
+        Spi::run("CREATE ROLE es_store LOGIN; SELECT edgesync.register_edge('a b', 'es_store')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: es_nologin is not a role that can log in")]
+    fn register_edge_needs_a_login_role() {
+        Spi::run("CREATE ROLE es_nologin; SELECT edgesync.register_edge('store_1', 'es_nologin')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: no edge named 'nowhere' is registered")]
+    fn drop_edge_of_an_unknown_edge() {
+        Spi::run("SELECT edgesync.drop_edge('nowhere')").unwrap();
+    }
+
+    #[pg_test]
+    fn an_edge_registered_again_moves_to_the_new_login_and_drop_edge_forgets_it() {
+        Spi::run(
+            "CREATE ROLE es_old LOGIN; CREATE ROLE es_new LOGIN;
+             SELECT edgesync.register_edge('store_1', 'es_old'); SELECT edgesync.register_edge('store_1', 'es_new');
+             SELECT pg_replication_origin_create('edgesync_store_1');",
+        )
+        .unwrap();
+        assert_eq!(Spi::get_one::<String>("SELECT login::text FROM edgesync.edge WHERE name = 'store_1'").unwrap().as_deref(), Some("es_new"));
+        Spi::run("SELECT edgesync.drop_edge('store_1')").unwrap();
+        let left = Spi::get_one::<i64>(
+            "SELECT (SELECT count(*) FROM edgesync.edge) + (SELECT count(*) FROM pg_replication_origin WHERE roname = 'edgesync_store_1')",
+        );
+        assert_eq!(left.unwrap(), Some(0), "its registration and its origin are gone");
+        let grants = Spi::get_one::<bool>(
+            "SELECT has_function_privilege('edgesync_admin', 'edgesync.register_edge(text, name)', 'EXECUTE')
+                AND NOT has_function_privilege('edgesync_peer', 'edgesync.register_edge(text, name)', 'EXECUTE')
+                AND NOT has_function_privilege('public', 'edgesync.drop_edge(text)', 'EXECUTE')
+                AND NOT has_table_privilege('edgesync_peer', 'edgesync.edge', 'SELECT')",
+        );
+        assert_eq!(grants.unwrap(), Some(true));
+    }
+
     #[pg_test]
     fn peers_view_and_grants() {
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM edgesync.peers").unwrap(), Some(0));
