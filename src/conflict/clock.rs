@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PgAtomic, PgSqlErrorCode};
+use pgrx::{pg_shmem_init, PgAtomic, PgLwLock, PgSqlErrorCode};
 
 use crate::error::{raise, raise_with_hint};
 use crate::guc;
@@ -30,7 +30,16 @@ static LAST: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"edgesync_clock_last"
 // SAFETY: a shared-memory name used for this object only, prefixed
 // "edgesync_" so that no other library's shared memory has it.
 static TOMBSTONES_WRITTEN: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"edgesync_tombstones_written") };
+/// The databases whose clock resumed from their reservation since the
+/// server started (oids; 0: a free place). Resuming jumps the clock to the
+/// reservation, up to `RESERVE_AHEAD_MS` past any reading: once per
+/// database and server start, not once per backend.
+// SAFETY: a shared-memory name used for this object only, prefixed
+// "edgesync_" so that no other library's shared memory has it.
+static RESUMED: PgLwLock<[u32; 32]> = unsafe { PgLwLock::new(c"edgesync_clock_resumed") };
 static PRELOADED: AtomicBool = AtomicBool::new(false);
+/// Did this backend see its database resumed (`RESUMED`)?
+static RESUMED_HERE: AtomicBool = AtomicBool::new(false);
 /// This backend's database's node id, once read (0: not yet).
 static NODE_ID: AtomicI32 = AtomicI32::new(0);
 /// The reservation of this backend's database as this backend last saw it
@@ -43,6 +52,7 @@ pub fn init_shared_memory() {
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         pg_shmem_init!(LAST);
         pg_shmem_init!(TOMBSTONES_WRITTEN);
+        pg_shmem_init!(RESUMED);
         PRELOADED.store(true, Ordering::Relaxed);
     }
 }
@@ -95,14 +105,34 @@ fn lock_reservation() {
     unsafe { pg_sys::LockRelationOid(pg_sys::Oid::from(oid as u32), pg_sys::ShareUpdateExclusiveLock as pg_sys::LOCKMODE) };
 }
 
-/// Start this backend's clock past its database's reservation (once).
+/// Start the clock past this database's reservation: once per database
+/// after the server started (or was promoted), before any reading is
+/// handed out there. Not recorded during recovery: replay may still move
+/// the reservation until promotion.
 fn resume() {
-    if RESERVED.load(Ordering::Relaxed) != 0 {
+    if RESUMED_HERE.load(Ordering::Relaxed) {
         return;
     }
+    // read before the lock (no SPI under an LWLock): nothing moves the
+    // reservation in this server run before some backend resumed it
     let reserved = read_reservation();
-    LAST.get().fetch_max(reserved, Ordering::AcqRel);
-    RESERVED.store(reserved, Ordering::Relaxed);
+    // SAFETY: plain globals of this backend, set at connection start.
+    let (database, recovering) = unsafe { (u32::from(pg_sys::MyDatabaseId), pg_sys::RecoveryInProgress()) };
+    let mut resumed = RESUMED.exclusive();
+    if !resumed.contains(&database) {
+        LAST.get().fetch_max(reserved, Ordering::AcqRel);
+        if recovering {
+            return;
+        }
+        // more databases than places: each new backend resumes again, which
+        // only moves the clock ahead a little, never back
+        if let Some(free) = resumed.iter_mut().find(|d| **d == 0) {
+            *free = database;
+        }
+    }
+    drop(resumed);
+    RESERVED.fetch_max(reserved, Ordering::Relaxed);
+    RESUMED_HERE.store(true, Ordering::Relaxed);
 }
 
 /// Make the durable reservation cover `reading` before it is handed out.
@@ -200,4 +230,5 @@ pub fn node_id() -> i32 {
 pub fn forget_node_id() {
     NODE_ID.store(0, Ordering::Relaxed);
     RESERVED.store(0, Ordering::Relaxed);
+    RESUMED_HERE.store(false, Ordering::Relaxed);
 }
