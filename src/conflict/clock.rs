@@ -7,7 +7,9 @@
 //! the commit record of any row stamped with a reading under it. Wherever
 //! such a row is durable (after a crash, on a promoted standby, in a restored
 //! backup) the reservation is too, and the clock resumes past it: no version
-//! is issued twice, even with the wall clock set back.
+//! is issued twice, even with the wall clock set back. (Between installing
+//! this library and `ALTER EXTENSION edgesync UPDATE`, the mark stays in
+//! the file 0.2.0 kept it in; the update seeds the sequence from it.)
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -91,8 +93,35 @@ fn on_reservation(what: &str, sql: &str, args: &[pgrx::datum::DatumWithOid]) -> 
         .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: {what} edgesync.clock_reservation returned nothing")))
 }
 
+/// Until `ALTER EXTENSION edgesync UPDATE` made the sequence, the mark
+/// stays where 0.2.0 kept it: a file in the data directory.
+fn has_sequence() -> bool {
+    let sql = "SELECT CASE WHEN pg_catalog.to_regclass('edgesync.clock_reservation') IS NULL THEN 0::pg_catalog.int8 ELSE 1 END";
+    on_reservation("looking for", sql, &[]) == 1
+}
+
 fn read_reservation() -> i64 {
-    on_reservation("reading", "SELECT last_value FROM edgesync.clock_reservation", &[])
+    if has_sequence() {
+        on_reservation("reading", "SELECT last_value FROM edgesync.clock_reservation", &[])
+    } else {
+        legacy_file::read()
+    }
+}
+
+/// Move the reservation past `reading` unless it is already; returns it.
+fn advance_reservation(reading: i64) -> i64 {
+    if !has_sequence() {
+        let _only_writer = RESUMED.exclusive();
+        let seen = legacy_file::read();
+        return if reading < seen { seen } else { legacy_file::write(version::reservation_for(reading)) };
+    }
+    lock_reservation();
+    let seen = on_reservation("reading", "SELECT last_value FROM edgesync.clock_reservation", &[]);
+    if reading < seen {
+        return seen;
+    }
+    let mark = version::reservation_for(reading);
+    on_reservation("advancing", "SELECT pg_catalog.setval('edgesync.clock_reservation', $1)", &[mark.into()])
 }
 
 /// Hold the reservation still for other writers until this transaction
@@ -103,6 +132,45 @@ fn lock_reservation() {
     // SAFETY: in a transaction (a trigger or function of this extension);
     // an oid of a dropped relation only makes the later read raise.
     unsafe { pg_sys::LockRelationOid(pg_sys::Oid::from(oid as u32), pg_sys::ShareUpdateExclusiveLock as pg_sys::LOCKMODE) };
+}
+
+/// The 0.2.0 place of the mark, kept until the extension is updated: a
+/// file written whole under another name, synced, renamed over the old one,
+/// and the directory synced so that the rename survives a crash too.
+mod legacy_file {
+    use std::io::Write;
+
+    use pgrx::PgSqlErrorCode;
+
+    use crate::error::raise;
+
+    /// Relative to the data directory (a backend's working directory).
+    const CLOCK_FILE: &str = "edgesync.clock";
+
+    pub(super) fn read() -> i64 {
+        match std::fs::read_to_string(CLOCK_FILE) {
+            Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+                raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: {CLOCK_FILE} in the data directory is corrupt: {text:?}"))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => raise(PgSqlErrorCode::ERRCODE_IO_ERROR, format!("edgesync: cannot read {CLOCK_FILE}: {e}")),
+        }
+    }
+
+    pub(super) fn write(mark: i64) -> i64 {
+        let tmp = format!("{CLOCK_FILE}.tmp");
+        let result = (|| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            writeln!(f, "{mark}")?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, CLOCK_FILE)?;
+            std::fs::File::open(".")?.sync_all()
+        })();
+        if let Err(e) = result {
+            raise(PgSqlErrorCode::ERRCODE_IO_ERROR, format!("edgesync: cannot save the clock to {CLOCK_FILE}: {e}"));
+        }
+        mark
+    }
 }
 
 /// Start the clock past this database's reservation: once per database
@@ -144,12 +212,7 @@ fn reserve_past(reading: i64) {
     // another backend may have moved it already
     let mut reserved = read_reservation();
     if reading >= reserved {
-        lock_reservation();
-        reserved = read_reservation();
-        if reading >= reserved {
-            reserved = version::reservation_for(reading);
-            on_reservation("advancing", "SELECT pg_catalog.setval('edgesync.clock_reservation', $1)", &[reserved.into()]);
-        }
+        reserved = advance_reservation(reading);
     }
     RESERVED.store(reserved, Ordering::Relaxed);
 }
