@@ -41,7 +41,8 @@ CREATE TABLE edgesync.conflict_log (
     schema_name    name        NOT NULL,
     table_name     name        NOT NULL,
     conflict_type  text        NOT NULL CHECK (conflict_type IN ('insert_exists', 'update_origin_differs', 'update_missing',
-                                                                  'update_deleted', 'delete_origin_differs', 'delete_missing')),
+                                                                  'update_deleted', 'delete_origin_differs', 'delete_missing',
+                                                                  'clock_drift')),
     resolution     text        NOT NULL CHECK (resolution IN ('apply_remote', 'keep_local', 'merge', 'custom', 'pending')),
     key            jsonb       NOT NULL,
     local_row      jsonb,
@@ -60,6 +61,31 @@ CREATE INDEX conflict_log_pending ON edgesync.conflict_log (schema_name, table_n
 COMMENT ON TABLE edgesync.conflict_log IS 'Every conflict met while applying remote changes, and how it was settled';
 SELECT pg_catalog.pg_extension_config_dump('edgesync.conflict_log', '');
 SELECT pg_catalog.pg_extension_config_dump('edgesync.conflict_log_id_seq', '');
+
+-- The clock's durable high-water mark: a reading is handed out only below
+-- it. A sequence, because setval is outside transactions and WAL-logged: a
+-- crash, a promoted standby or a restored backup keeps it with every row
+-- stamped under it, and the clock resumes past it.
+CREATE SEQUENCE edgesync.clock_reservation AS bigint MINVALUE 0 START 0 NO CYCLE;
+COMMENT ON SEQUENCE edgesync.clock_reservation IS 'Row-version clock readings are handed out only below this (moved ahead by the clock; do not set it by hand)';
+SELECT pg_catalog.pg_extension_config_dump('edgesync.clock_reservation', '');
+
+-- Counts only (no row data): whose changes are held for clock drift, for the health view.
+CREATE FUNCTION edgesync.clock_drift_held(OUT node_id integer, OUT held bigint, OUT latest_hlc bigint, OUT latest_ahead_seconds float8)
+RETURNS SETOF record
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT DISTINCT ON (remote_version[2]) remote_version[2]::integer, count(*) OVER (PARTITION BY remote_version[2]),
+           remote_version[1], ((remote_version[1] >> 16) / 1000.0 - extract(epoch FROM detected_at))::float8
+      FROM edgesync.conflict_log
+     WHERE status = 'pending' AND conflict_type = 'clock_drift'
+     ORDER BY remote_version[2], id DESC
+$$;
+COMMENT ON FUNCTION edgesync.clock_drift_held() IS
+    'Per node: how many of its changes are held because their versions were too far ahead, its latest such version and how far past the wall clock it was';
+REVOKE EXECUTE ON FUNCTION edgesync.clock_drift_held() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION edgesync.clock_drift_held() TO pg_monitor, edgesync_admin;
 
 -- Deleted rows' keys and delete versions: a remote change older than the
 -- delete loses to it. Local to this node (relation oids), never dumped.

@@ -29,6 +29,9 @@ pub static PEER_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static MAX_CLOCK_SKEW_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 /// A point in a forwarder's round where it holds still (fault-injection tests).
 pub static FAULT_POINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Milliseconds past the local wall clock a remote clock reading may move
+/// this node's clock; a change stamped further ahead is held.
+pub static MAX_CLOCK_DRIFT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 /// zstd level of batches.
 pub static COMPRESSION_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(3);
 /// The largest batch payload (after decompression) this node applies, in kB.
@@ -39,6 +42,7 @@ pub fn define() {
     define_forwarder_settings();
     define_health_thresholds();
     define_conflict_settings();
+    define_clock_drift_bound();
 }
 
 /// Whether the library is being loaded through shared_preload_libraries.
@@ -186,6 +190,21 @@ fn define_conflict_settings() {
         &CLOCK_OFFSET_MS,
         -86_400_000,
         86_400_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+}
+
+/// The same for every backend (`SIGHUP`): a session must not widen what
+/// its own apply lets into the clock.
+fn define_clock_drift_bound() {
+    GucRegistry::define_int_guc(
+        c"edgesync.max_clock_drift",
+        c"How far past the wall clock a remote row version may move this node's clock.",
+        c"A remote change stamped further ahead is held as a pending clock_drift conflict and the clock does not follow it.",
+        &MAX_CLOCK_DRIFT_MS,
+        1000,
+        i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );

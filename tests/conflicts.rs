@@ -155,7 +155,8 @@ fn one_way_traffic_logs_no_conflict() {
 #[test]
 fn a_node_with_its_clock_behind_wins_with_an_edit_made_after_seeing_the_change() {
     let (c, a, b) = pair("skew", "last_writer_wins");
-    c.psql(&b, "ALTER SYSTEM SET edgesync.clock_offset = '-600s'; SELECT pg_reload_conf();");
+    // ten minutes is past the default drift bound: within a bound raised to an hour, b follows a's clock
+    c.psql(&b, "ALTER SYSTEM SET edgesync.max_clock_drift = '1h'; ALTER SYSTEM SET edgesync.clock_offset = '-600s'; SELECT pg_reload_conf();");
     c.wait_for("b's clock ten minutes behind", DEADLINE, || {
         Ok(b.try_query("SELECT 1 FROM pg_settings WHERE name = 'edgesync.clock_offset' AND setting = '-600000'")?.len() == 1)
     });
@@ -349,6 +350,88 @@ fn the_clock_never_goes_back_across_restarts_and_crashes() {
     c.start(&n);
     n.execute("INSERT INTO public.inventory VALUES ('after_crash', 1, NULL)");
     assert!(hlc_of("after_crash") > burst, "{} > {burst}", hlc_of("after_crash"));
+}
+
+/// The HLC reading of a row's version.
+fn hlc_of(n: &Node, sku: &str) -> i64 {
+    n.scalar(&format!("SELECT (edgesync.row_version(edgesync_version))[1] FROM public.inventory WHERE sku = '{sku}'"))
+}
+
+/// The wall clock of `n`, in HLC units.
+fn wall_hlc(n: &Node) -> i64 {
+    n.scalar::<i64>("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint") << 16
+}
+
+#[test]
+fn a_remote_clock_far_ahead_neither_drags_the_local_clock_nor_wins_unseen() {
+    let (c, a, b) = pair("drift", "last_writer_wins");
+    a.execute("INSERT INTO public.inventory VALUES ('d', 1, 'seed')");
+    wait_rows(&c, &b, "SELECT count(*) FROM public.inventory WHERE sku = 'd'", 1);
+    let seed: Vec<i64> = a.scalar("SELECT edgesync.row_version(edgesync_version) FROM public.inventory WHERE sku = 'd'");
+    // a's clock reads 2100-01-01: versions written with the trigger off so that they are ours to choose
+    let y2100: i64 = 4_102_444_800_000 << 16;
+    a.execute(&format!(
+        "BEGIN; ALTER TABLE public.inventory DISABLE TRIGGER edgesync_conflict;
+         UPDATE public.inventory SET qty = 2100, note = 'from 2100', edgesync_version = edgesync.make_row_version('{{{y2100},1,{},{}}}') WHERE sku = 'd';
+         INSERT INTO public.inventory VALUES ('e', 2100, 'new in 2100', edgesync.make_row_version('{{{},1,0,0}}'));
+         ALTER TABLE public.inventory ENABLE ALWAYS TRIGGER edgesync_conflict; COMMIT;",
+        seed[0],
+        seed[1],
+        y2100 + 1
+    ));
+    // b holds both changes for a DBA: its rows stay as they were
+    c.wait_for("b held a's two changes", DEADLINE, || {
+        Ok(b.try_query("SELECT 1 FROM edgesync.conflicts WHERE conflict_type = 'clock_drift' AND remote_version[2] = 1")?.len() == 2)
+    });
+    assert_eq!(b.scalar::<String>("SELECT qty || '/' || note FROM public.inventory WHERE sku = 'd'"), "1/seed");
+    assert_eq!(b.scalar::<i64>("SELECT count(*) FROM public.inventory WHERE sku = 'e'"), 0);
+    // b's clock did not follow: its next write is stamped near its wall clock
+    b.execute("INSERT INTO public.inventory VALUES ('later', 1, 'b')");
+    let (later, wall) = (hlc_of(&b, "later"), wall_hlc(&b));
+    assert!(later < wall + (60_000 << 16), "b's clock stayed near its wall clock: {later} vs wall {wall}");
+    // health says so, naming the node and how far ahead it was
+    let r = &b.query("SELECT status, object, value, detail FROM edgesync.health WHERE component = 'clock'");
+    assert_eq!(r.len(), 1, "one clock row");
+    assert_eq!((r[0].get::<_, String>(0), r[0].get::<_, String>(1)), ("critical".into(), "node 1".into()));
+    assert!(r[0].get::<_, f64>(2) > 365.0 * 24.0 * 3600.0, "seconds ahead of b's wall clock");
+    assert!(r[0].get::<_, String>(3).contains("2 changes held"), "{}", r[0].get::<_, String>(3));
+
+    // the DBA takes a's rows: b writes them with its own sane version, on top of the held ones,
+    // so a receives them as plain next changes and the 2100 versions are gone everywhere
+    assert_eq!(b.scalar::<i64>("SELECT edgesync.resolve_conflicts('public.inventory', 'apply_remote')"), 2);
+    c.wait_for("a got b's resolutions", DEADLINE, || {
+        Ok(a.try_query("SELECT 1 FROM public.inventory WHERE qty = 2100 AND (edgesync.row_version(edgesync_version))[2] = 2")?.len() == 2)
+    });
+    let converged = wait_converged(&c, &a, &b);
+    assert!(converged.contains("d=2100/from 2100") && converged.contains("e=2100/new in 2100"), "{converged}");
+    let newest: i64 = a.scalar("SELECT max((edgesync.row_version(edgesync_version))[1]) FROM public.inventory");
+    assert!(newest < wall_hlc(&a) + (60_000 << 16), "no 2100 version is left: {newest}");
+    assert_eq!(b.scalar::<i64>("SELECT count(*) FROM edgesync.health WHERE component = 'clock'"), 0, "nothing held any more");
+}
+
+#[test]
+fn a_promoted_standby_never_reissues_a_version_of_its_primary() {
+    let mut c = Cluster::new("promote");
+    let p = c.add_node("p", &[]);
+    p.execute(&format!("CREATE EXTENSION edgesync; SELECT edgesync.create_node('p', 1); {TABLE};"));
+    p.execute("SELECT edgesync.set_conflict_policy('public.inventory')");
+    p.execute("INSERT INTO public.inventory VALUES ('before', 1, NULL)");
+    let s = c.add_standby("s", &p, "s_slot");
+    // after the standby was made, the primary's clock runs an hour ahead of the standby's
+    c.psql(&p, "ALTER SYSTEM SET edgesync.clock_offset = '3600s'; SELECT pg_reload_conf();");
+    c.wait_for("the primary's clock an hour ahead", DEADLINE, || {
+        Ok(p.try_query("SELECT 1 FROM pg_settings WHERE name = 'edgesync.clock_offset' AND setting = '3600000'")?.len() == 1)
+    });
+    p.execute("INSERT INTO public.inventory SELECT 'p' || g, g, NULL FROM generate_series(1, 100) g");
+    let issued: i64 = p.scalar("SELECT max((edgesync.row_version(edgesync_version))[1]) FROM public.inventory");
+    assert!(issued > wall_hlc(&p) + (3_000_000 << 16), "the primary stamped an hour ahead");
+    c.wait_for("the standby replayed every row", DEADLINE, || {
+        Ok(s.try_query("SELECT count(*) FROM public.inventory")?[0].get::<_, i64>(0) == 101)
+    });
+    assert!(s.scalar::<bool>("SELECT pg_promote(true, 60)"), "promoted");
+    s.execute("INSERT INTO public.inventory VALUES ('after_promotion', 1, NULL)");
+    let first = hlc_of(&s, "after_promotion");
+    assert!(first > issued, "the promoted standby's first version {first} is past every version the primary issued ({issued})");
 }
 
 #[test]

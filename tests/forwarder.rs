@@ -351,7 +351,7 @@ fn apply_batch_refuses_bad_input_and_applies_a_resent_batch_once() {
          CREATE TABLE public.not_enrolled (edge text, id bigint, sensor int, taken_at timestamptz, value float8, PRIMARY KEY (edge, id));
          SELECT edgesync.add_table('public.sensor_readings', sync => 'up');
          CREATE ROLE edge_login LOGIN; GRANT edgesync_peer TO edge_login; CREATE ROLE nobody LOGIN;
-         SELECT edgesync.register_edge('edge9', 'edge_login'); SELECT edgesync.register_edge('edge10', 'edge_login');"
+         SELECT edgesync.register_edge(e, 'edge_login') FROM unnest(ARRAY['edge8', 'edge9', 'edge10']) e;"
     ));
     let as_role = |role: &str| {
         postgres::Client::connect(&format!("host=127.0.0.1 port={} user={role} dbname=postgres", cloud.port), postgres::NoTls).unwrap()
@@ -537,6 +537,7 @@ fn apply_batch_refuses_bad_input_and_applies_a_resent_batch_once() {
     assert_eq!(origins, 0, "no origin for an empty batch");
 
     // a login pushes, and reads progress, only as the node it is registered for
+    // edge8 moves to another login
     cloud.execute("CREATE ROLE other_login LOGIN IN ROLE edgesync_peer; SELECT edgesync.register_edge('edge8', 'other_login')");
     let mut other = as_role("other_login");
     let pushed = other.query_one("SELECT edgesync.apply_batch($1)::text", &[&good]).expect_err("push as edge9");

@@ -12,6 +12,7 @@
 //! files inside can move without their callers noticing.
 
 pub mod clock;
+mod drift;
 mod error;
 mod flags;
 mod handler;

@@ -46,6 +46,19 @@ mod tests {
     }
 
     #[pg_test]
+    fn every_version_handed_out_is_below_the_durable_reservation() {
+        enrolled_table();
+        Spi::run("INSERT INTO public.stock SELECT 'r' || g, g, NULL FROM generate_series(1, 50) g").unwrap();
+        let covered = Spi::get_one::<bool>(
+            "SELECT max((edgesync.row_version(edgesync_version))[1]) < (SELECT last_value FROM edgesync.clock_reservation)
+               AND edgesync.clock_now() < (SELECT last_value FROM edgesync.clock_reservation)
+               FROM public.stock",
+        )
+        .unwrap();
+        assert_eq!(covered, Some(true));
+    }
+
+    #[pg_test]
     fn drop_conflict_policy_undoes_it() {
         enrolled_table();
         Spi::run("SELECT edgesync.drop_conflict_policy('public.stock', drop_column => true)").unwrap();

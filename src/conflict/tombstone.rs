@@ -18,7 +18,7 @@ use super::log::{log_conflict, origin_name, ConflictRecord};
 use super::stamp::stamp_array;
 use crate::guc;
 use crate::model::conflict::delete_stamp::{DeleteStamp, PREFIX};
-use crate::model::conflict::lww::{decide, Local, Policy, Remote};
+use crate::model::conflict::lww::{decide, ConflictType, Local, Policy, Remote, Resolution};
 use crate::model::conflict::version::{RowStamp, Version};
 use crate::plan_cache::plan_for;
 use crate::privilege::as_extension_owner;
@@ -124,7 +124,23 @@ pub(super) fn announce_delete(relid: pg_sys::Oid, key: &JsonB, stamp: RowStamp) 
 /// older than the delete that arrives later loses to it. Without an
 /// earlier tombstone here it is logged `delete_missing`.
 pub(crate) fn missing_row_deleted(relid: pg_sys::Oid, schema: &str, name: &str, key: JsonB, stamp: RowStamp) -> Result<(), ConflictError> {
-    clock::observe(stamp.version.hlc);
+    if let Err(drift) = clock::observe(stamp.version.hlc) {
+        // a tombstone this far ahead would beat every later write of the key: held instead
+        return log_conflict(ConflictRecord {
+            table_schema: schema,
+            table_name: name,
+            conflict: ConflictType::ClockDrift,
+            resolution: Resolution::Pending,
+            key,
+            local_row: None,
+            remote_row: None,
+            kept_row: None,
+            local_version: None,
+            remote_version: Some(stamp),
+            remote_origin: origin_name(),
+            note: Some(super::drift::held_note(stamp, drift)),
+        });
+    }
     let local = match deleted_version(relid, JsonB(key.0.clone()))? {
         Some(version) => Local::Deleted(version),
         None => Local::Absent,

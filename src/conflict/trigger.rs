@@ -19,6 +19,7 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 
 use super::clock;
+use super::drift;
 use super::error::{fail, ConflictError};
 use super::flags;
 use super::key::{key_json, key_of};
@@ -113,7 +114,9 @@ fn remote_change<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Resu
 fn remote_update<'a>(trigger: &'a PgTrigger<'a>, table: &LazyTable<'_>, policy: Policy, me: i32) -> Result<Option<Row<'a>>, ConflictError> {
     let new = trigger.new().ok_or_else(|| fail("UPDATE without a new row"))?;
     let (l, r) = (slot_stamp(trigger, Tuple::Trig)?, slot_stamp(trigger, Tuple::New)?);
-    clock::observe(r.version.hlc);
+    if let Err(drift) = clock::observe(r.version.hlc) {
+        return drift::hold(trigger, table, Local::Row(l), r, Tuple::New, drift);
+    }
     let decision = decide(Local::Row(l), Remote::Update(r), policy, me);
     let Some(conflict) = decision.conflict else {
         return Ok(pass_if(Outcome::of(decision.action), new));
@@ -131,8 +134,11 @@ fn remote_update<'a>(trigger: &'a PgTrigger<'a>, table: &LazyTable<'_>, policy: 
 fn remote_insert<'a>(trigger: &'a PgTrigger<'a>, table: &LazyTable<'_>, policy: Policy, me: i32) -> Result<Option<Row<'a>>, ConflictError> {
     let new = trigger.new().ok_or_else(|| fail("INSERT without a new row"))?;
     let r = slot_stamp(trigger, Tuple::Trig)?;
-    clock::observe(r.version.hlc);
+    let observed = clock::observe(r.version.hlc);
     let local = local_state_for(table, trigger)?;
+    if let Err(drift) = observed {
+        return drift::hold(trigger, table, local, r, Tuple::Trig, drift);
+    }
     let remote = if flags::is_missing_row_update(relid_of(trigger)) { Remote::Update(r) } else { Remote::Insert(r) };
     let decision = decide(local, remote, policy, me);
     let Some(conflict) = decision.conflict else {
@@ -186,7 +192,9 @@ fn remote_delete<'a>(trigger: &'a PgTrigger<'a>, table: &LazyTable<'_>, policy: 
     let stamped = delete_versions(trigger, table)?;
     let stamp = stamped.as_ref().map(|(s, _)| *s);
     if let Some(s) = stamp {
-        clock::observe(s.version.hlc);
+        if let Err(drift) = clock::observe(s.version.hlc) {
+            return drift::hold_delete(trigger, table, l, s, drift);
+        }
     }
     let remote = Remote::Delete { seen: stamp.map(|s| s.prev), version: stamp.map(|s| s.version) };
     let decision = decide(Local::Row(l), remote, policy, me);

@@ -67,6 +67,7 @@ fn collect_checks() -> Vec<Check> {
         checks.extend(peers.iter().flat_map(|p| health::peer_checks(p, &t, max_skew)));
         let pending = read_pending_conflicts(client);
         checks.extend(pending.iter().map(|p| health::pending_conflicts_check(&p.relation, p.pending, p.oldest_seconds)));
+        checks.extend(read_clock_drift(client));
         if checks.is_empty() {
             checks.push(health::nothing_to_check(&current_database(client)));
         }
@@ -192,6 +193,14 @@ fn read_pending_conflicts(client: &SpiClient<'_>) -> Vec<PendingConflicts> {
             })
         },
     )
+}
+
+/// One row per node whose changes are held for clock drift.
+fn read_clock_drift(client: &SpiClient<'_>) -> Vec<Check> {
+    let bound_seconds = guc::MAX_CLOCK_DRIFT_MS.get() as f64 / 1000.0;
+    read_rows(client, "SELECT node_id, held, latest_ahead_seconds FROM edgesync.clock_drift_held() ORDER BY 1", |r| {
+        Ok(health::clock_drift_check(r.get(1)?.unwrap_or(0), r.get(2)?.unwrap_or(0), r.get(3)?.unwrap_or(0.0), bound_seconds))
+    })
 }
 
 /// The name the "nothing to check" row is about.

@@ -57,6 +57,9 @@ pub enum ConflictType {
     UpdateDeleted,
     DeleteOriginDiffers,
     DeleteMissing,
+    /// Not one of PostgreSQL's: a remote change stamped further past this
+    /// node's wall clock than `edgesync.max_clock_drift`, held for a DBA.
+    ClockDrift,
 }
 
 impl ConflictType {
@@ -68,6 +71,7 @@ impl ConflictType {
             ConflictType::UpdateDeleted => "update_deleted",
             ConflictType::DeleteOriginDiffers => "delete_origin_differs",
             ConflictType::DeleteMissing => "delete_missing",
+            ConflictType::ClockDrift => "clock_drift",
         }
     }
 }

@@ -5,7 +5,10 @@
 //! high 48 bits, a logical counter in the low 16. It never goes backwards on
 //! a node (`tick`), and after a node sees a remote reading its next one is
 //! larger (`observe` then `tick`): an edit made after seeing a change wins
-//! over it, whatever the wall clocks say.
+//! over it, whatever the wall clocks say. A remote reading moves the clock
+//! only within a bound past the local wall clock (`within_drift`), and the
+//! arithmetic clamps or refuses at the ends of the range, never wraps:
+//! release builds have no overflow checks.
 //!
 //! In a row the version travels as `edgesync_version bytea`, 24 bytes,
 //! big-endian: `hlc` (8), `node` (4), `prev_hlc` (8), `prev_node` (4): the
@@ -21,10 +24,17 @@ use std::fmt;
 pub const LOGICAL_BITS: u32 = 16;
 /// Size of the row form of a stamp.
 pub const STAMP_BYTES: usize = 24;
+/// The latest wall-clock time (ms) an HLC reading can hold: the year 6429.
+pub const MAX_MILLIS: i64 = i64::MAX >> LOGICAL_BITS;
+/// How far past a reading handed out the clock's durable reservation is
+/// put (ms): the reservation is written about once per this much clock time,
+/// and a restart may start the clock up to this far ahead of the wall clock.
+pub const RESERVE_AHEAD_MS: i64 = 1_000;
 
-/// The HLC reading for a wall-clock time in milliseconds.
+/// The HLC reading for a wall-clock time in milliseconds; times outside
+/// the range an HLC holds are clamped to it rather than wrapped.
 pub fn hlc_from_millis(ms: i64) -> i64 {
-    ms.max(0) << LOGICAL_BITS
+    ms.clamp(0, MAX_MILLIS) << LOGICAL_BITS
 }
 
 /// The wall-clock milliseconds of an HLC reading.
@@ -32,14 +42,44 @@ pub fn millis_of(hlc: i64) -> i64 {
     hlc >> LOGICAL_BITS
 }
 
+/// The clock reached the top of its range: there is no later reading to
+/// hand out, and repeating one would give two writes the same version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockExhausted;
+
 /// The next local reading: after `last`, and not behind the wall clock.
-pub fn tick(last: i64, wall_ms: i64) -> i64 {
-    (last + 1).max(hlc_from_millis(wall_ms))
+/// A full logical counter carries into the milliseconds (still after
+/// `last`); past the top of the range there is no next reading.
+pub fn tick(last: i64, wall_ms: i64) -> Result<i64, ClockExhausted> {
+    let next = last.checked_add(1).ok_or(ClockExhausted)?;
+    Ok(next.max(hlc_from_millis(wall_ms)))
 }
 
-/// The clock after seeing `remote`: the next `tick` is past it.
+/// The clock after seeing `remote`: the next `tick` is past it. Only for a
+/// reading `within_drift` accepted.
 pub fn observe(last: i64, remote: i64) -> i64 {
     last.max(remote)
+}
+
+/// A remote reading further past the local wall clock than the bound allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drift {
+    /// How far past the local wall clock the reading is, in ms.
+    pub ahead_ms: i64,
+}
+
+/// May a remote reading move the local clock? Only up to `max_drift_ms`
+/// past the local wall clock: beyond it one node with a wrong clock would
+/// drag every node that hears from it into its future, for good.
+pub fn within_drift(remote: i64, wall_ms: i64, max_drift_ms: i64) -> Result<(), Drift> {
+    let ahead_ms = millis_of(remote).saturating_sub(wall_ms);
+    if ahead_ms > max_drift_ms { Err(Drift { ahead_ms }) } else { Ok(()) }
+}
+
+/// The durable reservation to write before `reading` is handed out: a
+/// restarted (or promoted, or restored) node starts past it.
+pub fn reservation_for(reading: i64) -> i64 {
+    reading.saturating_add(hlc_from_millis(RESERVE_AHEAD_MS))
 }
 
 /// Who wrote a row, and when (by HLC). Ordered by clock, then node id, so
@@ -166,22 +206,61 @@ mod tests {
 
     #[test]
     fn tick_is_monotonic_when_the_wall_clock_steps_back() {
-        let a = tick(0, 1_000_000);
-        let b = tick(a, 999_000); // wall clock went back a second
-        let c = tick(b, 999_001);
+        let a = tick(0, 1_000_000).unwrap();
+        let b = tick(a, 999_000).unwrap(); // wall clock went back a second
+        let c = tick(b, 999_001).unwrap();
         assert!(a < b && b < c);
         assert_eq!(millis_of(a), 1_000_000);
         assert_eq!(millis_of(c), 1_000_000, "stays on the high-water mark, counting");
-        let d = tick(c, 2_000_000);
+        let d = tick(c, 2_000_000).unwrap();
         assert_eq!(d, hlc_from_millis(2_000_000), "catches up with a wall clock that moved ahead");
     }
 
     #[test]
     fn an_edit_after_seeing_a_change_wins_even_with_a_clock_behind() {
         let remote = hlc_from_millis(5_000_000); // a node whose clock is ahead
-        let mine = tick(observe(hlc_from_millis(1_000_000), remote), 1_000_000);
+        let mine = tick(observe(hlc_from_millis(1_000_000), remote), 1_000_000).unwrap();
         assert!(Version::new(mine, 1) > Version::new(remote, 2));
         assert!(Version::new(mine, 2) > Version::new(remote, 1));
+    }
+
+    #[test]
+    fn a_full_counter_carries_into_the_milliseconds() {
+        let full = hlc_from_millis(1_000) | 0xffff;
+        let next = tick(full, 1_000).unwrap();
+        assert!(next > full);
+        assert_eq!((millis_of(next), next & 0xffff), (1_001, 0), "carried, not wrapped to the start of the millisecond");
+    }
+
+    #[test]
+    fn the_top_of_the_range_is_refused_not_wrapped() {
+        assert_eq!(tick(i64::MAX, 0), Err(ClockExhausted));
+        assert_eq!(tick(i64::MAX - 1, 0), Ok(i64::MAX), "the last reading is still handed out");
+        assert_eq!(tick(i64::MAX - 1, i64::MAX), Ok(i64::MAX), "a wall clock past the range is clamped");
+        assert_eq!(hlc_from_millis(i64::MAX), MAX_MILLIS << LOGICAL_BITS);
+        assert_eq!(hlc_from_millis(MAX_MILLIS + 1), hlc_from_millis(MAX_MILLIS));
+        assert_eq!(hlc_from_millis(-5), 0);
+        assert_eq!(hlc_from_millis(i64::MIN), 0);
+        assert_eq!(tick(-10, -10), Ok(0), "a clock before 1970 starts at zero");
+        assert_eq!(reservation_for(i64::MAX - 5), i64::MAX, "the reservation saturates");
+        assert_eq!(reservation_for(7), 7 + hlc_from_millis(RESERVE_AHEAD_MS));
+    }
+
+    #[test]
+    fn a_remote_reading_moves_the_clock_only_within_the_drift_bound() {
+        let wall = 1_700_000_000_000;
+        assert_eq!(within_drift(hlc_from_millis(wall + 60_000) | 0xffff, wall, 60_000), Ok(()), "right at the bound");
+        assert_eq!(within_drift(hlc_from_millis(wall + 60_001), wall, 60_000), Err(Drift { ahead_ms: 60_001 }));
+        assert_eq!(within_drift(hlc_from_millis(wall - 3_600_000), wall, 60_000), Ok(()), "behind is always fine");
+        assert_eq!(within_drift(-1, wall, 60_000), Ok(()));
+        // the receive rule at the edges of the range: no overflow, however far the reading
+        assert_eq!(within_drift(i64::MAX, wall, 60_000), Err(Drift { ahead_ms: MAX_MILLIS - wall }));
+        assert_eq!(within_drift(i64::MAX, i64::MIN, 60_000), Err(Drift { ahead_ms: i64::MAX }), "saturated, not wrapped");
+        assert_eq!(within_drift(i64::MAX, MAX_MILLIS, 0), Ok(()), "a wall clock at the top accepts the top reading");
+        let followed = observe(hlc_from_millis(wall), i64::MAX);
+        assert_eq!(followed, i64::MAX);
+        assert_eq!(tick(followed, MAX_MILLIS), Err(ClockExhausted), "then no later reading: refused, not wrapped");
+        assert_eq!(observe(i64::MAX, 5), i64::MAX, "the clock never goes back");
     }
 
     #[test]
