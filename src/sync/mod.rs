@@ -24,6 +24,7 @@ pub mod forwarder;
 pub mod launcher;
 mod libpq;
 pub mod peers;
+pub mod skipped;
 pub mod status;
 pub mod target;
 pub mod transport;
