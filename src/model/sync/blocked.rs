@@ -3,9 +3,10 @@
 //!
 //! The receiver applies a batch whole or not at all, so a refused batch of
 //! many transactions says only that one of them is refused. Halving the
-//! refused run finds it in about log2(n) round trips; every part the peer
-//! applies on the way is confirmed, so the transactions before the culprit
-//! go through. A skipped transaction is kept in `edgesync.skipped_transaction`
+//! refused run finds it in at most about 2·log2(n) round trips; every part
+//! the peer applies on the way is confirmed, so the transactions before the
+//! culprit go through, and a run refused only as a whole (too large for the
+//! peer) goes through in parts. A skipped transaction is kept in `edgesync.skipped_transaction`
 //! as JSON, one entry per change.
 
 use std::collections::HashMap;
@@ -30,8 +31,8 @@ pub enum Answer<E> {
 /// `suspect_first`: the first transaction is the one found refused last
 /// time, so it goes alone first (one round trip, not a halving).
 /// Returns None when all were applied, or the index of the refused
-/// transaction (all before it applied) and the peer's last refusal; `Err`
-/// (a lost link) stops at once.
+/// transaction (all before it applied; it was itself sent alone and
+/// refused) and that refusal; `Err` (a lost link) stops at once.
 pub fn send_narrowing<E, X>(
     count: usize,
     suspect_first: bool,
@@ -44,26 +45,49 @@ pub fn send_narrowing<E, X>(
             Answer::Refused(e) => return Ok(Some((0, e))),
         }
     }
-    if start == count {
-        return Ok(None);
-    }
-    let mut error = match send(start..count)? {
-        Answer::Applied => return Ok(None),
-        Answer::Refused(e) => e,
-    };
-    // invariant: everything before `lo` is applied and [lo, hi) is refused
-    let (mut lo, mut hi) = (start, count);
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        match send(lo..mid)? {
-            Answer::Applied => lo = mid,
-            Answer::Refused(e) => {
-                error = e;
-                hi = mid;
-            }
+    while start < count {
+        let error = match send(start..count)? {
+            Answer::Applied => return Ok(None),
+            Answer::Refused(e) => e,
+        };
+        match narrow(start..count, error, &mut send)? {
+            Narrowed::Refused(index, e) => return Ok(Some((index, e))),
+            // refused only as a whole: the rest goes next
+            Narrowed::AppliedTo(end) => start = end,
         }
     }
-    Ok(Some((lo, error)))
+    Ok(None)
+}
+
+/// What halving a refused run found.
+enum Narrowed<E> {
+    /// This transaction, sent alone, was refused; all before it applied.
+    Refused(usize, E),
+    /// Every transaction up to here (excluded) applied, in parts.
+    AppliedTo(usize),
+}
+
+/// Halve `refused` (a run that was sent and refused with `error`): the
+/// first half goes; if the peer takes it, the second half goes, and only a
+/// run that was itself sent and refused is halved again (a refusal says
+/// nothing about a run not sent itself).
+fn narrow<E, X>(
+    refused: Range<usize>,
+    mut error: E,
+    send: &mut impl FnMut(Range<usize>) -> Result<Answer<E>, X>,
+) -> Result<Narrowed<E>, X> {
+    let (mut lo, mut hi) = (refused.start, refused.end);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        (lo, hi, error) = match send(lo..mid)? {
+            Answer::Refused(e) => (lo, mid, e),
+            Answer::Applied => match send(mid..hi)? {
+                Answer::Refused(e) => (mid, hi, e),
+                Answer::Applied => return Ok(Narrowed::AppliedTo(hi)),
+            },
+        };
+    }
+    Ok(Narrowed::Refused(lo, error))
 }
 
 /// The transactions `range` of `b` as a batch of their own: the relation
@@ -199,8 +223,19 @@ mod tests {
 
     /// A peer that refuses any run holding transaction `bad`; counts the sends.
     fn peer_refusing(bad: Option<usize>, applied: &mut Vec<usize>, sends: &mut usize, run: Range<usize>) -> Result<Answer<String>, ()> {
+        peer_refusing_longer_than(usize::MAX, bad, applied, sends, run)
+    }
+
+    /// Also refuses any run of more than `longest` transactions (a batch too large for it).
+    fn peer_refusing_longer_than(
+        longest: usize,
+        bad: Option<usize>,
+        applied: &mut Vec<usize>,
+        sends: &mut usize,
+        run: Range<usize>,
+    ) -> Result<Answer<String>, ()> {
         *sends += 1;
-        if bad.is_some_and(|b| run.contains(&b)) {
+        if bad.is_some_and(|b| run.contains(&b)) || run.len() > longest {
             return Ok(Answer::Refused(format!("refused {run:?}")));
         }
         applied.extend(run);
@@ -215,12 +250,32 @@ mod tests {
                 let found = send_narrowing(n, false, |r| peer_refusing(Some(bad), &mut applied, &mut sends, r)).unwrap();
                 assert_eq!(found.map(|f| f.0), Some(bad), "n={n}");
                 assert_eq!(applied, (0..bad).collect::<Vec<_>>(), "the ones before go through, in order, once");
-                let bound = 2 + (usize::BITS - n.leading_zeros()) as usize;
+                let bound = 1 + 2 * (usize::BITS - n.leading_zeros()) as usize;
                 assert!(sends <= bound, "n={n} bad={bad}: {sends} sends, bound {bound}");
             }
             let (mut applied, mut sends) = (Vec::new(), 0);
             assert_eq!(send_narrowing(n, false, |r| peer_refusing(None, &mut applied, &mut sends, r)).unwrap(), None);
             assert_eq!((applied.len(), sends), (n, 1), "a batch the peer takes goes once, whole");
+        }
+    }
+
+    #[test]
+    fn a_run_refused_only_as_a_whole_goes_through_in_parts() {
+        for n in 2..=40usize {
+            let (mut applied, mut sends) = (Vec::new(), 0);
+            let found = send_narrowing(n, false, |r| peer_refusing_longer_than(3, None, &mut applied, &mut sends, r)).unwrap();
+            assert_eq!(found, None, "n={n}: no single transaction is refused");
+            assert_eq!(applied, (0..n).collect::<Vec<_>>(), "all of them, in order, once");
+        }
+        let (mut applied, mut sends) = (Vec::new(), 0);
+        let found = send_narrowing(9, false, |r| peer_refusing_longer_than(1, None, &mut applied, &mut sends, r)).unwrap();
+        assert_eq!(found, None);
+        assert_eq!(applied.len(), 9);
+        for bad in 0..20 {
+            let (mut applied, mut sends) = (Vec::new(), 0);
+            let found = send_narrowing(20, false, |r| peer_refusing_longer_than(3, Some(bad), &mut applied, &mut sends, r)).unwrap();
+            assert_eq!(found.map(|f| f.0), Some(bad), "a refused one behind runs too large is still found");
+            assert_eq!(applied, (0..bad).collect::<Vec<_>>());
         }
     }
 
