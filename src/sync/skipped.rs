@@ -4,16 +4,39 @@
 //! alone holds them: they live in the slot) and leaves it out of what it
 //! sends. Runs inside the forwarder's transactions, through SPI.
 
+use std::cell::Cell;
+
 use pgrx::prelude::*;
 
 use crate::model::sync::blocked::changes_json;
 use crate::model::sync::capture::SourceTxn;
 use crate::model::sync::lsn::{format_lsn, parse_lsn};
 
+thread_local! {
+    /// `edgesync.skipped_transaction` was seen in this process.
+    static TABLE_SEEN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Does the table exist? Not before `ALTER EXTENSION edgesync UPDATE` has
+/// run under a newer library: nothing can have been skipped then, and the
+/// forwarder must go on forwarding.
+fn table_exists() -> Result<bool, String> {
+    if !TABLE_SEEN.with(Cell::get) {
+        let found = Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('edgesync.skipped_transaction') IS NOT NULL")
+            .map_err(|e| e.to_string())?
+            .unwrap_or(false);
+        TABLE_SEEN.with(|seen| seen.set(found));
+    }
+    Ok(TABLE_SEEN.with(Cell::get))
+}
+
 /// The end LSNs of `txns` (in LSN order) that were skipped for `peer`;
 /// the changes of each one not yet kept are written to its row.
 pub fn set_aside(peer: &str, txns: &[SourceTxn]) -> Result<Vec<u64>, String> {
     let (Some(first), Some(last)) = (txns.first(), txns.last()) else { return Ok(Vec::new()) };
+    if !table_exists()? {
+        return Ok(Vec::new());
+    }
     let found = Spi::connect(|client| {
         let t = client.select(
             "SELECT lsn::text, changes IS NULL FROM edgesync.skipped_transaction
