@@ -57,6 +57,7 @@ extension_sql_file!(
     "../sql/forwarder.sql",
     name = "forwarder",
     requires = ["schema", sync::apply::_apply_batch, sync::apply::_batch_format, sync::status::_peer_status, sync::peers::sync_now,
+                sync::status::_peer_blocked, sync::peers::_request_round_at_commit,
                 sync::transport::_conninfo_error, sync::peers::_wake_launcher_at_commit, privilege::_require_superuser_for_conninfo,
                 privilege::_require_table_owner, privilege::_api_step, sync::edges::_require_edge_login, node::is_node_name, node::slot_name, node::origin_name]
 );

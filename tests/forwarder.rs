@@ -933,3 +933,127 @@ fn pushed_rows_fire_replica_triggers_only() {
     let logged: i64 = cloud.scalar("SELECT count(*) FROM edgesync.conflict_log WHERE key->>'sku' = 'X'");
     assert_eq!(logged, 1, "the conflict trigger fired");
 }
+
+/// Ids of the readings of `edge` held by `n`, in order, comma-separated.
+fn reading_ids(n: &Node, edge: &str) -> Result<String, String> {
+    let r = n.try_query(&format!("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM public.sensor_readings WHERE edge = '{edge}'"))?;
+    Ok(r[0].get(0))
+}
+
+/// One transaction of readings `ids` on `e`, each with `value`.
+fn write_reading_txn(e: &Node, ids: &[(i64, f64)]) {
+    let rows: Vec<String> = ids.iter().map(|(id, v)| format!("('{}', {id}, 1, '2026-01-01', {v})", e.name)).collect();
+    e.execute(&format!("INSERT INTO public.sensor_readings VALUES {}", rows.join(", ")));
+}
+
+/// Has the edge's slot for the cloud confirmed `lsn`?
+fn slot_passed(e: &Node, lsn: &str) -> Result<bool, String> {
+    let r = e.try_query(&format!("SELECT confirmed_flush_lsn >= '{lsn}' FROM pg_replication_slots WHERE slot_name = 'edgesync_cloud'"))?;
+    Ok(r[0].get(0))
+}
+
+/// A session on `n` as `role`.
+fn session_as(n: &Node, role: &str) -> common::Client {
+    common::Client::connect(&format!("host=127.0.0.1 port={} user={role} dbname=postgres", n.port), common::NoTls).unwrap()
+}
+
+fn statement_error(client: &mut common::Client, sql: &str) -> String {
+    common::db_message(&client.batch_execute(sql).expect_err(sql))
+}
+
+/// A transaction the cloud refuses (a CHECK only the cloud has), between
+/// two good ones, sent in one batch: the one before it goes through, the
+/// peer shows the refused one blocked (LSN, table, error) and health is
+/// critical; a wrong LSN cannot be skipped; the right one is kept whole in
+/// the exceptions table, the one after it arrives and the slot moves past
+/// it, also when it is the last transaction.
+#[test]
+fn a_refused_transaction_blocks_its_peer_visibly_until_a_dba_skips_it() {
+    let (c, cloud, edges) = hub("blocked", 1, "on_demand");
+    let e = &edges[0];
+    cloud.execute("ALTER TABLE public.sensor_readings ADD CONSTRAINT cloud_only CHECK (value < 1000)");
+    e.execute("CREATE ROLE dba LOGIN; GRANT edgesync_admin TO dba; CREATE ROLE watcher LOGIN; GRANT pg_monitor TO watcher;");
+    write_reading_txn(e, &[(1, 1.0), (2, 2.0), (3, 3.0)]);
+    write_reading_txn(e, &[(4, 4.0), (5, 5000.0)]);
+    write_reading_txn(e, &[(6, 6.0), (7, 7.0), (8, 8.0)]);
+    let refused = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("the round stops at the refused transaction");
+    assert!(refused.contains("refuses the transaction") && refused.contains("cloud_only"), "{refused}");
+
+    let row = &e.query("SELECT state, blocked_lsn::text, blocked_table, blocked_error FROM edgesync.peers")[0];
+    let (state, lsn, table, error): (String, String, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((state.as_str(), table.as_str()), ("blocked", "public.sensor_readings"));
+    assert!(error.starts_with("new row for relation") && error.contains("cloud_only") && !error.contains("5000"), "first line only: {error}");
+    assert_eq!(reading_ids(&cloud, "edge1").unwrap(), "1,2,3", "the transaction before it went through");
+    assert!(!slot_passed(e, &lsn).unwrap(), "the slot keeps it");
+    let health = e.query("SELECT status, detail FROM edgesync.health WHERE component = 'peer' AND metric = 'blocked_seconds'");
+    assert_eq!(health.len(), 1);
+    assert_eq!(health[0].get::<_, String>(0), "critical");
+    assert!(health[0].get::<_, String>(1).contains(&format!("edgesync.skip_transaction('cloud', '{lsn}')")));
+
+    // bad input is refused and changes nothing; pg_monitor sees the block, not the rows
+    let mut dba = session_as(e, "dba");
+    let wrong = statement_error(&mut dba, "SELECT edgesync.skip_transaction('cloud', '0/1')");
+    assert_eq!(wrong, format!("edgesync: peer cloud is blocked by the transaction at {lsn}, not at 0/1"));
+    let unknown = statement_error(&mut dba, &format!("SELECT edgesync.skip_transaction('nowhere', '{lsn}')"));
+    assert!(unknown.contains("no peer named 'nowhere'"), "{unknown}");
+    let mut watcher = session_as(e, "watcher");
+    let seen: String = watcher.query_one("SELECT blocked_lsn::text FROM edgesync.peers", &[]).unwrap().get(0);
+    assert_eq!(seen, lsn);
+    assert!(statement_error(&mut watcher, "SELECT * FROM edgesync.skipped_transaction").contains("permission denied"));
+    assert!(statement_error(&mut watcher, &format!("SELECT edgesync.skip_transaction('cloud', '{lsn}')")).contains("permission denied"));
+    assert_eq!(e.scalar::<i64>("SELECT count(*) FROM edgesync.skipped_transaction"), 0);
+    assert_eq!(peer_field(e, "blocked_lsn").unwrap(), lsn);
+
+    // the right one, by an edgesync_admin who is no superuser
+    dba.batch_execute(&format!("SELECT edgesync.skip_transaction('cloud', '{lsn}')")).unwrap();
+    c.wait_for("the transaction after the skipped one on the cloud", DEADLINE, || Ok(reading_ids(&cloud, "edge1")? == "1,2,3,6,7,8"));
+    c.wait_for("the slot to pass the skipped transaction", DEADLINE, || slot_passed(e, &lsn));
+    c.wait_for("the peer to be unblocked", DEADLINE, || Ok(peer_field(e, "blocked_lsn")?.is_empty() && peer_field(e, "state")? == "idle"));
+    let kept = dba
+        .query_one(
+            "SELECT tables, skipped_by::text, error, commit_time IS NOT NULL, jsonb_array_length(changes),
+                    (SELECT string_agg(c->>'operation' || ' ' || (c->'key'->>'id') || ' ' || (c->'row'->>'value'), ',') FROM jsonb_array_elements(changes) c)
+               FROM edgesync.skipped_transaction WHERE peer = 'cloud' AND lsn = $1::text::pg_lsn",
+            &[&lsn],
+        )
+        .unwrap();
+    assert_eq!((kept.get::<_, String>(0), kept.get::<_, String>(1)), ("public.sensor_readings".to_string(), "dba".to_string()));
+    assert!(kept.get::<_, String>(2).contains("cloud_only"));
+    assert!(kept.get::<_, bool>(3), "its commit time is kept");
+    assert_eq!((kept.get::<_, i32>(4), kept.get::<_, String>(5)), (2, "insert 4 4,insert 5 5000".to_string()), "whole: both rows");
+    let again = statement_error(&mut dba, &format!("SELECT edgesync.skip_transaction('cloud', '{lsn}')"));
+    assert!(again.contains("is not blocked"), "{again}");
+    let not_ok: i64 = e.scalar("SELECT count(*) FROM edgesync.health WHERE component = 'peer' AND status <> 'ok'");
+    assert_eq!(not_ok, 0, "health is back to ok");
+
+    // a refused last transaction: once skipped, the slot still moves past it
+    write_reading_txn(e, &[(9, 9000.0)]);
+    assert!(e.try_query("SELECT edgesync.sync_now('cloud')").is_err());
+    let last = peer_field(e, "blocked_lsn").unwrap();
+    assert!(!last.is_empty() && last != lsn);
+    dba.batch_execute(&format!("SELECT edgesync.skip_transaction('cloud', '{last}')")).unwrap();
+    c.wait_for("the slot to pass the skipped last transaction", DEADLINE, || slot_passed(e, &last));
+    c.wait_for("the peer to be unblocked", DEADLINE, || Ok(peer_field(e, "blocked_lsn")?.is_empty()));
+    assert_eq!(reading_ids(&cloud, "edge1").unwrap(), "1,2,3,6,7,8");
+    assert_eq!(e.scalar::<i64>("SELECT count(*) FROM edgesync.skipped_transaction WHERE changes IS NOT NULL"), 2);
+}
+
+/// A blocked peer retries on its own: once the cloud takes the transaction
+/// (its constraint dropped), it and the ones after it arrive and the block
+/// clears, with nothing set aside.
+#[test]
+fn a_blocked_peer_moves_on_by_itself_once_the_cloud_takes_the_transaction() {
+    let (c, cloud, edges) = hub("unblock", 1, "realtime");
+    let e = &edges[0];
+    cloud.execute("ALTER TABLE public.sensor_readings ADD CONSTRAINT cloud_only CHECK (value < 1000)");
+    write_reading_txn(e, &[(1, 1.0), (2, 2000.0)]);
+    write_reading_txn(e, &[(3, 3.0)]);
+    c.wait_for("the peer to show it blocked", DEADLINE, || Ok(peer_field(e, "state")? == "blocked"));
+    assert_eq!(reading_ids(&cloud, "edge1").unwrap(), "");
+    cloud.execute("ALTER TABLE public.sensor_readings DROP CONSTRAINT cloud_only");
+    c.wait_for("the blocked transaction and the next on the cloud", DEADLINE, || Ok(reading_ids(&cloud, "edge1")? == "1,2,3"));
+    c.wait_for("the block to clear", DEADLINE, || Ok(peer_field(e, "blocked_lsn")?.is_empty()));
+    let blocked_checks: i64 = e.scalar("SELECT count(*) FROM edgesync.health WHERE metric = 'blocked_seconds'");
+    assert_eq!(blocked_checks, 0);
+    assert_eq!(e.scalar::<i64>("SELECT count(*) FROM edgesync.skipped_transaction"), 0);
+}

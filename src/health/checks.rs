@@ -65,6 +65,7 @@ fn collect_checks() -> Vec<Check> {
         let peers = read_peers(client);
         let max_skew = guc::MAX_CLOCK_SKEW_MS.get() as f64 / 1000.0;
         checks.extend(peers.iter().flat_map(|p| health::peer_checks(p, &t, max_skew)));
+        checks.extend(read_blocked_peers(client).iter().map(health::blocked_peer_check));
         let pending = read_pending_conflicts(client);
         checks.extend(pending.iter().map(|p| health::pending_conflicts_check(&p.relation, p.pending, p.oldest_seconds)));
         checks.extend(read_clock_drift(client));
@@ -166,6 +167,23 @@ fn read_peers(client: &SpiClient<'_>) -> Vec<health::Peer> {
                 pending_bytes: r.get(6)?,
                 lag_seconds: r.get(7)?,
                 clock_skew_seconds: r.get(8)?,
+            })
+        },
+    )
+}
+
+fn read_blocked_peers(client: &SpiClient<'_>) -> Vec<health::BlockedPeer> {
+    read_rows(
+        client,
+        "SELECT peer, blocked_lsn::text, blocked_table, blocked_error, extract(epoch FROM now() - blocked_since)::float8
+           FROM edgesync.peers WHERE blocked_lsn IS NOT NULL ORDER BY 1",
+        |r| {
+            Ok(health::BlockedPeer {
+                name: r.get(1)?.unwrap_or_default(),
+                lsn: r.get(2)?.unwrap_or_default(),
+                tables: r.get(3)?.unwrap_or_default(),
+                error: r.get(4)?.unwrap_or_default(),
+                blocked_seconds: r.get(5)?,
             })
         },
     )

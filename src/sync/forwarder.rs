@@ -7,7 +7,14 @@
 //! the LSN the peer confirmed durable. A crash at any point leaves the slot
 //! at or before what the peer has, and the peer's origin progress skips
 //! what it already applied: nothing is lost or applied twice.
+//!
+//! A batch the peer refuses is halved until the one transaction it refuses
+//! is found (`model::sync::blocked`); those before it go through, and the
+//! forwarder shows it blocked (`edgesync.peers`) and retries it with backoff
+//! until the peer takes it or a DBA sets it aside (`edgesync.skip_transaction`,
+//! `sync::skipped`).
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::BackgroundWorker;
@@ -16,6 +23,7 @@ use pgrx::prelude::*;
 use crate::guc;
 use crate::model::node::OBJECT_PREFIX;
 use crate::model::sync::batch::{self, Batch};
+use crate::model::sync::blocked::{self as narrowing, Answer};
 use crate::model::sync::capture::{Reader, SourceTxn};
 use crate::model::sync::forwarder::{self as machine, Action, Backoff, Event, Mode, Observed, State};
 use crate::model::sync::lsn::{format_lsn, parse_lsn};
@@ -23,6 +31,7 @@ use crate::model::sync::pack::{pack, Limits};
 use crate::model::sync::secrets::redact_secrets;
 use crate::sync::capture::{self, Backlog};
 use crate::sync::launcher::{database, in_transaction, not_null};
+use crate::sync::skipped;
 use crate::sync::status::{self, Activity};
 use crate::sync::transport::{Connection, Param};
 
@@ -223,7 +232,7 @@ impl Peeked {
     /// Where the slot may move: past what the peer confirmed (`confirmed_to`)
     /// and what was read but is not to be sent.
     fn done_to(&self, pushed: &Pushed) -> u64 {
-        match (pushed.held_back, self.complete) {
+        match (pushed.held_back || pushed.blocked.is_some(), self.complete) {
             (true, _) => pushed.confirmed_to,
             (false, true) => self.upto.max(self.last_read),
             (false, false) => self.last_read,
@@ -239,6 +248,18 @@ struct Pushed {
     confirmed_to: u64,
     /// The peek was cut and its last, partial batch left for the next one.
     held_back: bool,
+    /// The transaction the peer refuses, which stopped the push.
+    blocked: Option<Blocked>,
+}
+
+/// A transaction the peer refuses.
+struct Blocked {
+    /// Its end LSN (what the peer would confirm).
+    lsn: u64,
+    /// The tables it touches, `schema.table, ...`.
+    tables: String,
+    /// The peer's error, as it sent it.
+    error: String,
 }
 
 /// Cut `txns` into batches; a cut peek ends with a part batch, left for the
@@ -277,6 +298,8 @@ struct Forwarder {
     backoff: Backoff,
     /// Failed rounds in a row.
     failures: u32,
+    /// The end LSN of the transaction the peer refused last (0: none).
+    blocked: u64,
     last_round_ms: Option<u64>,
     last_restart_point: Instant,
 }
@@ -293,6 +316,7 @@ impl Forwarder {
             state: State::Idle,
             backoff: Backoff::default(),
             failures: 0,
+            blocked: 0,
             last_round_ms: None,
             last_restart_point: Instant::now(),
         }
@@ -379,18 +403,23 @@ impl Forwarder {
     }
 
     /// Show a round's outcome in the status slot.
-    fn record_round(&self, asked: u64, now_ms: u64, result: &Result<i64, String>) {
+    fn record_round(&mut self, asked: u64, now_ms: u64, result: &Result<i64, String>) {
         let next_attempt = match self.state {
             State::Backoff { until_ms } => status::now() + (until_ms.saturating_sub(now_ms) as i64) * 1000,
             _ => 0,
         };
         let failures = self.failures;
+        if result.is_ok() {
+            self.blocked = 0;
+        }
+        let failed_as = if self.blocked != 0 { Activity::Blocked } else { Activity::Backoff };
         status::update(self.index, |s| {
             s.rounds_done = s.rounds_done.max(asked);
             s.failures = failures;
             s.next_attempt = next_attempt;
             match result {
                 Ok(rows) => {
+                    s.clear_blocked();
                     s.last_success = status::now();
                     s.last_round_failed = false;
                     s.last_round_rows = *rows;
@@ -399,7 +428,7 @@ impl Forwarder {
                 Err(e) => {
                     s.set_error(e);
                     s.last_round_failed = true;
-                    s.activity = Activity::Backoff as u8;
+                    s.activity = failed_as as u8;
                 }
             }
         });
@@ -488,6 +517,9 @@ impl Forwarder {
             if done_to > 0 {
                 in_transaction(|| capture::advance(&peer.slot, done_to))?;
             }
+            if let Some(blocked) = pushed.blocked {
+                return Err(self.record_blocked(blocked));
+            }
             if peeked.complete {
                 return Ok(sent);
             }
@@ -502,6 +534,7 @@ impl Forwarder {
         let last_read = peek.txns.last().map(|t| t.end_lsn).unwrap_or(0);
         // changes that came from a peer are not sent back (where pgoutput cannot leave them out)
         let txns: Vec<SourceTxn> = peek.txns.into_iter().filter(|t| t.origin.is_none()).collect();
+        let txns = self.leave_out_skipped(peer, txns)?;
         let pending_rows: i64 = txns.iter().map(|t| t.rows as i64).sum();
         let oldest = txns.first().map(|t| t.commit_time).unwrap_or(0);
         status::update(self.index, |s| {
@@ -511,7 +544,8 @@ impl Forwarder {
         Ok(Peeked { txns, complete: peek.complete, upto: peek.upto, last_read, took })
     }
 
-    /// Send the peeked transactions the peer lacks, in batches, in order.
+    /// Send the peeked transactions the peer lacks, in batches, in order,
+    /// up to the first one the peer refuses.
     /// Connecting first tells what the peer has: after a crash between its
     /// commit and our slot advance, that is not sent again.
     fn push(&mut self, peer: &PeerConfig, node: &str, txns: Vec<SourceTxn>, peeked: &Peeked) -> Result<Pushed, String> {
@@ -522,24 +556,15 @@ impl Forwarder {
         let missing: Vec<SourceTxn> = txns.into_iter().filter(|t| t.end_lsn > peer_has).collect();
         let (batches, held_back) = batches_of(node, missing, peer.limits, peeked.complete);
         status::update(self.index, |s| s.activity = Activity::Pushing as u8);
+        debug1!("edgesync: peek took {:?} for {} batches", peeked.took, batches.len());
         let mut pending_rows: i64 = batches.iter().map(rows_in).sum();
         let mut pushed = Pushed { held_back, ..Pushed::default() };
         for (i, b) in batches.iter().enumerate() {
-            let rows = rows_in(b);
-            let measured = self.send_batch(b)?;
-            debug1!(
-                "edgesync: batch of {rows} rows, {} bytes ({} compressed): peek {:?} (for {} batches), encode {:?}, peer {:?}",
-                measured.raw_len,
-                measured.compressed_len,
-                peeked.took,
-                batches.len(),
-                measured.encoding,
-                measured.peer
-            );
-            pushed.confirmed_to = b.transactions.last().map(|t| t.end_lsn).unwrap_or(0);
-            pushed.rows += rows;
-            pending_rows -= rows;
-            self.record_batch(rows, &measured, pending_rows, oldest_in(batches.get(i + 1)));
+            let next_oldest = oldest_in(batches.get(i + 1));
+            pushed.blocked = self.send_narrowing(b, &mut pushed, &mut pending_rows, next_oldest)?;
+            if pushed.blocked.is_some() {
+                break;
+            }
         }
         if !batches.is_empty() {
             self.hold_at("before_advance");
@@ -547,18 +572,95 @@ impl Forwarder {
         Ok(pushed)
     }
 
+    /// Send one batch; when the peer refuses it, halve it until the
+    /// transaction it refuses is found (the ones before it go through).
+    /// The one refused last round goes alone first.
+    fn send_narrowing(&mut self, b: &Batch, pushed: &mut Pushed, pending_rows: &mut i64, next_oldest: i64) -> Result<Option<Blocked>, String> {
+        let count = b.transactions.len();
+        let suspect_first = self.blocked != 0 && b.transactions.first().is_some_and(|t| t.end_lsn == self.blocked);
+        let refused = narrowing::send_narrowing(count, suspect_first, |run| {
+            let oldest_after = b.transactions.get(run.end).map_or(next_oldest, |t| t.commit_time);
+            let part = if run.len() == count { Cow::Borrowed(b) } else { Cow::Owned(narrowing::part_of(b, run)) };
+            let measured = match self.send_batch(&part)? {
+                Ok(measured) => measured,
+                Err(refusal) => return Ok(Answer::Refused(refusal)),
+            };
+            let rows = rows_in(&part);
+            debug1!(
+                "edgesync: batch of {rows} rows, {} bytes ({} compressed): encode {:?}, peer {:?}",
+                measured.raw_len,
+                measured.compressed_len,
+                measured.encoding,
+                measured.peer
+            );
+            pushed.confirmed_to = part.transactions.last().map(|t| t.end_lsn).unwrap_or(0);
+            pushed.rows += rows;
+            *pending_rows -= rows;
+            self.record_batch(rows, &measured, *pending_rows, oldest_after);
+            if self.blocked != 0 && pushed.confirmed_to >= self.blocked {
+                self.unblock();
+            }
+            Ok::<_, String>(Answer::Applied)
+        })?;
+        Ok(refused.map(|(i, error)| {
+            let culprit = narrowing::part_of(b, i..i + 1);
+            Blocked { lsn: culprit.transactions[0].end_lsn, tables: narrowing::tables_of(&culprit).join(", "), error }
+        }))
+    }
+
+    /// Show the transaction the peer refuses; returns the round's error
+    /// (its first line only: DETAIL lines may quote row data, which
+    /// `edgesync.peers.last_error` readers may not see).
+    fn record_blocked(&mut self, b: Blocked) -> String {
+        self.blocked = b.lsn;
+        status::update(self.index, |s| s.set_blocked(b.lsn, &b.tables, &b.error));
+        let first_line = b.error.lines().next().unwrap_or_default();
+        format!(
+            "the peer refuses the transaction ending at {} ({}): {first_line} (retried with backoff; edgesync.skip_transaction sets it aside)",
+            format_lsn(b.lsn),
+            b.tables
+        )
+    }
+
+    /// The transaction the peer refused went through or was set aside.
+    fn unblock(&mut self) {
+        self.blocked = 0;
+        status::update(self.index, |s| s.clear_blocked());
+    }
+
+    /// Leave out the transactions a DBA set aside for this peer (each is
+    /// kept in `edgesync.skipped_transaction`, filled in here the first
+    /// time it is met); the slot moves past them with the rest.
+    fn leave_out_skipped(&mut self, peer: &PeerConfig, txns: Vec<SourceTxn>) -> Result<Vec<SourceTxn>, String> {
+        if txns.is_empty() {
+            return Ok(txns);
+        }
+        let skipped = in_transaction(|| skipped::set_aside(&peer.name, &txns))?;
+        if skipped.is_empty() {
+            return Ok(txns);
+        }
+        if skipped.contains(&self.blocked) {
+            self.unblock();
+        }
+        Ok(txns.into_iter().filter(|t| !skipped.contains(&t.end_lsn)).collect())
+    }
+
     /// Encode one batch, send it to the peer's `apply_batch` and check that
-    /// the peer confirmed all of it.
-    fn send_batch(&mut self, b: &Batch) -> Result<Sent, String> {
+    /// the peer confirmed all of it. `Ok(Err)`: the peer refused it (its
+    /// error, as it sent it); `Err`: the link failed.
+    fn send_batch(&mut self, b: &Batch) -> Result<Result<Sent, String>, String> {
         let last = b.transactions.last().map(|t| t.end_lsn).unwrap_or(0);
         let started = Instant::now();
         let (encoded, raw_len) = batch::encode_measured(b, Some(guc::COMPRESSION_LEVEL.get())).map_err(|e| e.to_string())?;
         let encoded_at = Instant::now();
         self.hold_at("before_send");
         let conn = self.conn.as_mut().ok_or("the connection to the peer was closed before sending")?;
-        let answer = conn
-            .query("SELECT edgesync.apply_batch($1)::text", &[Param::Binary(&encoded)], Self::timeout())
-            .map_err(|e| format!("the peer refused a batch: {e}"))?;
+        let answer = match conn.query("SELECT edgesync.apply_batch($1)::text", &[Param::Binary(&encoded)], Self::timeout()) {
+            Ok(answer) => answer,
+            // an ERROR leaves the session usable; a lost link or a timeout does not
+            Err(e) if conn.query("SELECT 1", &[], Self::timeout()).is_ok() => return Ok(Err(e)),
+            Err(e) => return Err(format!("sending a batch to the peer failed: {e}")),
+        };
         let answered = answer.first().and_then(|r| r.first().cloned().flatten());
         let confirmed = answered.as_deref().and_then(parse_lsn).ok_or_else(|| {
             format!("the peer answered apply_batch with {answered:?}, not an LSN: does it run the same edgesync version?")
@@ -566,7 +668,7 @@ impl Forwarder {
         if confirmed < last {
             return Err(format!("the peer confirmed {} but was sent up to {}", format_lsn(confirmed), format_lsn(last)));
         }
-        Ok(Sent { raw_len, compressed_len: encoded.len(), encoding: encoded_at - started, peer: encoded_at.elapsed() })
+        Ok(Ok(Sent { raw_len, compressed_len: encoded.len(), encoding: encoded_at - started, peer: encoded_at.elapsed() }))
     }
 
     /// Count a batch the peer confirmed in the status slot.

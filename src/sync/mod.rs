@@ -8,7 +8,8 @@
 //!  (peek, advance) into batches           aware waits      exactly once, tables as owners
 //!        ▲
 //!  launcher.rs starts one forwarder.rs per peer; status.rs is what they show
-//!  (edgesync.peers); peers.rs holds the SQL functions that act on them (sync_now).
+//!  (edgesync.peers); peers.rs holds the SQL functions that act on them (sync_now);
+//!  skipped.rs keeps the transactions a DBA set aside (skip_transaction).
 //! ```
 //!
 //! The pure halves live in `model/sync/` under the same names (`capture`
@@ -25,6 +26,7 @@ pub mod forwarder;
 pub mod launcher;
 mod libpq;
 pub mod peers;
+pub mod skipped;
 pub mod status;
 pub mod target;
 pub mod transport;

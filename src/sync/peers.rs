@@ -168,3 +168,18 @@ fn _wake_launcher_at_commit() {
     }
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, wake_launcher);
 }
+
+/// Ask the forwarder of peer `peer_id` for a round when this transaction
+/// commits, cutting any backoff short: it then sees what this transaction
+/// wrote (a transaction set aside by `skip_transaction`).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _request_round_at_commit(peer_id: i32) {
+    if !crate::conflict::clock::preloaded() {
+        return;
+    }
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+        if let Some(index) = find(peer_id) {
+            request_round(index);
+        }
+    });
+}

@@ -18,6 +18,10 @@ use crate::model::sync::secrets::redact_secrets;
 /// Forwarders that can run at once (per cluster).
 pub const MAX_PEERS: usize = 64;
 const ERROR_LEN: usize = 240;
+/// Room for the tables a blocking transaction touches, and the peer's whole
+/// refusal (its DETAIL and CONTEXT lines too).
+const BLOCKED_TABLES_LEN: usize = 200;
+const BLOCKED_ERROR_LEN: usize = 1000;
 
 /// What a forwarder is doing, as `edgesync.peers.state` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +34,8 @@ pub enum Activity {
     Backoff,
     /// Holding at `edgesync.fault_point`.
     Held,
+    /// The peer refuses a transaction (`PeerSlot::blocked_lsn`); retried with backoff.
+    Blocked,
 }
 
 impl Activity {
@@ -40,6 +46,7 @@ impl Activity {
             2 => "connecting",
             3 => "pushing",
             4 => "backoff",
+            6 => "blocked",
             _ => "held",
         }
     }
@@ -76,6 +83,14 @@ pub struct PeerSlot {
     pub rounds_done: u64,
     pub last_round_failed: bool,
     pub last_round_rows: i64,
+    /// The end LSN of the transaction the peer refuses (0: none), since
+    /// when, the tables it touches and the peer's error.
+    pub blocked_lsn: u64,
+    pub blocked_since: i64,
+    pub blocked_tables_len: u16,
+    pub blocked_tables: [u8; BLOCKED_TABLES_LEN],
+    pub blocked_error_len: u16,
+    pub blocked_error: [u8; BLOCKED_ERROR_LEN],
 }
 
 impl PeerSlot {
@@ -104,22 +119,55 @@ impl PeerSlot {
         rounds_done: 0,
         last_round_failed: false,
         last_round_rows: 0,
+        blocked_lsn: 0,
+        blocked_since: 0,
+        blocked_tables_len: 0,
+        blocked_tables: [0; BLOCKED_TABLES_LEN],
+        blocked_error_len: 0,
+        blocked_error: [0; BLOCKED_ERROR_LEN],
     };
 
     pub fn set_error(&mut self, message: &str) {
-        let message = redact_secrets(message);
-        let mut end = message.len().min(ERROR_LEN);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.last_error[..end].copy_from_slice(&message.as_bytes()[..end]);
-        self.error_len = end as u16;
+        self.error_len = copy_cut(&redact_secrets(message), &mut self.last_error);
         self.last_error_at = now();
     }
 
     pub fn error(&self) -> Option<String> {
-        (self.error_len > 0).then(|| String::from_utf8_lossy(&self.last_error[..self.error_len as usize]).into_owned())
+        (self.error_len > 0).then(|| text_of(&self.last_error, self.error_len))
     }
+
+    /// The peer refuses the transaction ending at `lsn`; `since` is kept
+    /// while it is the same one.
+    pub fn set_blocked(&mut self, lsn: u64, tables: &str, error: &str) {
+        if self.blocked_lsn != lsn {
+            self.blocked_since = now();
+        }
+        self.blocked_lsn = lsn;
+        self.blocked_tables_len = copy_cut(tables, &mut self.blocked_tables);
+        self.blocked_error_len = copy_cut(&redact_secrets(error), &mut self.blocked_error);
+    }
+
+    pub fn clear_blocked(&mut self) {
+        self.blocked_lsn = 0;
+        self.blocked_since = 0;
+        self.blocked_tables_len = 0;
+        self.blocked_error_len = 0;
+    }
+}
+
+/// Copy as much of `text` into `buf` as fits, cut at a character boundary;
+/// returns the length copied.
+fn copy_cut(text: &str, buf: &mut [u8]) -> u16 {
+    let mut end = text.len().min(buf.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    buf[..end].copy_from_slice(&text.as_bytes()[..end]);
+    end as u16
+}
+
+fn text_of(buf: &[u8], len: u16) -> String {
+    String::from_utf8_lossy(&buf[..len as usize]).into_owned()
 }
 
 #[derive(Clone, Copy)]
@@ -303,6 +351,38 @@ fn _peer_status() -> TableIterator<
                 s.bytes_raw,
                 s.bytes_compressed,
                 s.skew_measured.then_some(s.clock_skew_ms),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// The peers of this database whose forwarder is blocked on a transaction
+/// the peer refuses, for `edgesync.peers` and `edgesync.skip_transaction`:
+/// its end LSN, since when (microseconds since 2000-01-01), the tables it
+/// touches and the peer's whole error (passwords masked).
+#[pg_extern(volatile, parallel_safe)]
+#[allow(clippy::type_complexity)]
+fn _peer_blocked() -> TableIterator<
+    'static,
+    (name!(peer_id, i32), name!(lsn, i64), name!(since, i64), name!(tables, String), name!(error, String)),
+> {
+    if !crate::conflict::clock::preloaded() {
+        return TableIterator::new(Vec::new());
+    }
+    let db = my_database();
+    let rows: Vec<_> = REGISTRY
+        .share()
+        .slots
+        .iter()
+        .filter(|s| s.peer_id != 0 && s.dboid == db && s.pid != 0 && s.blocked_lsn != 0)
+        .map(|s| {
+            (
+                s.peer_id,
+                s.blocked_lsn as i64,
+                s.blocked_since,
+                text_of(&s.blocked_tables, s.blocked_tables_len),
+                text_of(&s.blocked_error, s.blocked_error_len),
             )
         })
         .collect();

@@ -223,4 +223,42 @@ mod tests {
         assert_eq!(Spi::get_one::<bool>("SELECT public.es_can_read('edgesync.peer')").unwrap(), Some(false), "conninfos are the owner's");
         Spi::run("RESET ROLE").unwrap();
     }
+
+    #[pg_test(error = "edgesync: no peer named 'nowhere'")]
+    fn skip_transaction_of_an_unknown_peer() {
+        Spi::run("SELECT edgesync.skip_transaction('nowhere', '0/16B3748')").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: lsn must not be NULL")]
+    fn skip_transaction_needs_an_lsn() {
+        a_peer_row();
+        Spi::run("SELECT edgesync.skip_transaction('cloud', NULL)").unwrap();
+    }
+
+    /// Only the transaction the forwarder found blocking can be skipped:
+    /// a peer that is not blocked has none, and nothing is written.
+    #[pg_test(error = "edgesync: peer cloud is not blocked by any transaction")]
+    fn skip_transaction_of_a_peer_that_is_not_blocked() {
+        a_peer_row();
+        Spi::run("CREATE ROLE es_ops3; GRANT edgesync_admin TO es_ops3; SET LOCAL ROLE es_ops3").unwrap();
+        assert_eq!(Spi::get_one::<bool>("SELECT blocked_lsn IS NULL FROM edgesync.peers").unwrap(), Some(true));
+        Spi::run("SELECT edgesync.skip_transaction('cloud', '0/16B3748')").unwrap();
+    }
+
+    /// The exceptions table holds row data: edgesync_admin reads it,
+    /// pg_monitor does not; only edgesync_admin may skip.
+    #[pg_test]
+    fn skipped_transactions_are_for_admins_only() {
+        let grants = Spi::get_one::<bool>(
+            "SELECT has_table_privilege('edgesync_admin', 'edgesync.skipped_transaction', 'SELECT')
+                AND NOT has_table_privilege('pg_monitor', 'edgesync.skipped_transaction', 'SELECT')
+                AND NOT has_table_privilege('edgesync_admin', 'edgesync.skipped_transaction', 'INSERT, UPDATE, DELETE')
+                AND has_function_privilege('edgesync_admin', 'edgesync.skip_transaction(text, pg_lsn)', 'EXECUTE')
+                AND NOT has_function_privilege('pg_monitor', 'edgesync.skip_transaction(text, pg_lsn)', 'EXECUTE')
+                AND NOT has_function_privilege('public', 'edgesync._request_round_at_commit(integer)', 'EXECUTE')
+                AND has_function_privilege('pg_monitor', 'edgesync._peer_blocked()', 'EXECUTE')",
+        )
+        .unwrap();
+        assert_eq!(grants, Some(true));
+    }
 }

@@ -401,6 +401,35 @@ pub fn peer_checks(p: &Peer, t: &Thresholds, max_skew_seconds: f64) -> Vec<Check
     checks
 }
 
+/// A peer whose forwarder is stuck on a transaction the peer refuses,
+/// from `edgesync.peers` (`blocked_*`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BlockedPeer {
+    pub name: String,
+    /// The transaction's end LSN, as text.
+    pub lsn: String,
+    pub tables: String,
+    pub error: String,
+    pub blocked_seconds: Option<f64>,
+}
+
+/// Critical while the peer refuses a transaction: nothing after it moves
+/// and the slot holds WAL until a DBA retries or skips it.
+pub fn blocked_peer_check(b: &BlockedPeer) -> Check {
+    Check {
+        component: "peer",
+        object: b.name.clone(),
+        status: Status::Critical,
+        metric: "blocked_seconds",
+        value: b.blocked_seconds,
+        threshold: None,
+        detail: format!(
+            "the peer refuses the transaction at {} ({}): {}; fix the cause and run edgesync.sync_now('{}'), or set it aside with edgesync.skip_transaction('{}', '{}')",
+            b.lsn, b.tables, b.error, b.name, b.name, b.lsn
+        ),
+    }
+}
+
 /// The row a node with nothing to watch still reports, so that an empty
 /// result never reads as "the check did not run".
 pub fn nothing_to_check(node: &str) -> Check {
@@ -576,6 +605,16 @@ mod tests {
         let c = wal_receiver_checks(&w, &t());
         assert_eq!(status_of(&c, "status"), Status::Ok);
         assert_eq!(status_of(&c, "replay_delay_seconds"), Status::Warning);
+    }
+
+    #[test]
+    fn a_blocked_peer_is_critical_and_says_how_to_get_past() {
+        let b = BlockedPeer { name: "cloud".into(), lsn: "0/1A2B3C".into(), tables: "public.readings".into(), error: "check constraint".into(), blocked_seconds: Some(3.0) };
+        let c = blocked_peer_check(&b);
+        assert_eq!((c.status, c.metric, c.value), (Status::Critical, "blocked_seconds", Some(3.0)));
+        for part in ["0/1A2B3C", "public.readings", "check constraint", "edgesync.sync_now('cloud')", "edgesync.skip_transaction('cloud', '0/1A2B3C')"] {
+            assert!(c.detail.contains(part), "{part} missing from {}", c.detail);
+        }
     }
 
     #[test]

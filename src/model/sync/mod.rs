@@ -1,9 +1,11 @@
 //! Moving changes between nodes, stage by stage: `capture` reads a slot's
 //! pgoutput messages (`pgoutput`) into whole source transactions, `pack`
 //! cuts them into batches, `batch` is the wire format, `forwarder` is the
-//! worker's state machine; `lsn` and `secrets` are shared helpers.
+//! worker's state machine, `blocked` finds a transaction the peer refuses
+//! and reads one set aside; `lsn` and `secrets` are shared helpers.
 
 pub mod batch;
+pub mod blocked;
 pub mod capture;
 pub mod forwarder;
 pub mod lsn;
