@@ -31,6 +31,7 @@ mod health;
 mod node;
 mod plan_cache;
 mod privilege;
+mod quote;
 mod sync;
 
 ::pgrx::pg_module_magic!();

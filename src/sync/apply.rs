@@ -82,6 +82,8 @@ pub fn apply(b: Batch, direction: Direction) -> u64 {
     let done = applied_mark();
     require_durable_commit();
     apply_as_replica();
+    // values arrive as text printed under these settings: read them the same way
+    crate::guc::pin_value_text(crate::guc::Scope::Transaction);
     let mut state = BatchApply::new(&b.sender, direction);
     for t in &b.transactions {
         state.apply_transaction(t, done);
@@ -414,7 +416,7 @@ fn is_plain_insert(change: &Message) -> bool {
 
 /// Apply a run of changes to one table, as its owner.
 fn write_run(changes: Vec<Message>, target: &Target) {
-    as_role(target.owner, || {
+    target.naming_refused_values(&changes, || as_role(target.owner, || {
         Spi::connect_mut(|client| {
             let mut rest = &changes[..];
             while !rest.is_empty() {
@@ -430,7 +432,7 @@ fn write_run(changes: Vec<Message>, target: &Target) {
             Ok::<_, pgrx::spi::Error>(())
         })
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: applying to {}: {e}", target.qualified)))
-    });
+    }));
 }
 
 /// Insert rows in order with one statement: one text array per column,

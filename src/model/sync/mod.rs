@@ -1,11 +1,13 @@
 //! Moving changes between nodes, stage by stage: `capture` reads a slot's
 //! pgoutput messages (`pgoutput`) into whole source transactions, `pack`
 //! cuts them into batches, `batch` is the wire format, `forwarder` is the
-//! worker's state machine; `lsn` and `secrets` are shared helpers.
+//! worker's state machine; `lsn` and `secrets` are shared helpers, and
+//! `length_limit` tells which column refused a value on apply.
 
 pub mod batch;
 pub mod capture;
 pub mod forwarder;
+pub mod length_limit;
 pub mod lsn;
 pub mod pack;
 pub mod pgoutput;
