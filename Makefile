@@ -17,7 +17,7 @@ PG_USER ?= $(call from_setup,PG_USER)
 PGTEST_DATA_18 ?= /tmp/edgesync-pgtest-18
 PGTEST_DATA_15 ?= /tmp/edgesync-pgtest-15
 
-.PHONY: setup test test-unit test-pg18 test-pg15 test-integration test-integration-pg15 install-pg18 install-pg15 install-pg18-release bench demo demo-stop mutants clean
+.PHONY: setup test test-unit test-fuzz test-pg18 test-pg15 test-integration test-integration-pg15 install-pg18 install-pg15 install-pg18-release bench demo demo-stop mutants clean
 
 setup:
 	@bash scripts/setup.sh
@@ -25,10 +25,29 @@ setup:
 # Every tier: pure unit tests, #[pg_test] on 18 and 15, multi-node tests on 18,
 # and the forwarder's multi-node tests on 15 too (it decodes differently there).
 test: setup
-	@$(MAKE) --no-print-directory test-unit test-pg18 test-pg15 test-integration test-integration-pg15
+	@$(MAKE) --no-print-directory test-unit test-fuzz test-pg18 test-pg15 test-integration test-integration-pg15
 
 test-unit:
 	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) cargo test --lib model::
+
+# The fuzz targets (fuzz/README.md) for FUZZ_SECONDS each, under a memory
+# limit: a decoder that trusts a size a batch claims (the batch_decode
+# target feeds it compressed bombs) runs out of it and fails the run. Stable
+# Rust, with libFuzzer's coverage flags; the corpus grows in fuzz/corpus/.
+FUZZ_SECONDS ?= 10
+FUZZ_RSS_MB ?= 192
+FUZZ_RUSTFLAGS := --cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+	-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+	-Cllvm-args=-sanitizer-coverage-trace-compares
+test-fuzz:
+	cd fuzz && CXX=clang++ RUSTFLAGS="$(FUZZ_RUSTFLAGS)" cargo build --release --target $$(rustc -vV | sed -n 's/^host: //p')
+	@set -e; host=$$(rustc -vV | sed -n 's/^host: //p'); for t in batch_decode pgoutput_parse capture_read; do \
+		mkdir -p fuzz/corpus/$$t fuzz/artifacts; \
+		echo "fuzz $$t: $(FUZZ_SECONDS) s, rss limit $(FUZZ_RSS_MB) MB"; \
+		fuzz/target/$$host/release/$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=$(FUZZ_RSS_MB) \
+			-artifact_prefix=fuzz/artifacts/ -print_final_stats=1 fuzz/corpus/$$t 2>&1 | grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)|ERROR|SUMMARY' ; \
+		test $${PIPESTATUS[0]} -eq 0; \
+	done
 
 # EDGESYNC_PG_CONFIG: the server whose libpq edgesync links (build.rs)
 test-pg18:
@@ -45,7 +64,7 @@ install-pg15: setup
 
 test-integration: install-pg18
 	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \
-		cargo test --features integration --test health --test conflicts --test forwarder --test upgrade -- --test-threads=1
+		cargo test --features integration --test health --test conflicts --test forwarder --test upgrade --test roles -- --test-threads=1
 
 test-integration-pg15: install-pg15
 	EDGESYNC_PG_CONFIG=$(PG15_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \

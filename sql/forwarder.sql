@@ -60,14 +60,13 @@ END
 $$;
 
 -- Enrol a table in sync, or change its direction.
-CREATE FUNCTION edgesync.add_table(relation regclass, sync text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
+CREATE FUNCTION edgesync._add_table(relation regclass, sync text) RETURNS void
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     published boolean;
 BEGIN
-    PERFORM edgesync._require_table_owner(relation);
     PERFORM edgesync._check_choice('sync', sync, ARRAY['up', 'down', 'both']);
     IF (SELECT relkind FROM pg_class WHERE oid = relation) <> 'r' THEN
         RAISE EXCEPTION 'edgesync: % is not a plain table', relation
@@ -93,16 +92,25 @@ BEGIN
     ON CONFLICT (relid) DO UPDATE SET direction = EXCLUDED.direction;
 END
 $$;
+-- The public functions that change what syncs or where are SECURITY
+-- INVOKER: edgesync._api_step checks the caller (the current user: the
+-- table's owner, or a superuser for a conninfo), then runs the internal
+-- function above as the extension's owner. A SECURITY DEFINER function
+-- could only check the session's outer role, which another definer
+-- function in between would not be.
+CREATE FUNCTION edgesync.add_table(relation regclass, sync text) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT edgesync._api_step('add_table', relation, ARRAY[sync]) $$;
 COMMENT ON FUNCTION edgesync.add_table(regclass, text) IS
     'Enrol a table in sync: up (edge to cloud), down (cloud to edges) or both (adds last_writer_wins conflict handling unless a policy is set); run the same call on every node';
 
 -- Take a table out of sync (its conflict policy, if any, stays).
-CREATE FUNCTION edgesync.remove_table(relation regclass) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
+CREATE FUNCTION edgesync._remove_table(relation regclass) RETURNS void
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM edgesync._require_table_owner(relation);
     DELETE FROM edgesync.sync_table WHERE relid = relation;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'edgesync: table % is not enrolled in sync', relation USING ERRCODE = 'undefined_object';
@@ -113,6 +121,10 @@ BEGIN
     END IF;
 END
 $$;
+CREATE FUNCTION edgesync.remove_table(relation regclass) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT edgesync._api_step('remove_table', relation, ARRAY[]::text[]) $$;
 COMMENT ON FUNCTION edgesync.remove_table(regclass) IS 'Stop syncing a table (a conflict policy stays until drop_conflict_policy)';
 
 -- Check a peer's settings; raise on the first bad one.
@@ -143,11 +155,9 @@ $$;
 
 -- Add a peer to push to: creates its replication slot; its forwarder starts
 -- when this transaction commits.
-CREATE FUNCTION edgesync.add_peer(name text, conninfo text, mode text DEFAULT 'realtime',
-                                  batch_interval interval DEFAULT '1 minute',
-                                  max_batch_rows integer DEFAULT 10000,
-                                  max_batch_bytes bigint DEFAULT 16777216) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
+CREATE FUNCTION edgesync._add_peer(name text, conninfo text, mode text, batch_interval interval,
+                                   max_batch_rows integer, max_batch_bytes bigint) RETURNS void
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -158,27 +168,26 @@ BEGIN
           USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM edgesync._check_peer_settings(conninfo, mode, batch_interval, max_batch_rows, max_batch_bytes);
-    PERFORM edgesync._require_superuser_for_conninfo();
     IF NOT EXISTS (SELECT FROM edgesync.node) THEN
         RAISE EXCEPTION 'edgesync: this database is not a node yet'
           USING ERRCODE = 'object_not_in_prerequisite_state',
                 HINT = 'Name it first: SELECT edgesync.create_node(''store_042''); peers know it by that name.';
     END IF;
-    IF EXISTS (SELECT FROM edgesync.peer p WHERE lower(p.name) = lower(add_peer.name)) THEN
-        RAISE EXCEPTION 'edgesync: peer % already exists', add_peer.name USING ERRCODE = 'duplicate_object';
+    IF EXISTS (SELECT FROM edgesync.peer p WHERE lower(p.name) = lower(_add_peer.name)) THEN
+        RAISE EXCEPTION 'edgesync: peer % already exists', _add_peer.name USING ERRCODE = 'duplicate_object';
     END IF;
     IF current_setting('wal_level') <> 'logical' THEN
         RAISE EXCEPTION 'edgesync: wal_level is %, peers need logical', current_setting('wal_level')
           USING ERRCODE = 'object_not_in_prerequisite_state',
                 HINT = 'ALTER SYSTEM SET wal_level = logical; then restart the server.';
     END IF;
-    slot := edgesync._slot_name(add_peer.name);
+    slot := edgesync._slot_name(_add_peer.name);
     IF NOT EXISTS (SELECT FROM pg_replication_slots s WHERE s.slot_name = slot) THEN
         PERFORM pg_create_logical_replication_slot(slot, 'pgoutput');
     END IF;
     INSERT INTO edgesync.peer (name, conninfo, mode, batch_interval, max_batch_rows, max_batch_bytes, slot_name)
-    VALUES (add_peer.name, add_peer.conninfo, add_peer.mode, add_peer.batch_interval,
-            add_peer.max_batch_rows, add_peer.max_batch_bytes, slot);
+    VALUES (_add_peer.name, _add_peer.conninfo, _add_peer.mode, _add_peer.batch_interval,
+            _add_peer.max_batch_rows, _add_peer.max_batch_bytes, slot);
     PERFORM edgesync._wake_launcher_at_commit();
     IF current_setting('edgesync.database', true) IS DISTINCT FROM current_database() THEN
         RAISE WARNING 'edgesync: forwarders run in database %, not in %: this peer will not be served',
@@ -187,37 +196,52 @@ BEGIN
     END IF;
 END
 $$;
+CREATE FUNCTION edgesync.add_peer(name text, conninfo text, mode text DEFAULT 'realtime',
+                                  batch_interval interval DEFAULT '1 minute',
+                                  max_batch_rows integer DEFAULT 10000,
+                                  max_batch_bytes bigint DEFAULT 16777216) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT edgesync._api_step('add_peer', NULL,
+                              ARRAY[name, conninfo, mode, batch_interval::text, max_batch_rows::text, max_batch_bytes::text])
+$$;
 COMMENT ON FUNCTION edgesync.add_peer(text, text, text, interval, integer, bigint) IS
     'Add a peer to push changes to (conninfo: a libpq connection string; mode realtime, batch or on_demand); creates its replication slot';
 
 -- Change a peer's settings; NULL keeps a setting as it is.
-CREATE FUNCTION edgesync.alter_peer(name text, conninfo text DEFAULT NULL, mode text DEFAULT NULL,
-                                    batch_interval interval DEFAULT NULL, max_batch_rows integer DEFAULT NULL,
-                                    max_batch_bytes bigint DEFAULT NULL) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
+CREATE FUNCTION edgesync._alter_peer(name text, conninfo text, mode text, batch_interval interval,
+                                     max_batch_rows integer, max_batch_bytes bigint) RETURNS void
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     p edgesync.peer;
 BEGIN
-    SELECT * INTO p FROM edgesync.peer WHERE peer.name = alter_peer.name FOR UPDATE;
+    SELECT * INTO p FROM edgesync.peer WHERE peer.name = _alter_peer.name FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'edgesync: no peer named %', coalesce(quote_literal(alter_peer.name), 'NULL') USING ERRCODE = 'undefined_object';
+        RAISE EXCEPTION 'edgesync: no peer named %', coalesce(quote_literal(_alter_peer.name), 'NULL') USING ERRCODE = 'undefined_object';
     END IF;
-    IF alter_peer.conninfo IS NOT NULL THEN
-        PERFORM edgesync._require_superuser_for_conninfo();
-    END IF;
-    p.conninfo := coalesce(alter_peer.conninfo, p.conninfo);
-    p.mode := coalesce(alter_peer.mode, p.mode);
-    p.batch_interval := coalesce(alter_peer.batch_interval, p.batch_interval);
-    p.max_batch_rows := coalesce(alter_peer.max_batch_rows, p.max_batch_rows);
-    p.max_batch_bytes := coalesce(alter_peer.max_batch_bytes, p.max_batch_bytes);
+    p.conninfo := coalesce(_alter_peer.conninfo, p.conninfo);
+    p.mode := coalesce(_alter_peer.mode, p.mode);
+    p.batch_interval := coalesce(_alter_peer.batch_interval, p.batch_interval);
+    p.max_batch_rows := coalesce(_alter_peer.max_batch_rows, p.max_batch_rows);
+    p.max_batch_bytes := coalesce(_alter_peer.max_batch_bytes, p.max_batch_bytes);
     PERFORM edgesync._check_peer_settings(p.conninfo, p.mode, p.batch_interval, p.max_batch_rows, p.max_batch_bytes);
     UPDATE edgesync.peer SET conninfo = p.conninfo, mode = p.mode, batch_interval = p.batch_interval,
                              max_batch_rows = p.max_batch_rows, max_batch_bytes = p.max_batch_bytes
      WHERE id = p.id;
     PERFORM edgesync._wake_launcher_at_commit();
 END
+$$;
+CREATE FUNCTION edgesync.alter_peer(name text, conninfo text DEFAULT NULL, mode text DEFAULT NULL,
+                                    batch_interval interval DEFAULT NULL, max_batch_rows integer DEFAULT NULL,
+                                    max_batch_bytes bigint DEFAULT NULL) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT edgesync._api_step('alter_peer', NULL,
+                              ARRAY[name, conninfo, mode, batch_interval::text, max_batch_rows::text, max_batch_bytes::text])
 $$;
 COMMENT ON FUNCTION edgesync.alter_peer(text, text, text, interval, integer, bigint) IS
     'Change a peer''s conninfo, mode or batch limits (NULL keeps a setting); the forwarder picks them up at once';
@@ -353,12 +377,17 @@ REVOKE EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_t
                            edgesync.drop_peer(text), edgesync.sync_now(text, interval),
                            edgesync.hello(text), edgesync.apply_batch(bytea), edgesync._apply_batch(bytea),
                            edgesync._peer_status(), edgesync._wake_launcher_at_commit(),
-                           edgesync._require_superuser_for_conninfo(), edgesync._require_table_owner(oid) FROM PUBLIC;
+                           edgesync._require_superuser_for_conninfo(), edgesync._require_table_owner(oid),
+                           edgesync._api_step(text, oid, text[]),
+                           edgesync._add_table(regclass, text), edgesync._remove_table(regclass),
+                           edgesync._add_peer(text, text, text, interval, integer, bigint),
+                           edgesync._alter_peer(text, text, text, interval, integer, bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_table(regclass),
                           edgesync.add_peer(text, text, text, interval, integer, bigint),
                           edgesync.alter_peer(text, text, text, interval, integer, bigint),
                           edgesync.pause_peer(text), edgesync.resume_peer(text),
-                          edgesync.drop_peer(text), edgesync.sync_now(text, interval) TO edgesync_admin;
+                          edgesync.drop_peer(text), edgesync.sync_now(text, interval),
+                          edgesync._api_step(text, oid, text[]) TO edgesync_admin;
 GRANT EXECUTE ON FUNCTION edgesync.hello(text), edgesync.apply_batch(bytea) TO edgesync_peer;
 GRANT SELECT ON edgesync.peers TO pg_monitor, edgesync_admin;
 GRANT EXECUTE ON FUNCTION edgesync._peer_status() TO pg_monitor, edgesync_admin;

@@ -118,6 +118,50 @@ WHERE sub.subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = curr
 COMMENT ON VIEW edgesync.subscriptions IS
     'Native subscriptions: worker, last message, error counts and (PostgreSQL 18) conflict counters';
 
+-- Every walsender client edgesync.health has seen (streaming standbys,
+-- logical subscribers, pg_receivewal), so that one that disconnects, and
+-- with it vanishes from pg_stat_replication, is still reported. Health
+-- records into it as the extension's owner. Unlogged: recording never waits
+-- for a synchronous standby (the very standby that may be missing) nor
+-- writes WAL; the price is that a crash, an immediate shutdown or a
+-- promotion empties it.
+CREATE UNLOGGED TABLE edgesync.downstream (
+    name        text PRIMARY KEY,
+    kind        text NOT NULL CHECK (kind IN ('physical', 'logical')),
+    slot_name   text,
+    client_addr inet,
+    first_seen  timestamptz NOT NULL,
+    last_seen   timestamptz NOT NULL
+);
+COMMENT ON TABLE edgesync.downstream IS
+    'Downstreams (by application_name) edgesync.health has seen connected, and when it last saw each; edgesync.forget_downstream() retires one';
+
+-- A downstream retired on purpose: health stops reporting it missing.
+CREATE FUNCTION edgesync.forget_downstream(name text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_is_in_recovery() THEN
+        RAISE EXCEPTION 'edgesync: this node is a standby: it remembers no downstreams'
+          USING ERRCODE = 'read_only_sql_transaction', HINT = 'Run edgesync.forget_downstream() on the primary.';
+    END IF;
+    DELETE FROM edgesync.downstream d WHERE d.name = forget_downstream.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'edgesync: no downstream named %', coalesce(quote_literal(forget_downstream.name), 'NULL')
+          USING ERRCODE = 'undefined_object', HINT = 'The names are those of edgesync.downstream (application_name).';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION edgesync.forget_downstream(text) IS
+    'Forget a downstream retired on purpose, so that edgesync.health stops reporting it missing (it is remembered again if it reconnects)';
+
+REVOKE ALL ON edgesync.downstream FROM PUBLIC;
+GRANT SELECT ON edgesync.downstream TO pg_monitor;
+GRANT SELECT, DELETE ON edgesync.downstream TO edgesync_admin;
+REVOKE EXECUTE ON FUNCTION edgesync.forget_downstream(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION edgesync.forget_downstream(text) TO edgesync_admin;
+
 CREATE VIEW edgesync.health AS
 SELECT * FROM edgesync.health_checks();
 COMMENT ON VIEW edgesync.health IS
@@ -149,7 +193,9 @@ REVOKE EXECUTE ON FUNCTION edgesync.resolve_conflict(bigint, text, jsonb),
                            edgesync.purge_conflict_log(interval),
                            edgesync.purge_tombstones(),
                            edgesync.pending_conflict_counts(),
-                           edgesync.conflict_trigger() FROM PUBLIC;
+                           edgesync.conflict_trigger(),
+                           edgesync._set_conflict_policy(regclass, text, regproc),
+                           edgesync._drop_conflict_policy(regclass, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION edgesync.resolve_conflict(bigint, text, jsonb),
                           edgesync.resolve_conflicts(regclass, text, interval),
                           edgesync._resolve_conflicts(oid, text, interval) TO edgesync_admin WITH GRANT OPTION;

@@ -149,8 +149,9 @@ END
 $$;
 
 -- Enrol a table in conflict handling, or change its policy.
-CREATE FUNCTION edgesync.set_conflict_policy(relation regclass, policy text DEFAULT 'last_writer_wins',
-                                             handler regproc DEFAULT NULL) RETURNS void
+-- (run as the extension's owner by edgesync._api_step, once the caller
+-- was found to own the table)
+CREATE FUNCTION edgesync._set_conflict_policy(relation regclass, policy text, handler regproc) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -229,11 +230,24 @@ BEGIN
                                       key_columns = EXCLUDED.key_columns;
 END
 $$;
+-- SECURITY INVOKER, as the sync API's functions: edgesync._api_step checks
+-- that the caller (the current user) owns the table, then runs the
+-- internal function as the extension's owner, which writes edgesync's
+-- own tables.
+CREATE FUNCTION edgesync.set_conflict_policy(relation regclass, policy text DEFAULT 'last_writer_wins',
+                                             handler regproc DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM edgesync._api_step('set_conflict_policy', relation, ARRAY[policy, handler::oid::text]);
+END
+$$;
 COMMENT ON FUNCTION edgesync.set_conflict_policy(regclass, text, regproc) IS
     'Put a table under conflict handling: adds edgesync_version and the conflict trigger; policy last_writer_wins, keep_local, apply_remote, manual or custom';
 
 -- Take a table out of conflict handling.
-CREATE FUNCTION edgesync.drop_conflict_policy(relation regclass, drop_column boolean DEFAULT false) RETURNS void
+CREATE FUNCTION edgesync._drop_conflict_policy(relation regclass, drop_column boolean) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -247,6 +261,14 @@ BEGIN
     END IF;
     DELETE FROM edgesync.tombstone WHERE relid = relation;
     DELETE FROM edgesync.conflict_table WHERE relid = relation;
+END
+$$;
+CREATE FUNCTION edgesync.drop_conflict_policy(relation regclass, drop_column boolean DEFAULT false) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM edgesync._api_step('drop_conflict_policy', relation, ARRAY[drop_column::text]);
 END
 $$;
 COMMENT ON FUNCTION edgesync.drop_conflict_policy(regclass, boolean) IS
@@ -296,7 +318,7 @@ COMMENT ON FUNCTION edgesync.resolve_conflicts(regclass, text, interval) IS
 
 -- Delete resolved conflict_log rows detected longer ago than older_than.
 CREATE FUNCTION edgesync.purge_conflict_log(older_than interval) RETURNS bigint
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE

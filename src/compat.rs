@@ -76,3 +76,44 @@ pub unsafe fn set_signal_handler(signal: u32, handler: unsafe extern "C-unwind" 
         pg_sys::pqsignal_be(signal as i32, Some(handler));
     }
 }
+
+// `LogLogicalMessage` is not in pgrx's bindings (calls go through
+// `pg_guard_ffi_boundary`, so an ERROR in it becomes a Rust panic); 17 added `flush`.
+#[cfg(feature = "pg15")]
+unsafe extern "C-unwind" {
+    fn LogLogicalMessage(prefix: *const std::ffi::c_char, message: *const std::ffi::c_char, size: usize, transactional: bool) -> u64;
+}
+#[cfg(not(feature = "pg15"))]
+unsafe extern "C-unwind" {
+    fn LogLogicalMessage(
+        prefix: *const std::ffi::c_char,
+        message: *const std::ffi::c_char,
+        size: usize,
+        transactional: bool,
+        flush: bool,
+    ) -> u64;
+}
+
+/// Write a transactional logical decoding message (decoded in its
+/// transaction, in place), when WAL is logical; without logical WAL no
+/// decoder could ever read it.
+pub fn emit_transactional_message(prefix: &std::ffi::CStr, content: &[u8]) {
+    // SAFETY: a plain global of this backend, set at start from the setting.
+    if unsafe { pg_sys::wal_level } < pg_sys::WalLevel::WAL_LEVEL_LOGICAL as i32 {
+        return;
+    }
+    let message = content.as_ptr().cast();
+    // SAFETY: `prefix` is NUL-terminated and `message` points at `content.len()`
+    // bytes, both alive for the call; a transactional message needs a
+    // transaction, which the trigger that calls this runs in; called from
+    // the backend's main thread, with an ERROR caught at the boundary.
+    #[cfg(feature = "pg15")]
+    unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| LogLogicalMessage(prefix.as_ptr(), message, content.len(), true))
+    };
+    // SAFETY: as above; `flush` false: the commit flushes it with the transaction.
+    #[cfg(not(feature = "pg15"))]
+    unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| LogLogicalMessage(prefix.as_ptr(), message, content.len(), true, false))
+    };
+}

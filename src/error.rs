@@ -13,8 +13,9 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>) -> ! {
 }
 
 /// Raise an ERROR with `code`, `message` and a hint saying what to do.
+/// (Built by hand: pgrx's `ereport!` takes a fourth argument as DETAIL.)
 pub fn raise_with_hint(code: PgSqlErrorCode, message: impl Into<String>, hint: &str) -> ! {
     let message: String = message.into();
-    ereport!(PgLogLevel::ERROR, code, message, hint);
+    pg_sys::panic::ErrorReport::new(code, message, pg_sys::function_name!()).set_hint(hint).report(PgLogLevel::ERROR);
     unreachable!("ereport(ERROR) does not return")
 }

@@ -28,6 +28,7 @@ mod conflict;
 mod error;
 mod guc;
 mod health;
+mod lifecycle;
 mod node;
 mod plan_cache;
 mod privilege;
@@ -58,8 +59,10 @@ extension_sql_file!(
     name = "forwarder",
     requires = ["schema", sync::apply::_apply_batch, sync::apply::_batch_format, sync::status::_peer_status, sync::peers::sync_now,
                 sync::transport::_conninfo_error, sync::peers::_wake_launcher_at_commit, privilege::_require_superuser_for_conninfo,
-                privilege::_require_table_owner, node::is_node_name, node::slot_name, node::origin_name]
+                privilege::_require_table_owner, privilege::_api_step, node::is_node_name, node::slot_name, node::origin_name]
 );
+// What DROP EXTENSION and DROP TABLE must not leave behind.
+extension_sql_file!("../sql/lifecycle.sql", name = "lifecycle", requires = ["forwarder"]);
 // The statistics views and every grant, last: they use the Rust functions.
 extension_sql_file!("../sql/health.sql", name = "health_views", finalize);
 

@@ -8,6 +8,7 @@ use crate::error::{raise, raise_with_hint};
 use crate::model::conflict::lww::Policy;
 use crate::model::conflict::version::RowStamp;
 use crate::model::node;
+use crate::privilege::as_extension_owner;
 
 fn invalid(message: String) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message)
@@ -26,16 +27,19 @@ fn create_node(name: Option<&str>, node_id: default!(Option<i32>, "NULL")) -> i3
     if let Some(id) = node_id.filter(|&id| id <= 0) {
         invalid(format!("edgesync: node_id must be positive, not {id}"));
     }
-    if let Some((id, current)) = existing_node() {
-        return keep_existing_node(id, &current, name, node_id);
-    }
-    let name = name.map_or_else(default_node_name, str::to_string);
-    if !node::is_node_name(&name) {
-        invalid(format!("edgesync: node name {name:?} must be 1 to {} letters, digits or underscores", node::MAX_NODE_NAME));
-    }
-    let id = insert_node(node_id, &name);
-    clock::forget_node_id();
-    id
+    // edgesync_admin may name the node; edgesync.node is written as the extension's owner
+    as_extension_owner(|| {
+        if let Some((id, current)) = existing_node() {
+            return keep_existing_node(id, &current, name, node_id);
+        }
+        let name = name.map_or_else(default_node_name, str::to_string);
+        if !node::is_node_name(&name) {
+            invalid(format!("edgesync: node name {name:?} must be 1 to {} letters, digits or underscores", node::MAX_NODE_NAME));
+        }
+        let id = insert_node(node_id, &name);
+        clock::forget_node_id();
+        id
+    })
 }
 
 /// The node this database already is (id, name), if it was named.

@@ -18,7 +18,11 @@ fn extension_owner() -> pg_sys::Oid {
     if cached != 0 {
         return pg_sys::Oid::from(cached);
     }
-    let found = Spi::get_one::<pg_sys::Oid>("SELECT nspowner FROM pg_catalog.pg_namespace WHERE nspname = 'edgesync'");
+    // a read-only `select`: pgrx's `get_one` would take a transaction id,
+    // and add_peer creates a slot, which needs a transaction without one
+    let found = Spi::connect(|client| {
+        client.select("SELECT nspowner FROM pg_catalog.pg_namespace WHERE nspname = 'edgesync'", Some(1), &[])?.first().get_one::<pg_sys::Oid>()
+    });
     let owner = match found {
         Ok(Some(owner)) => owner,
         // no row: the schema is gone
@@ -101,19 +105,13 @@ pub fn has_privs_of(role: pg_sys::Oid, of: pg_sys::Oid) -> bool {
     unsafe { pg_sys::has_privs_of_role(role, of) }
 }
 
-/// The role that called the SECURITY DEFINER function we are in.
-fn outer_user() -> pg_sys::Oid {
-    // SAFETY: reads this backend's outer user id (set once a session has a user).
-    unsafe { pg_sys::GetOuterUserId() }
-}
-
 /// Raise unless the caller is a superuser: a forwarder connects with the
 /// server's own credentials (passfile, certificates, local trust), so
 /// choosing where it connects is a superuser's call.
 #[pg_extern(volatile, parallel_safe)]
 fn _require_superuser_for_conninfo() {
     // SAFETY: a catalog lookup by role oid, in a backend inside a transaction.
-    if !unsafe { pg_sys::superuser_arg(outer_user()) } {
+    if !unsafe { pg_sys::superuser_arg(current_user()) } {
         raise_with_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "edgesync: only a superuser may set a peer's conninfo",
@@ -141,11 +139,89 @@ fn _require_table_owner(relation: pg_sys::Oid) {
     if schema == "pg_catalog" || schema == "information_schema" || schema.starts_with("pg_toast") {
         raise(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "edgesync: system catalogs do not sync");
     }
-    if !has_privs_of(outer_user(), owner) {
+    if !has_privs_of(current_user(), owner) {
         raise_with_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "edgesync: only the table's owner may enrol it in sync",
             "Enrolling a table lets peers read (up) or write (cloud side) it.",
         );
     }
+}
+
+/// The steps of the SQL API that write edgesync's own tables (or create a
+/// slot) on behalf of a caller who passed the step's check. The public
+/// functions are SECURITY INVOKER and call `_api_step`, so the caller it
+/// checks is the current user: a SECURITY DEFINER function could only see
+/// the session's outer role, which is not who called when another definer
+/// function sits in between.
+#[derive(Clone, Copy, Debug)]
+enum ApiStep {
+    AddTable,
+    RemoveTable,
+    SetConflictPolicy,
+    DropConflictPolicy,
+    AddPeer,
+    AlterPeer,
+}
+
+impl ApiStep {
+    fn named(name: &str) -> ApiStep {
+        match name {
+            "add_table" => ApiStep::AddTable,
+            "remove_table" => ApiStep::RemoveTable,
+            "set_conflict_policy" => ApiStep::SetConflictPolicy,
+            "drop_conflict_policy" => ApiStep::DropConflictPolicy,
+            "add_peer" => ApiStep::AddPeer,
+            "alter_peer" => ApiStep::AlterPeer,
+            other => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("edgesync: no API step {other:?}")),
+        }
+    }
+
+    /// The internal function that does the step: `$1` is the table (or
+    /// NULL), `$2` the step's other arguments as text.
+    fn sql(self) -> &'static str {
+        match self {
+            ApiStep::AddTable => "SELECT edgesync._add_table($1::regclass, $2[1])",
+            ApiStep::RemoveTable => "SELECT edgesync._remove_table($1::regclass)",
+            ApiStep::SetConflictPolicy => "SELECT edgesync._set_conflict_policy($1::regclass, $2[1], $2[2]::oid::regproc)",
+            ApiStep::DropConflictPolicy => "SELECT edgesync._drop_conflict_policy($1::regclass, $2[1]::boolean)",
+            ApiStep::AddPeer => {
+                "SELECT edgesync._add_peer($2[1], $2[2], $2[3], $2[4]::interval, $2[5]::integer, $2[6]::bigint)"
+            }
+            ApiStep::AlterPeer => {
+                "SELECT edgesync._alter_peer($2[1], $2[2], $2[3], $2[4]::interval, $2[5]::integer, $2[6]::bigint)"
+            }
+        }
+    }
+
+    /// Raise unless the current user may take this step.
+    fn check(self, relation: Option<pg_sys::Oid>, args: &[Option<String>]) {
+        match self {
+            ApiStep::AddTable | ApiStep::RemoveTable | ApiStep::SetConflictPolicy | ApiStep::DropConflictPolicy => {
+                let Some(relation) = relation else {
+                    raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "edgesync: the table must not be NULL")
+                };
+                _require_table_owner(relation)
+            }
+            ApiStep::AddPeer => _require_superuser_for_conninfo(),
+            // a conninfo given (the second argument) is a new place to connect to
+            ApiStep::AlterPeer if args.get(1).is_some_and(Option::is_some) => _require_superuser_for_conninfo(),
+            ApiStep::AlterPeer => {}
+        }
+    }
+}
+
+/// Check the caller for `step` of the SQL API, then run the step's internal
+/// function as the extension's owner. Called by `add_table`,
+/// `remove_table`, `set_conflict_policy`, `drop_conflict_policy`,
+/// `add_peer` and `alter_peer`.
+#[pg_extern(volatile)]
+fn _api_step(step: &str, relation: Option<pg_sys::Oid>, args: Option<Vec<Option<String>>>) {
+    let step = ApiStep::named(step);
+    let args = args.unwrap_or_default();
+    step.check(relation, &args);
+    // `select`, not `update`: pgrx's update takes a transaction id first,
+    // and add_peer's slot cannot be created in a transaction that has one
+    as_extension_owner(|| Spi::connect(|client| client.select(step.sql(), None, &[relation.into(), args.into()]).map(|_| ())))
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: {step:?} failed: {e}")));
 }

@@ -365,3 +365,181 @@ fn conflict_handling_needs_the_preloaded_library() {
     let fix: String = n.scalar("SELECT fix FROM edgesync.diagnose() WHERE subject = 'shared_preload_libraries'");
     assert_eq!(fix, "ALTER SYSTEM SET shared_preload_libraries = 'edgesync';");
 }
+
+/// Two nodes, `a` (node id 1) and `b` (node id 2), each pushing
+/// `public.inventory` (and `public.readings`, enrolled `up`, without a
+/// conflict policy) to the other through edgesync's forwarder, on demand.
+fn pushing_pair(test: &str) -> (Cluster, Node, Node) {
+    let mut c = Cluster::new(test);
+    let (a, b) = (c.add_node("a", &[]), c.add_node("b", &[]));
+    for (n, id) in [(&a, 1), (&b, 2)] {
+        n.execute(&format!(
+            "CREATE EXTENSION edgesync; SELECT edgesync.create_node('{}', {id}); {TABLE};
+             CREATE TABLE public.readings (id int PRIMARY KEY, value text);
+             SELECT edgesync.add_table('public.inventory', sync => 'both');
+             SELECT edgesync.add_table('public.readings', sync => 'up');
+             CREATE ROLE peer_login LOGIN; GRANT edgesync_peer TO peer_login;",
+            n.name
+        ));
+    }
+    for (n, other) in [(&a, &b), (&b, &a)] {
+        n.execute(&format!(
+            "SELECT edgesync.add_peer('{}', 'host=127.0.0.1 port={} dbname=postgres user=peer_login connect_timeout=5', mode => 'on_demand')",
+            other.name, other.port
+        ));
+    }
+    for n in [&a, &b] {
+        c.wait_for(&format!("{}'s forwarder", n.name), DEADLINE, || {
+            Ok(n.try_query("SELECT 1 FROM edgesync.peers WHERE worker_pid IS NOT NULL")?.len() == 1)
+        });
+    }
+    (c, a, b)
+}
+
+fn push(from: &Node, to: &Node) {
+    from.execute(&format!("SELECT edgesync.sync_now('{}')", to.name));
+}
+
+/// The tombstone of `sku` on `n`, as text ('' without one).
+fn tombstone(n: &Node, sku: &str) -> String {
+    n.scalar(&format!(
+        "SELECT coalesce((SELECT version::text FROM edgesync.tombstone WHERE key->>'sku' = '{sku}'), '')"
+    ))
+}
+
+/// A delete travels with its own version and the version it removed: an
+/// old delete made on one node does not remove a newer update made on the
+/// other, a newer delete does, whichever of the two arrives first, and
+/// every node ends with the same rows and the delete's tombstone.
+#[test]
+fn forwarded_deletes_are_judged_by_last_writer_wins_in_both_arrival_orders() {
+    let (_c, a, b) = pushing_pair("fwd_deletes");
+    a.execute("INSERT INTO public.inventory SELECT s, 1, 'seed' FROM unnest(ARRAY['old_del_ab', 'old_del_ba', 'new_del_ab', 'new_del_ba']) s");
+    push(&a, &b);
+    // _ab: a's change reaches b first; _ba: b's reaches a first
+    for (first, second, suffix) in [(&a, &b, "ab"), (&b, &a, "ba")] {
+        // an old delete on a, then a newer update on b: the update stays
+        a.execute(&format!("DELETE FROM public.inventory WHERE sku = 'old_del_{suffix}'"));
+        b.execute(&format!("UPDATE public.inventory SET qty = 2, note = 'b' WHERE sku = 'old_del_{suffix}'"));
+        // an old update on b, then a newer delete on a: the row goes
+        b.execute(&format!("UPDATE public.inventory SET qty = 3, note = 'b' WHERE sku = 'new_del_{suffix}'"));
+        a.execute(&format!("DELETE FROM public.inventory WHERE sku = 'new_del_{suffix}'"));
+        push(first, second);
+        push(second, first);
+    }
+    let rows = |n: &Node| -> Vec<(String, i32, String)> {
+        n.query("SELECT sku, qty, note FROM public.inventory ORDER BY sku").iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+    };
+    let expected = vec![("old_del_ab".to_string(), 2, "b".to_string()), ("old_del_ba".to_string(), 2, "b".to_string())];
+    assert_eq!(rows(&a), expected, "a");
+    assert_eq!(rows(&b), expected, "b");
+    let versions = |n: &Node| -> String { n.scalar("SELECT string_agg(sku || edgesync_version::text, ',' ORDER BY sku) FROM public.inventory") };
+    assert_eq!(versions(&a), versions(&b), "the same versions on both nodes");
+    // the newer deletes left the same tombstone, the delete's version, on both nodes
+    for sku in ["new_del_ab", "new_del_ba"] {
+        let on_a = tombstone(&a, sku);
+        assert!(on_a.starts_with('{') && on_a.contains(",1,"), "a's own delete: {on_a}");
+        assert_eq!(tombstone(&b, sku), on_a, "{sku}: b's tombstone carries a's delete version, not the row's");
+    }
+    let logged = |n: &Node| -> Vec<(String, String, String)> {
+        n.query("SELECT key->>'sku', conflict_type, resolution FROM edgesync.conflict_log WHERE table_name = 'inventory' ORDER BY 1")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    };
+    let t = |s: &str, c: &str, r: &str| (s.to_string(), c.to_string(), r.to_string());
+    assert_eq!(
+        logged(&a),
+        vec![
+            t("new_del_ab", "update_deleted", "keep_local"),
+            t("new_del_ba", "update_deleted", "keep_local"),
+            t("old_del_ab", "update_deleted", "apply_remote"),
+            t("old_del_ba", "update_deleted", "apply_remote"),
+        ]
+    );
+    assert_eq!(
+        logged(&b),
+        vec![
+            t("new_del_ab", "delete_origin_differs", "apply_remote"),
+            t("new_del_ba", "delete_origin_differs", "apply_remote"),
+            t("old_del_ab", "delete_origin_differs", "keep_local"),
+            t("old_del_ba", "delete_origin_differs", "keep_local"),
+        ]
+    );
+    // the losing delete is logged with both versions
+    let r = &b.query("SELECT local_version[2], remote_version[2] FROM edgesync.conflict_log WHERE key->>'sku' = 'old_del_ab'")[0];
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (2, 1));
+}
+
+/// A delete that reaches a node which no longer holds the row still leaves
+/// its tombstone there (the newer of the two deletes), so an update older
+/// than it that arrives later loses on every node.
+#[test]
+fn a_forwarded_delete_of_a_missing_row_leaves_its_tombstone() {
+    let (_c, a, b) = pushing_pair("fwd_delete_missing");
+    a.execute("INSERT INTO public.inventory VALUES ('x', 1, 'seed'), ('y', 1, 'seed')");
+    push(&a, &b);
+    // x: both delete it, b later; y: gone from b (outside edgesync's view), deleted on a
+    a.execute("DELETE FROM public.inventory WHERE sku = 'x'");
+    b.execute("DELETE FROM public.inventory WHERE sku = 'x'");
+    b.execute("ALTER TABLE public.inventory DISABLE TRIGGER edgesync_conflict; DELETE FROM public.inventory WHERE sku = 'y';
+               ALTER TABLE public.inventory ENABLE ALWAYS TRIGGER edgesync_conflict");
+    a.execute("DELETE FROM public.inventory WHERE sku = 'y'");
+    let (older, newer) = (tombstone(&a, "x"), tombstone(&b, "x"));
+    assert_ne!(older, newer);
+    push(&b, &a);
+    push(&a, &b);
+    assert_eq!(tombstone(&a, "x"), newer, "a keeps b's newer delete");
+    assert_eq!(tombstone(&b, "x"), newer, "b keeps its own newer delete");
+    assert_eq!(tombstone(&b, "y"), tombstone(&a, "y"), "b records a's delete of a row it lacked");
+    // two deletes of one row agree: no conflict; a delete of a row without
+    // a tombstone: delete_missing, with the delete's versions when it had
+    // them (b's trigger-less delete of y had none)
+    for (n, versioned) in [(&a, false), (&b, true)] {
+        let logged: Vec<(String, String, String, bool)> = n
+            .query("SELECT key->>'sku', conflict_type, resolution, remote_version IS NOT NULL FROM edgesync.conflict_log ORDER BY id")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        assert_eq!(logged, vec![("y".to_string(), "delete_missing".to_string(), "keep_local".to_string(), versioned)], "{}", n.name);
+    }
+}
+
+/// Two nodes insert the same key into a table without a conflict policy:
+/// the receiver keeps the row it has and logs insert_exists with both rows,
+/// and later changes keep flowing both ways (a duplicate key used to stop
+/// the sender's batches for good), for single and bulk-applied inserts.
+#[test]
+fn colliding_keys_without_a_policy_are_logged_and_do_not_stop_the_peer() {
+    let (c, a, b) = pushing_pair("fwd_insert_exists");
+    a.execute("INSERT INTO public.readings VALUES (1, 'a')");
+    b.execute("INSERT INTO public.readings VALUES (1, 'b'), (15, 'b')");
+    a.execute("INSERT INTO public.readings SELECT g, 'a' FROM generate_series(10, 20) g");
+    push(&a, &b);
+    push(&b, &a);
+    a.execute("INSERT INTO public.readings VALUES (2, 'a')");
+    b.execute("INSERT INTO public.readings VALUES (3, 'b')");
+    push(&a, &b);
+    push(&b, &a);
+    let held = |n: &Node| -> String { n.scalar("SELECT string_agg(id || '=' || value, ',' ORDER BY id) FROM public.readings") };
+    let later = "2=a,3=b,10=a,11=a,12=a,13=a,14=a";
+    assert_eq!(held(&a), format!("1=a,{later},15=a,16=a,17=a,18=a,19=a,20=a"), "a keeps its own 1 and 15");
+    assert_eq!(held(&b), format!("1=b,{later},15=b,16=a,17=a,18=a,19=a,20=a"), "b keeps its own 1 and 15");
+    let logged = |n: &Node| -> Vec<(i32, String, String, String, String)> {
+        n.query(
+            "SELECT (key->>'id')::int, conflict_type, resolution, local_row->>'value', remote_row->>'value'
+               FROM edgesync.conflict_log WHERE table_name = 'readings' ORDER BY 1",
+        )
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
+    };
+    let row = |id: i32, local: &str, remote: &str| (id, "insert_exists".to_string(), "keep_local".to_string(), local.to_string(), remote.to_string());
+    assert_eq!(logged(&b), vec![row(1, "b", "a"), row(15, "b", "a")]);
+    assert_eq!(logged(&a), vec![row(1, "a", "b"), row(15, "a", "b")]);
+    for n in [&a, &b] {
+        let error = n.scalar::<String>("SELECT coalesce(last_error, '') FROM edgesync.peers");
+        assert_eq!(error, "", "{}'s peer is not blocked", n.name);
+    }
+    let _ = c;
+}

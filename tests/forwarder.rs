@@ -484,6 +484,26 @@ fn apply_batch_refuses_bad_input_and_applies_a_resent_batch_once() {
     let after = hwm(&mut peer);
     println!("backend peak memory (VmHWM) across the bombs: {before} kB -> {after} kB, {} kB compressed sent", zero_bomb.len() / 1024);
     assert!(after - before < 16 * 1024, "the bombs cost {} kB", after - before);
+    // a batch of 1.7 million tiny messages (8 MB, sent plain): read in
+    // place, it costs its bytes, not an allocation per message
+    let mut tiny = vec![0u8, 6];
+    tiny.extend_from_slice(b"edge10");
+    tiny.extend_from_slice(&1u32.to_be_bytes());
+    tiny.extend_from_slice(&0x2000u64.to_be_bytes());
+    tiny.extend_from_slice(&0u64.to_be_bytes());
+    tiny.extend_from_slice(&u16::MAX.to_be_bytes());
+    let n: u32 = (8 << 20) / 5;
+    tiny.extend_from_slice(&n.to_be_bytes());
+    for _ in 0..n {
+        tiny.extend_from_slice(&[0, 0, 0, 1, b'X']);
+    }
+    let message_bomb = frame(&tiny, false, tiny.len() as u32, crc32c::crc32c(&tiny));
+    let before = hwm(&mut peer);
+    let e = peer.query_one("SELECT edgesync.apply_batch($1)::text", &[&message_bomb]).expect_err("message bomb");
+    let after = hwm(&mut peer);
+    println!("backend peak memory (VmHWM) for {n} messages in {} kB: {before} kB -> {after} kB", message_bomb.len() / 1024);
+    assert!(common::db_message(&e).contains("refused batch"), "{}", common::db_message(&e));
+    assert!(after - before < 48 * 1024, "{n} tiny messages cost {} kB (the batch arrives, is detoasted and passed on: three copies)", after - before);
     assert_eq!(count(), 5);
     // a table owner's code leaves no setting behind
     cloud.execute(

@@ -264,3 +264,111 @@ fn diagnose_flags_an_inactive_slot_holding_wal_and_the_fixes_work() {
     let after = findings(&mut session);
     assert!(after.iter().all(|f| f.1 != "slot:forgotten_edge" && f.1 != "max_slot_wal_keep_size"), "{after:?}");
 }
+
+/// A client of `node` logged in as `role` (trust authentication).
+fn connect_as(node: &Node, role: &str) -> Client {
+    Client::connect(&format!("host=127.0.0.1 port={} user={role} dbname=postgres", node.port), common::NoTls)
+        .unwrap_or_else(|e| panic!("{role} on {}: {e}", node.name))
+}
+
+/// (status, detail) of the missing-downstream check of `name`, read as `session`.
+fn downstream(session: &mut Client, name: &str) -> Result<Option<(String, String)>, String> {
+    let rows = session
+        .query("SELECT status, detail FROM edgesync.health WHERE component = 'downstream' AND object = $1", &[&name])
+        .map_err(|e| e.to_string())?;
+    Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+}
+
+fn downstream_status_is(session: &mut Client, name: &str, want: &str) -> Result<bool, String> {
+    Ok(downstream(session, name)?.is_some_and(|(status, _)| status == want))
+}
+
+/// A standby streaming without a replication slot: made with one (the
+/// harness's way), then switched off it on the standby and the slot dropped.
+fn slotless_standby(c: &mut Cluster, primary: &Node, name: &str) -> Node {
+    let boot_slot = format!("{name}_boot");
+    let standby = c.add_standby(name, primary, &boot_slot);
+    standby.execute("ALTER SYSTEM RESET primary_slot_name");
+    standby.execute("SELECT pg_reload_conf()");
+    c.wait_for("the standby streams without a slot", DEADLINE, || {
+        Ok(primary
+            .try_query(&format!("SELECT 1 FROM edgesync.streaming_replication WHERE name = '{name}' AND state = 'streaming' AND slot_name IS NULL"))?
+            .len()
+            == 1)
+    });
+    c.wait_for("the boot slot released", DEADLINE, || {
+        Ok(primary.try_query(&format!("SELECT 1 FROM pg_replication_slots WHERE slot_name = '{boot_slot}' AND NOT active"))?.len() == 1)
+    });
+    primary.execute(&format!("SELECT pg_drop_replication_slot('{boot_slot}')"));
+    standby
+}
+
+#[test]
+fn a_slotless_standby_that_vanishes_is_reported_until_it_returns_or_is_forgotten() {
+    let mut c = Cluster::new("downstreams");
+    let primary = c.add_node("primary", &[]);
+    primary.execute("CREATE EXTENSION edgesync; CREATE ROLE watcher LOGIN IN ROLE pg_monitor; CREATE ROLE dba LOGIN IN ROLE edgesync_admin");
+    // short levels keep the test short; ALTER SYSTEM runs outside a transaction block, one at a time
+    primary.execute("ALTER SYSTEM SET edgesync.lag_warning_seconds = '2s'");
+    primary.execute("ALTER SYSTEM SET edgesync.lag_critical_seconds = '5s'");
+    primary.execute("SELECT pg_reload_conf()");
+    let standby = slotless_standby(&mut c, &primary, "standby1");
+    // a monitoring role with nothing but pg_monitor reads health (and so records what it sees)
+    let mut watcher = connect_as(&primary, "watcher");
+    c.wait_for("the short thresholds in force", DEADLINE, || {
+        Ok(watcher.query_one("SHOW edgesync.lag_critical_seconds", &[]).map_err(|e| e.to_string())?.get::<_, String>(0) == "5s")
+    });
+    c.wait_for("health all ok about the streaming standby, read by the monitoring role", DEADLINE, || {
+        let rows = watcher.query("SELECT status FROM edgesync.health WHERE object = 'standby1'", &[]).map_err(|e| e.to_string())?;
+        Ok(!rows.is_empty() && rows.iter().all(|r| r.get::<_, String>(0) == "ok"))
+    });
+
+    // Gone without a trace in pg_stat_replication: health says so, then louder.
+    c.stop(&standby);
+    c.wait_for("standby1 reported missing", DEADLINE, || {
+        if downstream_status_is(&mut watcher, "standby1", "warning")? {
+            return Ok(true);
+        }
+        let not_ok = watcher.query("SELECT 1 FROM edgesync.health WHERE status <> 'ok'", &[]).map_err(|e| e.to_string())?;
+        Err(format!("{} check(s) not ok, none about standby1 missing", not_ok.len()))
+    });
+    let (_, detail) = downstream(&mut watcher, "standby1").unwrap().unwrap();
+    for part in ["physical standby \"standby1\"", "127.0.0.1", "(no slot)", "not connected since", "forget_downstream('standby1')"] {
+        assert!(detail.contains(part), "{part:?} missing from {detail:?}");
+    }
+    c.wait_for("standby1 missing is critical", DEADLINE, || downstream_status_is(&mut watcher, "standby1", "critical"));
+    // a read-only transaction records nothing but still judges
+    watcher.batch_execute("BEGIN READ ONLY").unwrap();
+    assert!(downstream_status_is(&mut watcher, "standby1", "critical").unwrap());
+    watcher.batch_execute("COMMIT").unwrap();
+
+    // It comes back: ok again.
+    c.start(&standby);
+    c.wait_for("standby1 ok after it came back", DEADLINE, || downstream_status_is(&mut watcher, "standby1", "ok"));
+    let (kind, slot, addr): (String, Option<String>, String) = {
+        let r = primary.query("SELECT kind, slot_name, host(client_addr) FROM edgesync.downstream WHERE name = 'standby1'");
+        (r[0].get(0), r[0].get(1), r[0].get(2))
+    };
+    assert_eq!((kind.as_str(), slot, addr.as_str()), ("physical", None, "127.0.0.1"));
+    // the standby itself remembers nothing (read-only) and says so instead of failing
+    let on_standby = standby.query("SELECT metric, status FROM edgesync.health WHERE component = 'downstream'");
+    assert_eq!(on_standby.len(), 1);
+    assert_eq!((on_standby[0].get::<_, String>(0), on_standby[0].get::<_, String>(1)), ("tracking".to_string(), "ok".to_string()));
+
+    // Retired on purpose: forgotten by an edgesync_admin, never by a monitor, never by a typo.
+    c.stop(&standby);
+    c.wait_for("standby1 missing again", DEADLINE, || downstream_status_is(&mut watcher, "standby1", "critical"));
+    let denied = watcher.batch_execute("SELECT edgesync.forget_downstream('standby1')").unwrap_err();
+    assert_eq!(denied.code(), Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{denied:?}");
+    let mut dba = connect_as(&primary, "dba");
+    let unknown = dba.batch_execute("SELECT edgesync.forget_downstream('standby9')").unwrap_err();
+    assert_eq!(unknown.code(), Some(&postgres::error::SqlState::UNDEFINED_OBJECT), "{unknown:?}");
+    assert!(common::db_message(&unknown).contains("standby9"), "{unknown:?}");
+    dba.batch_execute("SELECT edgesync.forget_downstream('standby1')").unwrap();
+    assert_eq!(downstream(&mut watcher, "standby1").unwrap(), None, "forgotten: no row about it");
+    assert!(primary.query("SELECT 1 FROM edgesync.health WHERE status <> 'ok'").is_empty(), "nothing else is wrong");
+
+    // A forgotten standby that comes back is remembered again.
+    c.start(&standby);
+    c.wait_for("standby1 remembered and ok", DEADLINE, || downstream_status_is(&mut watcher, "standby1", "ok"));
+}

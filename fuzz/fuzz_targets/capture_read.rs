@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(txns) = reader.read(messages) {
         for b in pack::pack("fuzz", txns, pack::Limits { max_rows: 3, max_bytes: 256 }) {
             let bytes = batch::encode(&b, None).expect("encodes");
-            assert_eq!(batch::decode(&bytes, 1 << 24).expect("decodes"), b);
+            assert_eq!(batch::decode(&bytes, 1 << 24).expect("decodes").to_batch(), b);
         }
     }
 });

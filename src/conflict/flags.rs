@@ -1,14 +1,17 @@
 //! Flags edgesync's own writes raise for the conflict trigger of this
 //! backend: "let this table's rows through" (a settling write that already
 //! carries its version), "judge this insert as an update of a missing row"
-//! (apply recreating a row), and "stamp this resolution after that version"
-//! (a DBA's resolution). Each is set by a guard and cleared when it drops.
+//! (apply recreating a row), "stamp this resolution after that version"
+//! (a DBA's resolution), and "this delete came with these versions" (apply
+//! handing over what the deleting node sent). Each is set by a guard and
+//! cleared when it drops.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, Ordering};
 
 use pgrx::pg_sys;
 
-use crate::model::conflict::version::Version;
+use crate::model::conflict::version::{RowStamp, Version};
 
 /// The table edgesync is writing a row of to settle a conflict inside the
 /// apply path (0: none): that row already carries the version it must keep.
@@ -91,4 +94,46 @@ pub(super) fn resolution_prev(relid: pg_sys::Oid) -> Option<Version> {
     let target = RESOLUTION_RELID.load(Ordering::Relaxed);
     (target != 0 && target == relid.to_u32())
         .then(|| Version::new(RESOLUTION_PREV_HLC.load(Ordering::Relaxed), RESOLUTION_PREV_NODE.load(Ordering::Relaxed)))
+}
+
+thread_local! {
+    /// The table, key object and versions of the remote delete apply is
+    /// writing (None: none, or it came without versions).
+    static REMOTE_DELETE: RefCell<Option<(u32, serde_json::Value, RowStamp)>> = const { RefCell::new(None) };
+}
+
+/// While alive, a remote delete of the row of `relid` whose key object is
+/// `key` is judged with `stamp` (the delete's version, and the version it removed).
+pub struct RemoteDeleteStamp(());
+
+impl RemoteDeleteStamp {
+    pub fn set(relid: pg_sys::Oid, key: serde_json::Value, stamp: RowStamp) -> RemoteDeleteStamp {
+        REMOTE_DELETE.with(|d| *d.borrow_mut() = Some((relid.to_u32(), key, stamp)));
+        RemoteDeleteStamp(())
+    }
+
+    /// Did the trigger meet a row for it (it takes the versions when it
+    /// does, whether it then lets the delete through or skips it)?
+    pub fn met_a_row(&self) -> bool {
+        REMOTE_DELETE.with(|d| d.borrow().is_none())
+    }
+}
+
+impl Drop for RemoteDeleteStamp {
+    fn drop(&mut self) {
+        REMOTE_DELETE.with(|d| d.borrow_mut().take());
+    }
+}
+
+/// Take the key object and versions apply handed over for a delete from
+/// `relid`, if any (the trigger checks the key is its row's).
+pub(super) fn take_remote_delete_stamp(relid: pg_sys::Oid) -> Option<(serde_json::Value, RowStamp)> {
+    REMOTE_DELETE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.as_ref().is_some_and(|(r, _, _)| *r == relid.to_u32()) {
+            d.take().map(|(_, k, s)| (k, s))
+        } else {
+            None
+        }
+    })
 }

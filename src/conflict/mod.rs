@@ -27,11 +27,12 @@ mod tombstone;
 pub mod trigger;
 
 pub(crate) use crate::plan_cache::plan_for;
-pub(crate) use flags::{ResolutionWrite, TableFlag};
+pub(crate) use flags::{RemoteDeleteStamp, ResolutionWrite, TableFlag};
 pub(crate) use key::key_of;
 pub(crate) use log::{log_conflict, origin_name, ConflictRecord};
 pub(crate) use row::row_by_key;
 pub(crate) use stamp::VERSION_COLUMN;
+pub(crate) use tombstone::missing_row_deleted;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;

@@ -51,8 +51,10 @@ fn first_row<T>(
     args: &[DatumWithOid<'_>],
     read: impl FnOnce(&SpiTupleTable<'_>) -> pgrx::spi::Result<T>,
 ) -> pgrx::spi::Result<Option<T>> {
-    Spi::connect(|client| {
-        let found = client.select(sql, Some(1), args)?;
+    // `update`, not `select`: a read-only SPI call refuses FOR UPDATE, and
+    // pgrx runs `select` read-only while the transaction has written nothing
+    Spi::connect_mut(|client| {
+        let found = client.update(sql, Some(1), args)?;
         if found.is_empty() {
             return Ok(None);
         }

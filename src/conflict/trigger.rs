@@ -2,7 +2,8 @@
 //! handling, `ENABLE ALWAYS` so that it also fires in apply workers.
 //!
 //! - A local write (no replication-origin session) is stamped with a fresh
-//!   row version and goes on; a local delete leaves a tombstone.
+//!   row version and goes on; a local delete leaves a tombstone and tells
+//!   peers its versions (a logical decoding message the forwarder carries).
 //! - A remote change keeps the version it came with; `model::lww::decide`
 //!   says whether it conflicts with what this node holds and which row stays.
 //!   Conflicts are written to `edgesync.conflict_log`.
@@ -26,7 +27,7 @@ use super::row::{composite, row_by_key, row_json, write_row_through, Row, Tuple}
 use super::settle::{settle, Outcome, Sides};
 use super::stamp::{slot_stamp, stamped};
 use super::table::{policy_of, relid_of, LazyTable, Table};
-use super::tombstone::{deleted_version, no_tombstones, record_tombstone};
+use super::tombstone::{announce_delete, deleted_version, no_tombstones, record_tombstone};
 use crate::error::raise;
 use crate::model::conflict::lww::{decide, Action, Local, Policy, Remote};
 use crate::model::conflict::version::{RowStamp, Version};
@@ -86,7 +87,9 @@ fn local_write<'a>(trigger: &'a PgTrigger<'a>, op: PgTriggerOperation) -> Result
             let table = Table::from_trigger(trigger)?;
             let old = trigger.old().ok_or_else(|| fail("DELETE without an old row"))?;
             let deleted = RowStamp { version: Version::new(clock::tick(), node), prev: slot_stamp(trigger, Tuple::Trig)?.version };
-            record_tombstone(&table, composite(trigger, Tuple::Trig)?, deleted)?;
+            let key = key_json(&table, composite(trigger, Tuple::Trig)?)?;
+            announce_delete(table.relid, &key, deleted);
+            record_tombstone(table.relid, key, deleted)?;
             Ok(Some(old))
         }
         PgTriggerOperation::Truncate => Ok(None),
@@ -174,30 +177,53 @@ fn insert_without_conflict<'a>(
     }
 }
 
-/// A remote delete of a row this node holds.
+/// A remote delete of a row this node holds: judged with the delete's
+/// versions when they came with it (edgesync's own apply), else as a
+/// native delete, which carries only the key.
 fn remote_delete<'a>(trigger: &'a PgTrigger<'a>, table: &LazyTable<'_>, policy: Policy, me: i32) -> Result<Option<Row<'a>>, ConflictError> {
     let old = trigger.old().ok_or_else(|| fail("DELETE without an old row"))?;
     let l = slot_stamp(trigger, Tuple::Trig)?;
-    let decision = decide(Local::Row(l), Remote::Delete { seen: None, version: None }, policy, me);
+    let stamped = delete_versions(trigger, table)?;
+    let stamp = stamped.as_ref().map(|(s, _)| *s);
+    if let Some(s) = stamp {
+        clock::observe(s.version.hlc);
+    }
+    let remote = Remote::Delete { seen: stamp.map(|s| s.prev), version: stamp.map(|s| s.version) };
+    let decision = decide(Local::Row(l), remote, policy, me);
     let outcome = match decision.conflict {
         None => Outcome::of(decision.action),
         Some(conflict) => {
             let local_row = row_json(trigger, Tuple::Trig)?;
             let table = table.get()?;
             let key = key_of(&local_row, &table.keys);
-            let sides = Sides { key, local_row: Some(local_row), remote_row: None, local_version: Some(l), remote_version: None };
+            let sides = Sides { key, local_row: Some(local_row), remote_row: None, local_version: Some(l), remote_version: stamp };
             settle(table, conflict, decision, sides)?
         }
     };
     match outcome {
         Outcome::Remote => {
-            // what the deleting node removed is unknown here; the row's
-            // version is the delete's lower bound
-            record_tombstone(table.get()?, composite(trigger, Tuple::Trig)?, RowStamp { version: l.version, prev: l.version })?;
+            // the delete's own versions; a native delete's are unknown here,
+            // and the row's version is their lower bound
+            let (deleted, key) = match stamped {
+                Some(stamped) => stamped,
+                None => (RowStamp { version: l.version, prev: l.version }, key_json(table.get()?, composite(trigger, Tuple::Trig)?)?),
+            };
+            record_tombstone(relid_of(trigger), key, deleted)?;
             Ok(Some(old))
         }
         Outcome::Skip => Ok(None),
     }
+}
+
+/// The versions edgesync's apply handed over for this delete, with the
+/// row's key object, when the key they came with is this row's (None: a
+/// native delete, or versions of another row).
+fn delete_versions(trigger: &PgTrigger<'_>, table: &LazyTable<'_>) -> Result<Option<(RowStamp, JsonB)>, ConflictError> {
+    let Some((key, stamp)) = flags::take_remote_delete_stamp(relid_of(trigger)) else {
+        return Ok(None);
+    };
+    let row_key = key_json(table.get()?, composite(trigger, Tuple::Trig)?)?;
+    Ok((row_key.0 == key).then_some((stamp, row_key)))
 }
 
 /// The row to hand back to PostgreSQL for `outcome`: `row` to let the
@@ -220,7 +246,7 @@ fn local_state_for(table: &LazyTable<'_>, trigger: &PgTrigger<'_>) -> Result<Loc
     }
     let table = table.get()?;
     let key = key_json(table, composite(trigger, Tuple::Trig)?)?;
-    Ok(match deleted_version(table, key)? {
+    Ok(match deleted_version(table.relid, key)? {
         Some(version) => Local::Deleted(version),
         None => Local::Absent,
     })

@@ -2,14 +2,15 @@
 //! `edgesync.*` statistics views and judge it with `model::health::checks`;
 //! and `edgesync.thresholds()`, the levels it judges against.
 //!
-//! Rows come out in the order of the reads below (standbys, WAL receiver,
-//! slots, subscriptions, peers, pending conflicts), each read sorted by name.
+//! Rows come out in the order of the reads below (standbys, remembered
+//! downstreams, WAL receiver, slots, subscriptions, peers, pending
+//! conflicts), each read sorted by name.
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::PgSqlErrorCode;
 
-use super::read_rows;
+use super::{downstreams, read_rows};
 use crate::error::raise;
 use crate::guc;
 use crate::model::health::checks::{self as health, Check};
@@ -53,9 +54,11 @@ fn health_checks() -> TableIterator<
 
 fn collect_checks() -> Vec<Check> {
     let t = guc::thresholds();
+    downstreams::record_connected();
     Spi::connect(|client| {
         let mut checks = Vec::new();
         checks.extend(read_standbys(client).iter().flat_map(|s| health::standby_checks(s, &t)));
+        checks.extend(downstreams::downstream_checks(client, &t, || current_database(client)));
         checks.extend(read_wal_receivers(client).iter().flat_map(|w| health::wal_receiver_checks(w, &t)));
         checks.extend(read_slots(client).iter().flat_map(|s| health::slot_checks(s, &t)));
         checks.extend(read_subscriptions(client).iter().flat_map(|s| health::subscription_checks(s, &t)));

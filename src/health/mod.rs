@@ -5,6 +5,8 @@
 //! - `checks`: the rows of `edgesync.health` and `edgesync.thresholds()`, the
 //!   levels they are judged against.
 //! - `diagnose`: `edgesync.diagnose()`, from a snapshot of the node's settings.
+//! - `downstreams`: the walsender clients health remembers, so that one that
+//!   vanishes from `pg_stat_replication` is still reported.
 
 use pgrx::spi::{SpiClient, SpiHeapTupleData};
 use pgrx::PgSqlErrorCode;
@@ -13,6 +15,7 @@ use crate::error::raise;
 
 mod checks;
 mod diagnose;
+mod downstreams;
 
 /// Run a read-only query and map each row; an SPI failure becomes an ERROR.
 fn read_rows<T>(client: &SpiClient<'_>, sql: &str, map: impl Fn(&SpiHeapTupleData) -> pgrx::spi::Result<T>) -> Vec<T> {

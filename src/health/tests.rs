@@ -112,6 +112,7 @@ mod tests {
             "edgesync.health",
             "edgesync.diagnose()",
             "edgesync.peers",
+            "edgesync.downstream",
         ] {
             let can = Spi::get_one_with_args::<bool>("SELECT public.es_can_read($1)", &[readable.into()]).unwrap();
             assert_eq!(can, Some(true), "pg_monitor reads {readable}");
@@ -123,6 +124,27 @@ mod tests {
         let node = Spi::get_one::<String>("SELECT status FROM edgesync.health WHERE component = 'node'").unwrap();
         assert_eq!(node.as_deref(), Some("ok"), "the checks themselves run with pg_monitor's rights");
         Spi::run("RESET ROLE").unwrap();
+    }
+
+    #[pg_test]
+    fn an_admin_forgets_a_downstream_and_a_typo_is_an_error() {
+        Spi::run(
+            "INSERT INTO edgesync.downstream VALUES ('retired', 'physical', NULL, '10.0.0.5', now(), now());
+             CREATE ROLE es_dba; GRANT edgesync_admin TO es_dba; CREATE ROLE es_monitor; GRANT pg_monitor TO es_monitor",
+        )
+        .unwrap();
+        let missing = Spi::get_one::<String>("SELECT status FROM edgesync.health WHERE component = 'downstream' AND object = 'retired'").unwrap();
+        assert_eq!(missing.as_deref(), Some("ok"), "just seen: below the warning level");
+        let monitor_may = Spi::get_one::<bool>("SELECT has_function_privilege('es_monitor', 'edgesync.forget_downstream(text)', 'EXECUTE')").unwrap();
+        assert_eq!(monitor_may, Some(false), "monitoring reads, it does not retire");
+        Spi::run("SET LOCAL ROLE es_dba; SELECT edgesync.forget_downstream('retired'); RESET ROLE").unwrap();
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM edgesync.downstream WHERE name = 'retired'").unwrap(), Some(0));
+        // forgotten once: a second time is an unknown name (and any other outcome fails the block)
+        Spi::run(
+            "DO $$ BEGIN PERFORM edgesync.forget_downstream('retired'); RAISE EXCEPTION 'an unknown name was accepted';
+               EXCEPTION WHEN undefined_object THEN NULL; END $$",
+        )
+        .unwrap();
     }
 
     #[pg_test]

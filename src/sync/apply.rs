@@ -33,10 +33,11 @@ use pgrx::spi::SpiClient;
 use pgrx::PgSqlErrorCode;
 
 use super::target::Target;
-use crate::conflict::{log_conflict, plan_for, ConflictRecord, TableFlag};
+use crate::conflict::{log_conflict, missing_row_deleted, plan_for, ConflictRecord, RemoteDeleteStamp, TableFlag};
 use crate::error::raise;
+use crate::model::conflict::delete_stamp::{self, DeleteStamp};
 use crate::model::conflict::lww::{ConflictType, Resolution};
-use crate::model::sync::batch::{self, Batch, Transaction};
+use crate::model::sync::batch::{self, Decoded, TransactionView};
 use crate::model::sync::pgoutput::{self, Message, Relation, Value};
 use crate::privilege::{as_extension_owner, as_role};
 
@@ -60,7 +61,7 @@ impl Direction {
 fn _apply_batch(batch: &[u8]) -> i64 {
     let decoded = batch::decode(batch, crate::guc::max_batch_size())
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")));
-    apply(decoded, Direction::Up) as i64
+    apply(&decoded, Direction::Up) as i64
 }
 
 /// The current format of batches this node reads and writes.
@@ -71,22 +72,22 @@ fn _batch_format() -> i32 {
 
 /// Apply `b` in the caller's transaction; returns the highest sender LSN
 /// applied so far (this batch's last transaction, or the earlier mark).
-pub fn apply(b: Batch, direction: Direction) -> u64 {
-    check_batch(&b);
-    if b.transactions.is_empty() {
+pub fn apply(b: &Decoded<'_>, direction: Direction) -> u64 {
+    check_batch(b);
+    if b.transaction_count() == 0 {
         // nothing to apply: no origin is created for it (origins are a
         // cluster-wide, limited resource), the sender only learns where it stands
-        return committed_progress(&b.sender);
+        return committed_progress(b.sender());
     }
-    begin_origin_session(&b.sender);
+    begin_origin_session(b.sender());
     let done = applied_mark();
     require_durable_commit();
     apply_as_replica();
     // values arrive as text printed under these settings: read them the same way
     crate::guc::pin_value_text(crate::guc::Scope::Transaction);
-    let mut state = BatchApply::new(&b.sender, direction);
-    for t in &b.transactions {
-        state.apply_transaction(t, done);
+    let mut state = BatchApply::new(b.sender(), direction);
+    for t in b.transactions() {
+        state.apply_transaction(&t, done);
     }
     state.flush_run();
     record_progress(state.last_applied, done)
@@ -94,11 +95,11 @@ pub fn apply(b: Batch, direction: Direction) -> u64 {
 
 /// Refuse a batch whose sender is not a node name, before anything of it is
 /// applied (`batch::decode` has checked the transactions' order).
-fn check_batch(b: &Batch) {
-    if !crate::model::node::is_node_name(&b.sender) {
+fn check_batch(b: &Decoded<'_>) {
+    if !crate::model::node::is_node_name(b.sender()) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("edgesync: refused batch: sender {:?} is not a node name", b.sender),
+            format!("edgesync: refused batch: sender {:?} is not a node name", b.sender()),
         );
     }
 }
@@ -186,6 +187,9 @@ struct BatchApply<'b> {
     run_relation: u32,
     /// The end LSN and commit time of the last transaction applied.
     last_applied: Option<(u64, i64)>,
+    /// The sender's delete stamp just read (its relation, and the message),
+    /// for the change right after it if that is a delete of that relation.
+    pending_stamp: Option<(u32, Message)>,
 }
 
 impl<'b> BatchApply<'b> {
@@ -198,15 +202,17 @@ impl<'b> BatchApply<'b> {
             run: Vec::new(),
             run_relation: 0,
             last_applied: None,
+            pending_stamp: None,
         }
     }
 
     /// Apply one source transaction, unless it was applied before (`done`
     /// is the origin's committed progress).
-    fn apply_transaction(&mut self, t: &Transaction, done: u64) {
+    fn apply_transaction(&mut self, t: &TransactionView<'_>, done: u64) {
         // relation messages count even in a transaction applied before: later ones need them
         let applied_before = t.end_lsn <= done;
-        for raw in &t.messages {
+        self.pending_stamp = None;
+        for raw in t.messages() {
             let msg = pgoutput::parse(raw)
                 .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")));
             self.dispatch(msg, applied_before);
@@ -227,6 +233,9 @@ impl<'b> BatchApply<'b> {
                 self.handle_change(relation, msg)
             }
             Message::Truncate { .. } if !applied_before => refuse_truncate(),
+            Message::Logical { ref prefix, ref content } if !applied_before && prefix == delete_stamp::PREFIX => {
+                self.pending_stamp = Some((read_delete_stamp(content).0.relation, msg));
+            }
             _ => {}
         }
     }
@@ -234,6 +243,7 @@ impl<'b> BatchApply<'b> {
     /// A relation description: changes after it follow it, so the run
     /// written under the old one is written first, and the table matched again.
     fn handle_relation(&mut self, r: Relation) {
+        check_relation_limits(&r, self.definitions.len(), self.definitions.contains_key(&r.id));
         if !self.run.is_empty() && self.run_relation == r.id {
             self.flush_run();
         }
@@ -255,7 +265,17 @@ impl<'b> BatchApply<'b> {
             self.flush_run();
         }
         self.run_relation = relation;
+        // a delete's versions travel just before it, in its run
+        match self.pending_stamp.take() {
+            Some((stamped, stamp)) if stamped == relation && matches!(change, Message::Delete { .. }) => self.run.push(stamp),
+            _ => {}
+        }
         self.run.push(change);
+        // parsed rows take more memory than their bytes: write them in
+        // bounded runs, not a whole batch's worth at once
+        if self.run.len() >= MAX_RUN_ROWS {
+            self.flush_run();
+        }
     }
 
     /// The local table of a sender relation, matched on its first change.
@@ -277,6 +297,24 @@ impl<'b> BatchApply<'b> {
         if !self.run.is_empty() {
             write_run(std::mem::take(&mut self.run), &self.targets[&self.run_relation]);
         }
+    }
+}
+
+/// Refuse a relation description beyond what a table can be (more columns
+/// than PostgreSQL allows), or one more relation than a batch may describe:
+/// descriptions are kept for the whole batch, so their number is bounded.
+fn check_relation_limits(r: &Relation, described: usize, known: bool) {
+    if r.columns.len() > MAX_COLUMNS {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!("edgesync: refused batch: relation {} has {} columns, more than a table can have ({MAX_COLUMNS})", r.id, r.columns.len()),
+        );
+    }
+    if !known && described >= MAX_RELATIONS {
+        raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("edgesync: refused batch: it describes more than {MAX_RELATIONS} relations"),
+        );
     }
 }
 
@@ -409,6 +447,12 @@ fn text_types(n: usize) -> Vec<PgOid> {
 
 /// Consecutive plain inserts go in one statement of at most this many rows.
 const BULK_INSERT_ROWS: usize = 1000;
+/// Parsed changes held before they are written (a few bulk statements' worth).
+const MAX_RUN_ROWS: usize = 4 * BULK_INSERT_ROWS;
+/// The most columns a table can have (PostgreSQL's MaxHeapAttributeNumber).
+const MAX_COLUMNS: usize = 1600;
+/// The most relations one batch may describe.
+const MAX_RELATIONS: usize = 10_000;
 
 fn is_plain_insert(change: &Message) -> bool {
     matches!(change, Message::Insert { new, .. } if !new.contains(&Value::Unchanged))
@@ -419,13 +463,14 @@ fn write_run(changes: Vec<Message>, target: &Target) {
     target.naming_refused_values(&changes, || as_role(target.owner, || {
         Spi::connect_mut(|client| {
             let mut rest = &changes[..];
+            let mut stamp = None;
             while !rest.is_empty() {
                 let inserts = rest.iter().take(BULK_INSERT_ROWS).take_while(|c| is_plain_insert(c)).count();
                 if inserts > 1 {
                     bulk_insert(client, target, &rest[..inserts])?;
                     rest = &rest[inserts..];
                 } else {
-                    apply_change(client, target, &rest[0])?;
+                    apply_change(client, target, &rest[0], &mut stamp)?;
                     rest = &rest[1..];
                 }
             }
@@ -450,25 +495,99 @@ fn bulk_insert(client: &mut SpiClient<'_>, t: &Target, inserts: &[Message]) -> p
             });
         }
     }
-    let plan = plan_for(client, &t.bulk_insert_sql, &vec![PgOid::from(pg_sys::TEXTARRAYOID); written.len()], true)?;
+    let sql = keeping_existing_rows(t, &t.bulk_insert_sql);
+    let plan = plan_for(client, &sql, &vec![PgOid::from(pg_sys::TEXTARRAYOID); written.len()], true)?;
     let args: Vec<DatumWithOid<'_>> = columns.into_iter().map(|c| c.into()).collect();
-    client.update(&*plan, None, &args)?;
+    // under a policy the trigger settled (and logged) the rows it skipped
+    if client.update(&*plan, None, &args)?.len() < inserts.len() && !t.has_policy {
+        for change in inserts {
+            let Message::Insert { new, .. } = change else { unreachable!("only inserts are bulked") };
+            log_if_kept_existing(client, t, new)?;
+        }
+    }
     Ok(())
 }
 
-fn apply_change(client: &mut SpiClient<'_>, t: &Target, change: &Message) -> pgrx::spi::Result<()> {
+/// The insert `sql` for table `t`: on a table without a conflict policy a
+/// key that exists here keeps its row (logged by the caller as
+/// insert_exists); a duplicate key would otherwise stop the sender's
+/// batches for good. Under a policy the conflict trigger settles it.
+fn keeping_existing_rows<'s>(t: &Target, sql: &'s str) -> std::borrow::Cow<'s, str> {
+    if t.has_policy {
+        sql.into()
+    } else {
+        format!("{sql} ON CONFLICT DO NOTHING").into()
+    }
+}
+
+/// After an insert that skipped rows: if the row holding `new`'s key was
+/// not written by this transaction, the insert met it: log insert_exists
+/// with both rows (the row here stays).
+fn log_if_kept_existing(client: &mut SpiClient<'_>, t: &Target, new: &[Value]) -> pgrx::spi::Result<()> {
+    let key = t.key_json(new);
+    let key_column = |&k: &usize| &t.columns[k].as_ref().expect("key columns are written").quoted;
+    let cond = t.key.iter().map(key_column).map(|k| format!("t.{k} = r.{k}")).collect::<Vec<_>>().join(" AND ");
+    let sql = format!(
+        "SELECT pg_catalog.to_jsonb(t) FROM {q} AS t, pg_catalog.jsonb_populate_record(NULL::{q}, $1) AS r
+          WHERE {cond} AND t.xmin OPERATOR(pg_catalog.<>) pg_catalog.pg_current_xact_id()::pg_catalog.xid",
+        q = t.qualified
+    );
+    let found = client.select(&sql, None, &[key.into()])?;
+    if let Some(local) = found.into_iter().next().map(|r| r.get::<pgrx::JsonB>(1)).transpose()?.flatten() {
+        log_insert_exists(t, new, local);
+    }
+    Ok(())
+}
+
+fn log_insert_exists(t: &Target, new: &[Value], local: pgrx::JsonB) {
+    log_conflict(ConflictRecord {
+        table_schema: &t.schema,
+        table_name: &t.name,
+        conflict: ConflictType::InsertExists,
+        resolution: Resolution::KeepLocal,
+        key: t.key_json(new),
+        kept_row: Some(pgrx::JsonB(local.0.clone())),
+        local_row: Some(local),
+        remote_row: Some(t.row_json(new)),
+        local_version: None,
+        remote_version: None,
+        remote_origin: crate::conflict::origin_name(),
+        note: Some("no conflict policy on this table: the row already here is kept".to_string()),
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
+}
+
+/// Apply one change; a delete stamp is kept in `stamp` for the delete after it.
+fn apply_change(client: &mut SpiClient<'_>, t: &Target, change: &Message, stamp: &mut Option<(serde_json::Value, DeleteStamp)>) -> pgrx::spi::Result<()> {
     match change {
         Message::Insert { new, .. } => insert(client, t, new),
         Message::Update { old, new, .. } => update(client, t, old.as_deref(), new),
-        Message::Delete { old, .. } => delete(client, t, old),
+        Message::Delete { old, .. } => delete(client, t, old, stamp.take()),
+        Message::Logical { content, .. } => {
+            let (s, key) = read_delete_stamp(content);
+            *stamp = Some((key, s));
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
 
+/// A sender's delete stamp and its key object, or the batch is refused.
+fn read_delete_stamp(content: &[u8]) -> (DeleteStamp, serde_json::Value) {
+    let refuse = |e: String| -> ! { raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")) };
+    let stamp = DeleteStamp::decode(content).unwrap_or_else(|e| refuse(e));
+    match serde_json::from_str::<serde_json::Value>(&stamp.key) {
+        Ok(key @ serde_json::Value::Object(_)) => (stamp, key),
+        _ => refuse("a delete stamp's key is not a JSON object".to_string()),
+    }
+}
+
 fn insert(client: &mut SpiClient<'_>, t: &Target, new: &[Value]) -> pgrx::spi::Result<()> {
-    let plan = plan_for(client, &t.insert_sql, &text_types(t.written.len()), true)?;
+    let plan = plan_for(client, &keeping_existing_rows(t, &t.insert_sql), &text_types(t.written.len()), true)?;
     let args: Vec<DatumWithOid<'_>> = t.written.iter().map(|&i| text_arg(&new[i])).collect();
-    client.update(&*plan, None, &args)?;
+    if client.update(&*plan, None, &args)?.is_empty() && !t.has_policy {
+        log_if_kept_existing(client, t, new)?;
+    }
     Ok(())
 }
 
@@ -487,13 +606,22 @@ fn update(client: &mut SpiClient<'_>, t: &Target, old: Option<&[Value]>, new: &[
     update_of_missing_row(client, t, new)
 }
 
-/// Delete the row the old key names; a row already gone is logged
-/// (delete_missing) and nothing else happens.
-fn delete(client: &mut SpiClient<'_>, t: &Target, old: &[Value]) -> pgrx::spi::Result<()> {
+/// Delete the row the old key names, handing the delete's versions (when
+/// the sender sent them) to the conflict trigger. A row already gone is
+/// logged (delete_missing); under a conflict policy the delete's tombstone
+/// is recorded all the same.
+fn delete(client: &mut SpiClient<'_>, t: &Target, old: &[Value], stamp: Option<(serde_json::Value, DeleteStamp)>) -> pgrx::spi::Result<()> {
     let plan = plan_for(client, &t.delete_sql, &text_types(t.key.len()), true)?;
     let args: Vec<DatumWithOid<'_>> = t.key.iter().map(|&k| text_arg(&old[k])).collect();
-    if client.update(&*plan, None, &args)?.is_empty() {
-        log(t, ConflictType::DeleteMissing, Resolution::KeepLocal, old, None, None);
+    let versions = stamp.as_ref().map(|(key, s)| RemoteDeleteStamp::set(t.relid, key.clone(), s.stamp));
+    // a delete the trigger skipped (an older delete) deletes nothing either, but the row is there
+    if !client.update(&*plan, None, &args)?.is_empty() || versions.is_some_and(|v| v.met_a_row()) {
+        return Ok(());
+    }
+    match stamp {
+        Some((key, s)) if t.has_policy => missing_row_deleted(t.relid, &t.schema, &t.name, pgrx::JsonB(key), s.stamp)
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string())),
+        _ => log(t, ConflictType::DeleteMissing, Resolution::KeepLocal, old, None, None),
     }
     Ok(())
 }

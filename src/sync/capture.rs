@@ -94,11 +94,14 @@ pub fn peek(slot: &str, max_messages: i64, reader: &mut Reader) -> Result<Peek, 
         // values are printed here and read back by the peer: print them the one way it reads them
         crate::guc::pin_value_text(crate::guc::Scope::Transaction);
         let upto = client.select("SELECT pg_catalog.pg_current_wal_flush_lsn()::text", None, &[])?.first().get_one::<String>()?;
-        // where pgoutput can leave out what came from peers (no echo); else filtered below
+        // `messages`: a delete's versions travel as a logical decoding
+        // message beside it (conflict/tombstone.rs announce_delete).
+        // Where pgoutput can leave out what came from peers (no echo); else filtered below
         let no_echo = crate::compat::PGOUTPUT_FILTERS_ORIGIN;
         let sql = format!(
             "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3::int,
-                 'proto_version', '{PROTOCOL_VERSION}', 'publication_names', '{PUBLICATION_UP}'{})",
+                 'proto_version', '{PROTOCOL_VERSION}', 'publication_names', '{PUBLICATION_UP}',
+                 'messages', 'true'{})",
             if no_echo { ", 'origin', 'none'" } else { "" }
         );
         let t = client.select(&sql, None, &[slot.into(), upto.clone().into(), (max_messages as i32).into()])?;

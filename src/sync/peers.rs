@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 use crate::error::{raise, raise_with_hint};
+use crate::privilege::as_extension_owner;
 use crate::sync::status::{find, read, set_latch, update, wait_on_latch, wake_launcher, Activity};
 
 /// How often `sync_now` looks whether its round is done (the forwarder does
@@ -85,10 +86,13 @@ fn unpaused_peer_id(peer: &str) -> i32 {
 
 /// (id, paused) of peer `peer`, None when there is no such peer.
 fn read_peer(peer: &str) -> Option<(i32, bool)> {
-    Spi::connect(|client| {
-        let table = client.select("SELECT id, paused FROM edgesync.peer WHERE name = $1", Some(1), &[peer.into()])?;
-        let row = table.into_iter().next().map(|r| Ok::<_, pgrx::spi::Error>((r.get::<i32>(1)?, r.get::<bool>(2)?)));
-        row.transpose()
+    // edgesync.peer holds conninfos: only the extension's owner reads it
+    as_extension_owner(|| {
+        Spi::connect(|client| {
+            let table = client.select("SELECT id, paused FROM edgesync.peer WHERE name = $1", Some(1), &[peer.into()])?;
+            let row = table.into_iter().next().map(|r| Ok::<_, pgrx::spi::Error>((r.get::<i32>(1)?, r.get::<bool>(2)?)));
+            row.transpose()
+        })
     })
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: reading peer {peer:?} failed: {e}")))
     .and_then(|(id, paused)| id.zip(paused))

@@ -55,7 +55,7 @@ pub(super) struct Column {
     /// Its name, as the sender and this node spell it.
     pub(super) name: String,
     /// Its name in SQL text.
-    quoted: String,
+    pub(super) quoted: String,
     /// The type a value's text is cast to: the column's type (a domain's
     /// base type) without its modifier, which the assignment applies.
     cast_type: String,

@@ -128,7 +128,8 @@ pub enum Local {
 pub enum Remote {
     Insert(RowStamp),
     Update(RowStamp),
-    /// `seen`: the row version the deleting node removed; `version`: when.
+    /// `seen`: the row version the deleting node removed; `version`: the
+    /// delete's own (edgesync's forwarder carries both, beside the delete).
     /// Native logical replication carries neither (only the key).
     Delete { seen: Option<Version>, version: Option<Version> },
 }
@@ -347,6 +348,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_delete_and_a_concurrent_update_end_the_same_on_both_nodes() {
+        // node A deleted the row at version d, node B updated it to u; both
+        // had seen `base`. Each node meets the other's change; the newer wins on both.
+        let base = v(100, A);
+        for (d, u) in [(300, 200), (200, 300), (250, 250)] {
+            let delete = Remote::Delete { seen: Some(base), version: Some(v(d, A)) };
+            let update = stamp(u, B, base);
+            // on B: the delete meets the updated row
+            let on_b = decide(Local::Row(update), delete, Policy::LastWriterWins, B);
+            // on A: the update meets the tombstone
+            let on_a = decide(Local::Deleted(v(d, A)), Remote::Update(update), Policy::LastWriterWins, A);
+            let delete_wins = v(d, A) > update.version;
+            assert_eq!(on_b.action == Action::ApplyRemote, delete_wins, "B, delete {d} vs update {u}");
+            assert_eq!(on_a.action == Action::KeepLocal, delete_wins, "A, delete {d} vs update {u}");
+            assert_eq!((on_b.conflict, on_a.conflict), (Some(ConflictType::DeleteOriginDiffers), Some(ConflictType::UpdateDeleted)));
+        }
+        // the same delete arriving twice, or at a node that already dropped the row
+        let delete = Remote::Delete { seen: Some(base), version: Some(v(300, A)) };
+        assert_eq!(decide(Local::Deleted(v(300, A)), delete, Policy::LastWriterWins, B), Decision::plain(Action::KeepLocal));
+        assert_eq!(decide(Local::Absent, delete, Policy::LastWriterWins, B).conflict, Some(ConflictType::DeleteMissing));
     }
 
     #[test]

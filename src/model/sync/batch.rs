@@ -24,6 +24,7 @@
 //! that it compresses better than `MAX_EXPANSION`, so the cap never refuses
 //! an honest batch.
 
+use std::borrow::Cow;
 use std::fmt;
 
 pub const MAGIC: [u8; 4] = *b"EDGB";
@@ -194,19 +195,21 @@ impl<'a> Reader<'a> {
         }
         Ok(())
     }
-    fn text(&mut self, len: u16, what: &'static str) -> Result<String, BatchError> {
+    fn text(&mut self, len: u16, what: &'static str) -> Result<&'a str, BatchError> {
         let bytes = self.take(len as usize, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| BatchError::BadText(what))
+        std::str::from_utf8(bytes).map_err(|_| BatchError::BadText(what))
     }
 }
 
 /// Decode and verify a batch; refuses payloads larger than `max_raw_len`.
-/// Memory stays within a small multiple of the bytes received and of
-/// `max_raw_len`, whatever the batch claims.
-pub fn decode(data: &[u8], max_raw_len: usize) -> Result<Batch, BatchError> {
+/// Memory stays within the payload's size (at most `max_raw_len`, and at
+/// most `MAX_EXPANSION` times the bytes received), whatever the batch
+/// claims: the payload is checked whole and then read in place, with no
+/// allocation per transaction or message. A plain body is not even copied.
+pub fn decode(data: &[u8], max_raw_len: usize) -> Result<Decoded<'_>, BatchError> {
     let (compressed, raw_len, crc) = read_header(data, max_raw_len)?;
     let body = &data[HEADER_LEN..];
-    let raw = if compressed { inflate(body, raw_len)? } else { body.to_vec() };
+    let raw = if compressed { Cow::Owned(inflate(body, raw_len)?) } else { Cow::Borrowed(body) };
     if raw.len() != raw_len {
         return Err(BatchError::LengthMismatch { expected: raw_len, found: raw.len() });
     }
@@ -214,7 +217,7 @@ pub fn decode(data: &[u8], max_raw_len: usize) -> Result<Batch, BatchError> {
     if found != crc {
         return Err(BatchError::Checksum { expected: crc, found });
     }
-    read_payload(&raw)
+    Decoded::checked(raw)
 }
 
 /// The header's claims, checked: whether the body is compressed, the
@@ -259,28 +262,100 @@ fn inflate(body: &[u8], raw_len: usize) -> Result<Vec<u8>, BatchError> {
     Ok(raw)
 }
 
-/// The payload's transactions, each count checked against the bytes left.
-fn read_payload(raw: &[u8]) -> Result<Batch, BatchError> {
-    let mut r = Reader { data: raw, at: 0 };
-    let len = r.u16("sender")?;
-    let sender = r.text(len, "sender")?;
-    let ntxn = r.u32("transaction count")?;
-    r.check_count("transaction count", ntxn, MIN_TRANSACTION_LEN)?;
-    let mut transactions: Vec<Transaction> = Vec::with_capacity(ntxn as usize);
-    for _ in 0..ntxn {
-        let t = read_transaction(&mut r)?;
-        if transactions.last().is_some_and(|before| t.end_lsn <= before.end_lsn) {
-            return Err(BatchError::OutOfOrder);
-        }
-        transactions.push(t);
-    }
-    if r.at != raw.len() {
-        return Err(BatchError::TrailingBytes(raw.len() - r.at));
-    }
-    Ok(Batch { sender, transactions })
+/// A batch checked whole and read in place: its sender, and its
+/// transactions and their messages as slices of the payload.
+#[derive(Debug)]
+pub struct Decoded<'a> {
+    raw: Cow<'a, [u8]>,
+    /// Where the transaction count starts (after the sender).
+    sender_end: usize,
+    ntxn: u32,
 }
 
-fn read_transaction(r: &mut Reader<'_>) -> Result<Transaction, BatchError> {
+/// One source transaction of a decoded batch.
+#[derive(Clone, Copy, Debug)]
+pub struct TransactionView<'a> {
+    pub end_lsn: u64,
+    pub commit_time: i64,
+    pub origin: Option<&'a str>,
+    nmsg: u32,
+    /// The messages, each `len u32 + data`.
+    body: &'a [u8],
+}
+
+impl<'a> Decoded<'a> {
+    /// Check every length, count, text and the transactions' order, without
+    /// keeping anything but the payload.
+    fn checked(raw: Cow<'a, [u8]>) -> Result<Decoded<'a>, BatchError> {
+        let mut r = Reader { data: &raw, at: 0 };
+        let len = r.u16("sender")?;
+        r.text(len, "sender")?;
+        let sender_end = r.at;
+        let ntxn = r.u32("transaction count")?;
+        r.check_count("transaction count", ntxn, MIN_TRANSACTION_LEN)?;
+        let mut last_lsn = None;
+        for _ in 0..ntxn {
+            let t = read_transaction(&mut r)?;
+            if last_lsn.is_some_and(|before| t.end_lsn <= before) {
+                return Err(BatchError::OutOfOrder);
+            }
+            last_lsn = Some(t.end_lsn);
+        }
+        if r.at != raw.len() {
+            return Err(BatchError::TrailingBytes(raw.len() - r.at));
+        }
+        Ok(Decoded { sender_end, ntxn, raw })
+    }
+
+    pub fn sender(&self) -> &str {
+        // checked UTF-8 in `checked`
+        std::str::from_utf8(&self.raw[2..self.sender_end]).unwrap_or_default()
+    }
+
+    pub fn transaction_count(&self) -> usize {
+        self.ntxn as usize
+    }
+
+    /// The transactions, in order.
+    pub fn transactions(&self) -> impl Iterator<Item = TransactionView<'_>> {
+        let mut r = Reader { data: &self.raw, at: self.sender_end + 4 };
+        // every read succeeds: `checked` read the same bytes the same way
+        (0..self.ntxn).map_while(move |_| read_transaction(&mut r).ok())
+    }
+
+    /// The batch as owned values (tests and tools; apply reads in place).
+    pub fn to_batch(&self) -> Batch {
+        let transactions = self
+            .transactions()
+            .map(|t| Transaction {
+                end_lsn: t.end_lsn,
+                commit_time: t.commit_time,
+                origin: t.origin.map(str::to_string),
+                messages: t.messages().map(<[u8]>::to_vec).collect(),
+            })
+            .collect();
+        Batch { sender: self.sender().to_string(), transactions }
+    }
+}
+
+impl<'a> TransactionView<'a> {
+    /// The transaction's pgoutput messages, in order.
+    pub fn messages(&self) -> impl Iterator<Item = &'a [u8]> {
+        let mut r = Reader { data: self.body, at: 0 };
+        (0..self.nmsg).map_while(move |_| {
+            let len = r.u32("message").ok()? as usize;
+            r.take(len, "message").ok()
+        })
+    }
+
+    pub fn message_count(&self) -> usize {
+        self.nmsg as usize
+    }
+}
+
+/// One transaction, checked: its metadata, and its messages walked (each
+/// length within the bytes left, none empty) but not copied.
+fn read_transaction<'a>(r: &mut Reader<'a>) -> Result<TransactionView<'a>, BatchError> {
     let end_lsn = r.u64("transaction")?;
     let commit_time = r.u64("transaction")? as i64;
     let origin = match r.u16("origin")? {
@@ -289,20 +364,25 @@ fn read_transaction(r: &mut Reader<'_>) -> Result<Transaction, BatchError> {
     };
     let nmsg = r.u32("message count")?;
     r.check_count("message count", nmsg, MIN_MESSAGE_LEN)?;
-    let mut messages = Vec::with_capacity(nmsg as usize);
+    let start = r.at;
     for _ in 0..nmsg {
         let len = r.u32("message")? as usize;
         if len == 0 {
             return Err(BatchError::EmptyMessage);
         }
-        messages.push(r.take(len, "message")?.to_vec());
+        r.take(len, "message")?;
     }
-    Ok(Transaction { end_lsn, commit_time, origin, messages })
+    Ok(TransactionView { end_lsn, commit_time, origin, nmsg, body: &r.data[start..r.at] })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Decode to owned values, to compare with what was encoded.
+    fn dec(wire: &[u8], max_raw_len: usize) -> Result<Batch, BatchError> {
+        decode(wire, max_raw_len).map(|d| d.to_batch())
+    }
 
     fn sample() -> Batch {
         Batch {
@@ -318,7 +398,7 @@ mod tests {
     fn round_trip_compressed_and_plain() {
         for level in [Some(3), None] {
             let wire = encode(&sample(), level).unwrap();
-            assert_eq!(decode(&wire, 1 << 20), Ok(sample()), "{level:?}");
+            assert_eq!(dec(&wire, 1 << 20), Ok(sample()), "{level:?}");
         }
         let plain = encode(&sample(), None).unwrap();
         let packed = encode(&sample(), Some(3)).unwrap();
@@ -328,26 +408,26 @@ mod tests {
     #[test]
     fn every_corruption_is_refused_with_its_reason() {
         let wire = encode(&sample(), Some(3)).unwrap();
-        assert_eq!(decode(&wire[..10], 1 << 20), Err(BatchError::TooShort(10)));
+        assert_eq!(dec(&wire[..10], 1 << 20), Err(BatchError::TooShort(10)));
         let mut bad = wire.clone();
         bad[0] = b'X';
-        assert_eq!(decode(&bad, 1 << 20), Err(BatchError::BadMagic));
+        assert_eq!(dec(&bad, 1 << 20), Err(BatchError::BadMagic));
         let mut bad = wire.clone();
         bad[5] = 9;
-        assert_eq!(decode(&bad, 1 << 20), Err(BatchError::UnsupportedFormat(9)));
+        assert_eq!(dec(&bad, 1 << 20), Err(BatchError::UnsupportedFormat(9)));
         let mut bad = wire.clone();
         bad[7] |= 4;
-        assert!(matches!(decode(&bad, 1 << 20), Err(BatchError::UnknownFlags(_))));
-        assert!(matches!(decode(&wire, 10), Err(BatchError::TooLarge { .. })));
-        assert!(matches!(decode(&wire[..wire.len() - 3], 1 << 20), Err(BatchError::Decompress(_))));
+        assert!(matches!(dec(&bad, 1 << 20), Err(BatchError::UnknownFlags(_))));
+        assert!(matches!(dec(&wire, 10), Err(BatchError::TooLarge { .. })));
+        assert!(matches!(dec(&wire[..wire.len() - 3], 1 << 20), Err(BatchError::Decompress(_))));
         let mut bad = wire.clone();
         bad[12] ^= 0xff;
-        assert!(matches!(decode(&bad, 1 << 20), Err(BatchError::Checksum { .. })));
+        assert!(matches!(dec(&bad, 1 << 20), Err(BatchError::Checksum { .. })));
         // a plain body with a flipped bit: the checksum catches it
         let mut plain = encode(&sample(), None).unwrap();
         let last = plain.len() - 1;
         plain[last] ^= 1;
-        assert!(matches!(decode(&plain, 1 << 20), Err(BatchError::Checksum { .. })));
+        assert!(matches!(dec(&plain, 1 << 20), Err(BatchError::Checksum { .. })));
     }
 
     #[test]
@@ -362,7 +442,7 @@ mod tests {
         wire.extend_from_slice(&(raw.len() as u32).to_be_bytes());
         wire.extend_from_slice(&crc32c::crc32c(&raw).to_be_bytes());
         wire.extend_from_slice(&raw);
-        assert_eq!(decode(&wire, 1 << 20), Err(BatchError::CountTooLarge { what: "transaction count", count: 5 }));
+        assert_eq!(dec(&wire, 1 << 20), Err(BatchError::CountTooLarge { what: "transaction count", count: 5 }));
     }
 
     /// A plain (uncompressed) batch around `raw`, with a correct checksum.
@@ -374,12 +454,12 @@ mod tests {
     fn the_limit_and_the_header_length_are_inclusive() {
         // a payload exactly at the receiver's limit is accepted
         let (wire, raw_len) = encode_measured(&sample(), Some(3)).unwrap();
-        assert_eq!(decode(&wire, raw_len), Ok(sample()));
-        assert_eq!(decode(&wire, raw_len - 1), Err(BatchError::TooLarge { raw_len, limit: raw_len - 1 }));
+        assert_eq!(dec(&wire, raw_len), Ok(sample()));
+        assert_eq!(dec(&wire, raw_len - 1), Err(BatchError::TooLarge { raw_len, limit: raw_len - 1 }));
         // a bare header is long enough to be read: what is missing is its body
         let plain = encode(&sample(), None).unwrap();
-        assert_eq!(decode(&plain[..HEADER_LEN], 1 << 20), Err(BatchError::LengthMismatch { expected: raw_len, found: 0 }));
-        assert_eq!(decode(&plain[..HEADER_LEN - 1], 1 << 20), Err(BatchError::TooShort(HEADER_LEN - 1)));
+        assert_eq!(dec(&plain[..HEADER_LEN], 1 << 20), Err(BatchError::LengthMismatch { expected: raw_len, found: 0 }));
+        assert_eq!(dec(&plain[..HEADER_LEN - 1], 1 << 20), Err(BatchError::TooShort(HEADER_LEN - 1)));
     }
 
     #[test]
@@ -387,7 +467,7 @@ mod tests {
         let wire = encode(&sample(), None).unwrap();
         let mut raw = wire[HEADER_LEN..].to_vec();
         raw.extend_from_slice(b"xyz");
-        assert_eq!(decode(&plain_wire(&raw), 1 << 20), Err(BatchError::TrailingBytes(3)));
+        assert_eq!(dec(&plain_wire(&raw), 1 << 20), Err(BatchError::TrailingBytes(3)));
     }
 
     #[test]
@@ -410,13 +490,13 @@ mod tests {
         // a cheap stand-in for the fuzzer: every prefix and many bit flips
         let wire = encode(&sample(), None).unwrap();
         for n in 0..wire.len() {
-            let _ = decode(&wire[..n], 1 << 20);
+            let _ = dec(&wire[..n], 1 << 20);
         }
         for i in 0..wire.len() {
             for bit in 0..8 {
                 let mut w = wire.clone();
                 w[i] ^= 1 << bit;
-                let _ = decode(&w, 1 << 20);
+                let _ = dec(&w, 1 << 20);
             }
         }
     }
@@ -439,7 +519,7 @@ mod tests {
         let body = zstd::bulk::compress(&zeros, 3).unwrap();
         assert!(body.len() * MAX_EXPANSION < zeros.len());
         let bomb = framed(&body, true, zeros.len() as u32, crc32c::crc32c(&zeros));
-        assert_eq!(decode(&bomb, 1 << 30), Err(BatchError::Expands { received: body.len() }));
+        assert_eq!(dec(&bomb, 1 << 30), Err(BatchError::Expands { received: body.len() }));
     }
 
     #[test]
@@ -449,24 +529,24 @@ mod tests {
         payload.extend_from_slice(&u32::MAX.to_be_bytes());
         payload.extend_from_slice(&[0; 40]);
         let wire = framed(&payload, false, payload.len() as u32, crc32c::crc32c(&payload));
-        assert_eq!(decode(&wire, 1 << 20), Err(BatchError::CountTooLarge { what: "transaction count", count: u32::MAX as u64 }));
+        assert_eq!(dec(&wire, 1 << 20), Err(BatchError::CountTooLarge { what: "transaction count", count: u32::MAX as u64 }));
         // one transaction claiming four billion messages
         let mut payload = vec![0, 1, b'e', 0, 0, 0, 1];
         payload.extend_from_slice(&[0; 16]);
         payload.extend_from_slice(&NO_ORIGIN.to_be_bytes());
         payload.extend_from_slice(&u32::MAX.to_be_bytes());
         let wire = framed(&payload, false, payload.len() as u32, crc32c::crc32c(&payload));
-        assert_eq!(decode(&wire, 1 << 20), Err(BatchError::CountTooLarge { what: "message count", count: u32::MAX as u64 }));
+        assert_eq!(dec(&wire, 1 << 20), Err(BatchError::CountTooLarge { what: "message count", count: u32::MAX as u64 }));
     }
 
     #[test]
     fn empty_messages_and_disordered_transactions_are_refused() {
         let mut b = sample();
         b.transactions[0].messages.push(Vec::new());
-        assert_eq!(decode(&encode(&b, None).unwrap(), 1 << 20), Err(BatchError::EmptyMessage));
+        assert_eq!(dec(&encode(&b, None).unwrap(), 1 << 20), Err(BatchError::EmptyMessage));
         let mut b = sample();
         b.transactions[1].end_lsn = b.transactions[0].end_lsn;
-        assert_eq!(decode(&encode(&b, Some(3)).unwrap(), 1 << 20), Err(BatchError::OutOfOrder));
+        assert_eq!(dec(&encode(&b, Some(3)).unwrap(), 1 << 20), Err(BatchError::OutOfOrder));
     }
 
     #[test]
@@ -477,6 +557,31 @@ mod tests {
         };
         let wire = encode(&b, Some(3)).unwrap();
         assert_eq!(u16::from_be_bytes([wire[6], wire[7]]) & COMPRESSED, 0, "sent uncompressed");
-        assert_eq!(decode(&wire, 1 << 21).unwrap(), b);
+        assert_eq!(dec(&wire, 1 << 21).unwrap(), b);
+    }
+
+    #[test]
+    fn a_batch_is_read_in_place() {
+        let wire = encode(&sample(), None).unwrap();
+        let d = decode(&wire, 1 << 20).unwrap();
+        assert!(matches!(d.raw, Cow::Borrowed(_)), "a plain body is not copied");
+        assert_eq!((d.sender(), d.transaction_count()), ("store_042", 2));
+        let t: Vec<_> = d.transactions().collect();
+        assert_eq!(t[0].messages().collect::<Vec<_>>(), vec![&b"B..."[..], &[b'I'; 300][..], &b"C"[..]]);
+        assert_eq!((t[0].message_count(), t[1].message_count(), t[1].origin), (3, 0, Some("edgesync_cloud")));
+        // where the payload's bytes are inside the input
+        let body = &wire[HEADER_LEN..];
+        let first = t[0].messages().next().unwrap();
+        assert!(body.as_ptr_range().contains(&first.as_ptr()), "messages are slices of what arrived");
+    }
+
+    #[test]
+    fn millions_of_tiny_messages_cost_their_bytes() {
+        // 2 M one-byte messages: checked and read without a copy or an allocation each
+        let messages = vec![b"X".to_vec(); 2_000_000];
+        let b = Batch { sender: "e".into(), transactions: vec![Transaction { end_lsn: 1, commit_time: 0, origin: None, messages }] };
+        let wire = encode(&b, None).unwrap();
+        let d = decode(&wire, 1 << 30).unwrap();
+        assert_eq!(d.transactions().map(|t| t.messages().count()).sum::<usize>(), 2_000_000);
     }
 }

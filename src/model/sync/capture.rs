@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::pgoutput::{self, Message};
+use crate::model::conflict::delete_stamp;
 
 /// One whole source transaction read from the slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +51,8 @@ impl Reader {
                 }
                 Message::Origin { name } => self.open.as_mut().ok_or("Origin outside a transaction")?.origin = Some(name),
                 Message::Relation(r) => self.relation(r.id, raw)?,
-                Message::Other { .. } => {}
+                Message::Logical { prefix, .. } if prefix == delete_stamp::PREFIX => self.stamp(raw)?,
+                Message::Other { .. } | Message::Logical { .. } => {}
                 change => self.change(&change, raw)?,
             }
         }
@@ -82,6 +84,15 @@ impl Reader {
         let t = self.open.as_mut().ok_or("Relation outside a transaction")?;
         self.relations.insert(id, raw.clone());
         self.defined.push(id);
+        t.bytes += raw.len();
+        t.messages.push(raw);
+        Ok(())
+    }
+
+    /// A delete's versions (the conflict trigger's message): they travel
+    /// in place, just before the delete they stamp.
+    fn stamp(&mut self, raw: Vec<u8>) -> Result<(), String> {
+        let t = self.open.as_mut().ok_or("a delete stamp outside a transaction")?;
         t.bytes += raw.len();
         t.messages.push(raw);
         Ok(())
@@ -145,6 +156,19 @@ pub(crate) mod tests {
         let t = r.read(txn(None, 3, 200)).unwrap();
         assert_eq!((t[0].rows, t[0].bytes), (3, change_bytes));
         assert_eq!(t[0].needs, vec![(1, rel)]);
+    }
+
+    #[test]
+    fn delete_stamps_travel_in_place_and_other_messages_do_not() {
+        use crate::model::sync::pgoutput::tests::logical_msg;
+        let mut msgs = txn(Some(relation_msg(1, "t", &[("id", 20, true)])), 1, 100);
+        let stamp = logical_msg(delete_stamp::PREFIX, b"stamp");
+        msgs.insert(2, logical_msg("someone.else", b"not ours"));
+        msgs.insert(3, stamp.clone());
+        let t = Reader::default().read(msgs).unwrap();
+        assert_eq!(t[0].messages.len(), 3, "relation, stamp, insert");
+        assert_eq!(t[0].messages[1], stamp);
+        assert_eq!(t[0].rows, 1, "a stamp is not a row");
     }
 
     #[test]

@@ -53,7 +53,10 @@ pub enum Message {
     Update { relation: u32, old: Option<Vec<Value>>, new: Vec<Value> },
     Delete { relation: u32, old: Vec<Value> },
     Truncate { relations: Vec<u32> },
-    /// Type, logical message and anything else edgesync does not act on.
+    /// A logical decoding message emitted inside the transaction
+    /// (`pg_logical_emit_message(true, ...)`); only with the option `messages`.
+    Logical { prefix: String, content: Vec<u8> },
+    /// Type, non-transactional messages and anything else edgesync does not act on.
     Other { tag: u8 },
 }
 
@@ -117,6 +120,8 @@ pub fn parse(data: &[u8]) -> Result<Message, String> {
         },
         Wire::Delete { relation_id, old_tuple, .. } => Message::Delete { relation: relation_id, old: row(&old_tuple)? },
         Wire::Truncate { relation_ids, .. } => Message::Truncate { relations: relation_ids },
+        // flags bit 1: transactional (the only kind decoded in its transaction's place)
+        Wire::Message { flags, prefix, content, .. } if flags & 1 == 1 => Message::Logical { prefix, content: content.to_vec() },
         _ => Message::Other { tag: data[0] },
     })
 }
@@ -154,6 +159,11 @@ pub mod tests {
 
     pub fn insert_msg(rel: u32, values: &[Option<&str>]) -> Vec<u8> {
         wire(&Wire::Insert { relation_id: rel, tuple: tuple(values) })
+    }
+
+    /// A transactional logical decoding message.
+    pub fn logical_msg(prefix: &str, content: &[u8]) -> Vec<u8> {
+        wire(&Wire::Message { flags: 1, lsn: 1, prefix: prefix.into(), content: content.to_vec().into() })
     }
 
     pub fn begin_msg(final_lsn: u64, ts: i64) -> Vec<u8> {
@@ -198,6 +208,9 @@ pub mod tests {
         assert_eq!(parse(&origin).unwrap(), Message::Origin { name: "edgesync_cloud".into() });
         let trunc = wire(&Wire::Truncate { relation_ids: vec![1, 2], flags: 0 });
         assert_eq!(parse(&trunc).unwrap(), Message::Truncate { relations: vec![1, 2] });
+        assert_eq!(parse(&logical_msg("edgesync.delete", b"x")).unwrap(), Message::Logical { prefix: "edgesync.delete".into(), content: b"x".to_vec() });
+        let outside = wire(&Wire::Message { flags: 0, lsn: 1, prefix: "p".into(), content: b"c".to_vec().into() });
+        assert_eq!(parse(&outside).unwrap(), Message::Other { tag: b'M' }, "a non-transactional message belongs to no transaction");
     }
 
     #[test]
