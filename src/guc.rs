@@ -221,6 +221,7 @@ pub fn thresholds() -> Thresholds {
 }
 
 /// How long a setting made by [`set_for`] lasts.
+#[derive(Clone, Copy)]
 pub enum Scope {
     /// Until the current GUC nest level is popped (`AtEOXact_GUC`).
     NestLevel,
@@ -255,4 +256,30 @@ pub fn set_for(scope: Scope, name: &std::ffi::CStr, value: &std::ffi::CStr) {
 /// `edgesync.max_batch_size` in bytes.
 pub fn max_batch_size() -> usize {
     MAX_BATCH_SIZE_KB.get().max(1) as usize * 1024
+}
+
+/// The settings that change how a value prints as text or reads back from
+/// it, at the values PostgreSQL's own logical replication uses (its
+/// walreceiver connects with DateStyle ISO, IntervalStyle postgres and
+/// extra_float_digits 3), the others at their defaults, spelled out.
+const VALUE_TEXT_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 7] = [
+    (c"DateStyle", c"ISO"),
+    (c"IntervalStyle", c"postgres"),
+    // the fewest digits that read back as the same float
+    (c"extra_float_digits", c"3"),
+    (c"bytea_output", c"hex"),
+    // money prints and reads by the locale's rules: the same on both sides
+    (c"lc_monetary", c"C"),
+    (c"xmloption", c"content"),
+    // timestamptz prints with its offset and reads back anywhere; explicit all the same
+    (c"TimeZone", c"UTC"),
+];
+
+/// Pin, for `scope`, every setting that changes a value's text: values
+/// travel between nodes as text, printed by one node and read by another,
+/// whatever a database or role default says on either.
+pub fn pin_value_text(scope: Scope) {
+    for (name, value) in VALUE_TEXT_SETTINGS {
+        set_for(scope, name, value);
+    }
 }

@@ -32,6 +32,7 @@ mod lifecycle;
 mod node;
 mod plan_cache;
 mod privilege;
+mod quote;
 mod sync;
 
 ::pgrx::pg_module_magic!();

@@ -1057,3 +1057,162 @@ fn a_blocked_peer_moves_on_by_itself_once_the_cloud_takes_the_transaction() {
     assert_eq!(blocked_checks, 0);
     assert_eq!(e.scalar::<i64>("SELECT count(*) FROM edgesync.skipped_transaction"), 0);
 }
+
+/// A cloud and one edge pushing to it on demand. Each node runs its
+/// `setup` (settings, tables) before the edge's forwarder starts; then
+/// `table` is enrolled `sync` on both.
+fn pair(test: &str, cloud_setup: &str, edge_setup: &str, table: &str, sync: &str) -> (Cluster, Node, Node) {
+    let mut c = Cluster::new(test);
+    let cloud = c.add_node("cloud", &[]);
+    cloud.execute(&format!(
+        "CREATE EXTENSION edgesync; SELECT edgesync.create_node('cloud', 100); {cloud_setup};
+         SELECT edgesync.add_table('{table}', sync => '{sync}');
+         CREATE ROLE edge_login LOGIN; GRANT edgesync_peer TO edge_login; SELECT edgesync.register_edge('edge1', 'edge_login');"
+    ));
+    let e = c.add_node("edge1", &[]);
+    e.execute(&format!(
+        "CREATE EXTENSION edgesync; SELECT edgesync.create_node('edge1', 1); {edge_setup};
+         SELECT edgesync.add_table('{table}', sync => '{sync}');"
+    ));
+    e.execute(&format!(
+        "SELECT edgesync.add_peer('cloud', 'host=127.0.0.1 port={} dbname=postgres user=edge_login connect_timeout=5', mode => 'on_demand')",
+        cloud.port
+    ));
+    c.wait_for("edge1's forwarder", DEADLINE, || Ok(e.try_query("SELECT 1 FROM edgesync.peers WHERE worker_pid IS NOT NULL")?.len() == 1));
+    (c, cloud, e)
+}
+
+/// Rows of `sql` as text, each column `::text`, read under the same
+/// settings on every node (whatever its database defaults say).
+fn rows_as_text(n: &Node, sql: &str) -> Vec<Vec<String>> {
+    let mut client = n.connect();
+    client
+        .batch_execute("SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET bytea_output = 'hex'")
+        .unwrap();
+    let rows = client.query(sql, &[]).unwrap_or_else(|e| panic!("{sql} on {}: {e:?}", n.name));
+    rows.iter().map(|r| (0..r.len()).map(|i| r.get::<_, Option<String>>(i).unwrap_or_else(|| "NULL".into())).collect()).collect()
+}
+
+/// Values leave the edge as text and are read back on the cloud: both
+/// sides print and read them under pinned settings, whatever a database
+/// default says (here the edge prints dates day-first, floats with 15
+/// digits and intervals the SQL-standard way, and the cloud reads dates
+/// month-first).
+#[test]
+fn values_arrive_exactly_as_they_left_whatever_each_side_prints() {
+    const TABLE: &str = "CREATE TABLE public.measures (id int PRIMARY KEY, d date, ts timestamp, tstz timestamptz,
+        iv interval, f float8, r real, m money, b bytea, n numeric)";
+    let (_c, cloud, e) = pair(
+        "value_text",
+        &format!("ALTER DATABASE postgres SET DateStyle = 'SQL, MDY'; ALTER DATABASE postgres SET TimeZone = 'America/New_York'; {TABLE}"),
+        &format!(
+            "ALTER DATABASE postgres SET DateStyle = 'SQL, DMY'; ALTER DATABASE postgres SET extra_float_digits = 0;
+             ALTER DATABASE postgres SET IntervalStyle = 'sql_standard'; ALTER DATABASE postgres SET bytea_output = 'escape';
+             ALTER DATABASE postgres SET TimeZone = 'Asia/Kolkata'; {TABLE}"
+        ),
+        "public.measures",
+        "up",
+    );
+    let all = "SELECT id::text, d::text, ts::text, tstz::text, iv::text, f::text, r::text, m::text, b::text, n::text FROM public.measures ORDER BY id";
+    // the rows are written under the edge's defaults, as any of its clients would
+    e.execute(
+        "INSERT INTO public.measures VALUES
+           (1, '2024-03-04', '2024-03-04 10:11:12.345678', '2024-03-04 10:11:12.345678+00', '-1 days -02:03:04',
+            0.1::float8 + 0.2::float8, 1 / 3.0::real, 1234.56, '\\x00ff5c27', 1.000000000000000000001),
+           (3, '2024-12-05', '1999-01-08 04:05:06', '2024-07-01 23:59:59.999999+05:45', '-0.000001 seconds',
+            1e-308::float8 * 1.5, 3.4e38, 92233720368547758.07, NULL, 1e100)",
+    );
+    e.execute("SELECT edgesync.sync_now('cloud')");
+    assert_eq!(rows_as_text(&cloud, all), rows_as_text(&e, all), "every value arrives as it left");
+    // values whose text one side could not even read under the other's settings
+    e.execute("INSERT INTO public.measures VALUES (2, '0044-03-15 BC', 'infinity', '-infinity', '1 year 2 mons -3 days 04:05:06.7', 'NaN', '-0', -0.01, '', 'NaN')");
+    e.execute("SELECT edgesync.sync_now('cloud')");
+    assert_eq!(rows_as_text(&cloud, all), rows_as_text(&e, all), "every value arrives as it left");
+    // floats compared as numbers too: not one bit lost
+    let floats = |n: &Node| -> Vec<(f64, f32)> {
+        n.query("SELECT f, r FROM public.measures WHERE id <> 2 ORDER BY id").iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    let (on_cloud, on_edge) = (floats(&cloud), floats(&e));
+    assert!(on_cloud.iter().zip(&on_edge).all(|(a, b)| a.0.to_bits() == b.0.to_bits() && a.1.to_bits() == b.1.to_bits()), "{on_cloud:?} vs {on_edge:?}");
+}
+
+/// A value too long for the receiving column is refused, naming the table
+/// and the column, never cut to fit (an explicit cast to `varchar(5)`
+/// would cut it); nothing of its transaction is applied, and once the
+/// column is widened the same transaction arrives whole.
+#[test]
+fn a_value_too_long_for_the_receiver_is_refused_naming_its_column() {
+    let (c, cloud, e) = pair(
+        "too_long",
+        "CREATE TABLE public.labels (id int PRIMARY KEY, label varchar(5), code char(3))",
+        "CREATE TABLE public.labels (id int PRIMARY KEY, label varchar(20), code char(10))",
+        "public.labels",
+        "up",
+    );
+    let rows = |n: &Node| rows_as_text(n, "SELECT id::text, label::text, code::text FROM public.labels ORDER BY id");
+    e.execute("INSERT INTO public.labels VALUES (1, 'fits', 'ab')");
+    e.execute("SELECT edgesync.sync_now('cloud')");
+    assert_eq!(rows(&cloud), vec![vec!["1".to_string(), "fits".into(), "ab".into()]]);
+    // several rows in one transaction (written with one statement), one of them too long
+    e.execute("INSERT INTO public.labels VALUES (2, 'short', 'x'), (3, 'abcdefghij', 'y'), (4, 'ok', 'z')");
+    let refused = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("a value too long is refused");
+    assert!(refused.contains("failed"), "{refused}");
+    c.wait_for("the refusal in the peer's last error", DEADLINE, || {
+        Ok(peer_field(&e, "last_error")?.contains("column label of public.labels: value too long for type character varying(5)"))
+    });
+    assert_eq!(rows(&cloud).len(), 1, "nothing of the refused transaction is applied");
+    // the update path: widen the column so the insert passes, then an update too long for another column
+    cloud.execute("ALTER TABLE public.labels ALTER label TYPE varchar(20)");
+    e.execute("SELECT edgesync.sync_now('cloud')");
+    assert_eq!(rows(&cloud).len(), 4, "the held transaction arrives once the column takes it");
+    assert!(rows(&cloud).iter().any(|r| r[1] == "abcdefghij"), "whole, not cut");
+    e.execute("UPDATE public.labels SET code = 'toolong' WHERE id = 1");
+    let refused = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("a value too long is refused");
+    assert!(refused.contains("failed"), "{refused}");
+    c.wait_for("the refusal in the peer's last error", DEADLINE, || {
+        Ok(peer_field(&e, "last_error")?.contains("column code of public.labels: value too long for type character(3)"))
+    });
+    assert_eq!(rows(&cloud)[0][2], "ab", "the row keeps its value");
+}
+
+/// Columns named after keywords PostgreSQL reserves (or keeps for type and
+/// function names), in mixed case, or with a double quote in the name:
+/// inserts, updates, deletes and a conflict on them all travel.
+#[test]
+fn columns_named_like_keywords_sync() {
+    const TABLE: &str = r#"CREATE TABLE public.keywords (
+        "left" int, "order" int, "right" text, "like" text, "verbose" text, "binary" text, "user" text, "similar" text,
+        "freeze" text, "tablesample" text, "concurrently" text, "authorization" text, "Mixed Case" text, "quo""te" text, qty int,
+        PRIMARY KEY ("left", "order"))"#;
+    let (_c, cloud, e) = pair("keywords", TABLE, TABLE, "public.keywords", "both");
+    let sync = || e.execute("SELECT edgesync.sync_now('cloud')");
+    let all = r#"SELECT "left"::text, "order"::text, "right", "like", "verbose", "binary", "user", "similar", "freeze", "tablesample",
+                        "concurrently", "authorization", "Mixed Case", "quo""te", qty::text FROM public.keywords ORDER BY 1, 2"#;
+    let insert = |n: &Node, left: i32, qty: i32| {
+        n.execute(&format!(
+            r#"INSERT INTO public.keywords VALUES ({left}, 1, 'r', 'l', 'v', 'b', 'u', 's', 'f', 't', 'c', 'a', 'M', 'q', {qty})"#
+        ))
+    };
+    // one row (single insert), then several in one transaction (one statement)
+    insert(&e, 1, 1);
+    sync();
+    e.execute(
+        r#"BEGIN; INSERT INTO public.keywords ("left", "order", "Mixed Case", "quo""te", qty) VALUES (2, 1, 'x', 'y', 2), (3, 1, NULL, '"', 3); COMMIT"#,
+    );
+    sync();
+    assert_eq!(rows_as_text(&cloud, all), rows_as_text(&e, all));
+    e.execute(r#"UPDATE public.keywords SET "like" = 'liked', "Mixed Case" = 'changed', "quo""te" = 'q2' WHERE "left" = 1"#);
+    e.execute(r#"UPDATE public.keywords SET "order" = 5 WHERE "left" = 2"#);
+    e.execute(r#"DELETE FROM public.keywords WHERE "left" = 3"#);
+    sync();
+    assert_eq!(rows_as_text(&cloud, all), rows_as_text(&e, all));
+    assert_eq!(rows_as_text(&cloud, all).len(), 2);
+    // a conflict on such a key: judged, logged, and the newer write kept
+    cloud.execute(r#"UPDATE public.keywords SET qty = 10 WHERE "left" = 1"#);
+    e.execute(r#"UPDATE public.keywords SET qty = 20 WHERE "left" = 1"#);
+    sync();
+    let qty: i32 = cloud.scalar(r#"SELECT qty FROM public.keywords WHERE "left" = 1"#);
+    assert_eq!(qty, 20);
+    let logged: String = cloud.scalar("SELECT key::text FROM edgesync.conflict_log WHERE table_name = 'keywords'");
+    assert_eq!(logged, r#"{"left": 1, "order": 1}"#);
+}

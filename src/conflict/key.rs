@@ -14,8 +14,9 @@ use pgrx::JsonB;
 
 use super::error::{fail, ConflictError};
 use super::table::Table;
-use crate::model::sql_text::{quote_ident, quote_literal};
+use crate::model::sql_text::quote_literal;
 use crate::plan_cache::plan_for;
+use crate::quote::quote_ident;
 
 /// The key object of `row` (a jsonb object of a whole row): its members
 /// named in `keys`, a key column the row lacks as null.

@@ -20,8 +20,8 @@ use crate::error::raise;
 use crate::guc;
 use crate::model::conflict::lww::Resolution;
 use crate::model::conflict::version::{RowStamp, Version};
-use crate::model::sql_text::quote_ident;
 use crate::privilege::{as_extension_owner, current_user, has_privs_of};
+use crate::quote::quote_ident;
 
 type Row = serde_json::Map<String, serde_json::Value>;
 

@@ -9,7 +9,7 @@ use pgrx::JsonB;
 use super::error::{fail, ConflictError};
 use super::flags::TableFlag;
 use super::table::Table;
-use crate::model::sql_text::quote_ident;
+use crate::quote::quote_ident;
 
 /// A row the trigger returns (PostgreSQL's own tuple, or a modified copy).
 pub(super) type Row<'a> = PgHeapTuple<'a, pgrx::AllocatedByPostgres>;

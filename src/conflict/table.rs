@@ -8,7 +8,7 @@ use pgrx::PgRelation;
 
 use super::error::{fail, ConflictError};
 use crate::model::conflict::lww::Policy;
-use crate::model::sql_text::quote_ident;
+use crate::quote::quote_ident;
 
 const MISSING_ARGUMENTS: &str = "the conflict trigger needs (policy, handler, key columns...): re-run edgesync.set_conflict_policy";
 

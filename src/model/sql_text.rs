@@ -1,18 +1,14 @@
 //! Quoting for SQL text that edgesync shows to a user to copy and run
 //! (the `fix` column of `diagnose()`). Same rules as PostgreSQL's
-//! `quote_ident` / `quote_literal`.
+//! `quote_ident` / `quote_literal`, except that identifiers are always
+//! quoted.
 
-/// Quote an identifier when it needs quoting, as `quote_ident()` does.
+/// Quote an identifier, always: a bare name is only safe when it is not a
+/// keyword of the server that runs it, and this pure code has no server's
+/// keyword list (a hand-kept one misses words such as `left` or `verbose`).
+/// A quoted name means the same on every version.
 pub fn quote_ident(ident: &str) -> String {
-    let plain = !ident.is_empty()
-        && ident.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && ident.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
-        && !is_reserved(ident);
-    if plain {
-        ident.to_string()
-    } else {
-        format!("\"{}\"", ident.replace('"', "\"\""))
-    }
+    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 /// Quote a string literal as `quote_literal()` does (E'' form when it holds a backslash).
@@ -25,35 +21,19 @@ pub fn quote_literal(value: &str) -> String {
     }
 }
 
-// The reserved keywords a catalog name is likely to collide with; quoting an
-// unreserved word too is harmless, so this list only has to err on the side of quoting.
-fn is_reserved(word: &str) -> bool {
-    const RESERVED: &[&str] = &[
-        "all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric", "both",
-        "case", "cast", "check", "collate", "column", "constraint", "create", "current_catalog",
-        "current_date", "current_role", "current_time", "current_timestamp", "current_user",
-        "default", "deferrable", "desc", "distinct", "do", "else", "end", "except", "false",
-        "fetch", "for", "foreign", "from", "grant", "group", "having", "in", "initially",
-        "intersect", "into", "lateral", "leading", "limit", "localtime", "localtimestamp", "not",
-        "null", "offset", "on", "only", "or", "order", "placing", "primary", "references",
-        "returning", "select", "session_user", "some", "symmetric", "system_user", "table",
-        "then", "to", "trailing", "true", "union", "unique", "user", "using", "variadic", "when",
-        "where", "window", "with",
-    ];
-    RESERVED.contains(&word)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn identifiers() {
-        assert_eq!(quote_ident("sub_a1"), "sub_a1");
+        assert_eq!(quote_ident("sub_a1"), "\"sub_a1\"");
         assert_eq!(quote_ident("Sub"), "\"Sub\"");
         assert_eq!(quote_ident("my sub"), "\"my sub\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_ident("select"), "\"select\"");
+        assert_eq!(quote_ident("left"), "\"left\"");
+        assert_eq!(quote_ident("verbose"), "\"verbose\"");
         assert_eq!(quote_ident("1abc"), "\"1abc\"");
         assert_eq!(quote_ident(""), "\"\"");
     }

@@ -39,7 +39,6 @@ use crate::model::conflict::delete_stamp::{self, DeleteStamp};
 use crate::model::conflict::lww::{ConflictType, Resolution};
 use crate::model::sync::batch::{self, Decoded, TransactionView};
 use crate::model::sync::pgoutput::{self, Message, Relation, Value};
-use crate::model::sql_text::quote_ident;
 use crate::privilege::{as_extension_owner, as_role};
 
 
@@ -87,6 +86,8 @@ pub fn apply(b: &Decoded<'_>, direction: Direction) -> u64 {
     let done = applied_mark();
     require_durable_commit();
     apply_as_replica();
+    // values arrive as text printed under these settings: read them the same way
+    crate::guc::pin_value_text(crate::guc::Scope::Transaction);
     let mut state = BatchApply::new(b.sender(), direction);
     for t in b.transactions() {
         state.apply_transaction(&t, done);
@@ -462,7 +463,7 @@ fn is_plain_insert(change: &Message) -> bool {
 
 /// Apply a run of changes to one table, as its owner.
 fn write_run(changes: Vec<Message>, target: &Target) {
-    as_role(target.owner, || {
+    target.naming_refused_values(&changes, || as_role(target.owner, || {
         Spi::connect_mut(|client| {
             let mut rest = &changes[..];
             let mut stamp = None;
@@ -479,7 +480,7 @@ fn write_run(changes: Vec<Message>, target: &Target) {
             Ok::<_, pgrx::spi::Error>(())
         })
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: applying to {}: {e}", target.qualified)))
-    });
+    }));
 }
 
 /// Insert rows in order with one statement: one text array per column,
@@ -527,8 +528,8 @@ fn keeping_existing_rows<'s>(t: &Target, sql: &'s str) -> std::borrow::Cow<'s, s
 /// with both rows (the row here stays).
 fn log_if_kept_existing(client: &mut SpiClient<'_>, t: &Target, new: &[Value]) -> pgrx::spi::Result<()> {
     let key = t.key_json(new);
-    let key_column = |&k: &usize| &t.columns[k].as_ref().expect("key columns are written").0;
-    let cond = t.key.iter().map(key_column).map(|k| format!("t.{0} = r.{0}", quote_ident(k))).collect::<Vec<_>>().join(" AND ");
+    let key_column = |&k: &usize| &t.columns[k].as_ref().expect("key columns are written").quoted;
+    let cond = t.key.iter().map(key_column).map(|k| format!("t.{k} = r.{k}")).collect::<Vec<_>>().join(" AND ");
     let sql = format!(
         "SELECT pg_catalog.to_jsonb(t) FROM {q} AS t, pg_catalog.jsonb_populate_record(NULL::{q}, $1) AS r
           WHERE {cond} AND t.xmin OPERATOR(pg_catalog.<>) pg_catalog.pg_current_xact_id()::pg_catalog.xid",

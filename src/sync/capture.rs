@@ -91,6 +91,8 @@ pub fn flush_wal() {
 pub fn peek(slot: &str, max_messages: i64, reader: &mut Reader) -> Result<Peek, String> {
     let (upto, messages) = Spi::connect(|client| {
         quiet(client)?;
+        // values are printed here and read back by the peer: print them the one way it reads them
+        crate::guc::pin_value_text(crate::guc::Scope::Transaction);
         let upto = client.select("SELECT pg_catalog.pg_current_wal_flush_lsn()::text", None, &[])?.first().get_one::<String>()?;
         // `messages`: a delete's versions travel as a logical decoding
         // message beside it (conflict/tombstone.rs announce_delete).

@@ -3,9 +3,19 @@
 //! sender columns are written here and which hold the key, and the
 //! statements that write it. Every mismatch refuses the whole batch, saying
 //! which table and column.
+//!
+//! Values arrive as text and are cast to the column's type without its
+//! modifier (`character varying`, not `character varying(10)`): the
+//! assignment to the column then applies the modifier as PostgreSQL's own
+//! apply does, refusing a value too long for the column where an explicit
+//! cast would cut it. A refused value is reported naming the table and,
+//! where it can be told, the column.
 
 use std::collections::HashMap;
+use std::ffi::CStr;
+use std::panic::AssertUnwindSafe;
 
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{JsonB, PgSqlErrorCode};
@@ -13,9 +23,10 @@ use pgrx::{JsonB, PgSqlErrorCode};
 use super::apply::Direction;
 use crate::conflict::key_of;
 use crate::error::{raise, raise_with_hint};
-use crate::model::sql_text::quote_ident;
-use crate::model::sync::pgoutput::{Relation, Value};
+use crate::model::sync::length_limit::LengthLimit;
+use crate::model::sync::pgoutput::{Message, Relation, Value};
 use crate::privilege::as_extension_owner;
+use crate::quote::quote_ident;
 
 /// A sender's relation matched to a local table.
 pub(super) struct Target {
@@ -25,8 +36,8 @@ pub(super) struct Target {
     pub(super) name: String,
     pub(super) qualified: String,
     pub(super) has_policy: bool,
-    /// Per sender column: the local column and its type (None: not written here).
-    pub(super) columns: Vec<Option<(String, String)>>,
+    /// Per sender column: the local column it is written to (None: not written here).
+    pub(super) columns: Vec<Option<Column>>,
     /// The sender columns that hold the local primary key.
     pub(super) key: Vec<usize>,
     /// The names of the local primary key's columns, in the order of `key`.
@@ -37,6 +48,19 @@ pub(super) struct Target {
     pub(super) insert_sql: String,
     pub(super) bulk_insert_sql: String,
     pub(super) delete_sql: String,
+}
+
+/// A local column that a sender column is written to.
+pub(super) struct Column {
+    /// Its name, as the sender and this node spell it.
+    pub(super) name: String,
+    /// Its name in SQL text.
+    pub(super) quoted: String,
+    /// The type a value's text is cast to: the column's type (a domain's
+    /// base type) without its modifier, which the assignment applies.
+    cast_type: String,
+    /// The length its type's modifier allows, when it limits one.
+    limit: Option<LengthLimit>,
 }
 
 /// The local table named like the sender's relation, as the catalogs say.
@@ -52,7 +76,8 @@ struct LocalTable {
 /// A column of the local table: its type, and whether it is generated
 /// (then it is computed here, never written).
 struct LocalColumn {
-    type_name: String,
+    type_oid: pg_sys::Oid,
+    typmod: i32,
     generated: bool,
 }
 
@@ -80,7 +105,7 @@ impl Target {
     fn compose(
         def: &Relation,
         table: LocalTable,
-        columns: Vec<Option<(String, String)>>,
+        columns: Vec<Option<Column>>,
         key_names: Vec<String>,
         key: Vec<usize>,
     ) -> Target {
@@ -108,16 +133,16 @@ impl Target {
 
     fn compose_insert(&self) -> String {
         let cols: Vec<_> = self.columns.iter().flatten().collect();
-        let names = cols.iter().map(|(n, _)| quote_ident(n)).collect::<Vec<_>>().join(", ");
-        let values = cols.iter().enumerate().map(|(i, (_, t))| format!("${}::{t}", i + 1)).collect::<Vec<_>>().join(", ");
+        let names = cols.iter().map(|c| c.quoted.as_str()).collect::<Vec<_>>().join(", ");
+        let values = cols.iter().enumerate().map(|(i, c)| format!("${}::{}", i + 1, c.cast_type)).collect::<Vec<_>>().join(", ");
         format!("INSERT INTO {} ({names}) OVERRIDING SYSTEM VALUE VALUES ({values})", self.qualified)
     }
 
     fn compose_bulk_insert(&self) -> String {
         let cols: Vec<_> = self.columns.iter().flatten().collect();
-        let names = cols.iter().map(|(n, _)| quote_ident(n)).collect::<Vec<_>>().join(", ");
+        let names = cols.iter().map(|c| c.quoted.as_str()).collect::<Vec<_>>().join(", ");
         let aliases = (1..=cols.len()).map(|i| format!("c{i}")).collect::<Vec<_>>().join(", ");
-        let casts = cols.iter().enumerate().map(|(i, (_, t))| format!("c{}::{t}", i + 1)).collect::<Vec<_>>().join(", ");
+        let casts = cols.iter().enumerate().map(|(i, c)| format!("c{}::{}", i + 1, c.cast_type)).collect::<Vec<_>>().join(", ");
         let arrays = (1..=cols.len()).map(|i| format!("pg_catalog.unnest(${i}::pg_catalog.text[])")).collect::<Vec<_>>().join(", ");
         format!(
             "INSERT INTO {} ({names}) OVERRIDING SYSTEM VALUE SELECT {casts} FROM ROWS FROM ({arrays}) WITH ORDINALITY AS u({aliases}, n) ORDER BY n",
@@ -130,8 +155,8 @@ impl Target {
             .iter()
             .enumerate()
             .map(|(i, &k)| {
-                let (n, t) = self.columns[k].as_ref().expect("key columns are plain columns");
-                format!("{} = ${}::{t}", quote_ident(n), first_param + i)
+                let c = self.columns[k].as_ref().expect("key columns are plain columns");
+                format!("{} = ${}::{}", c.quoted, first_param + i, c.cast_type)
             })
             .collect::<Vec<_>>()
             .join(" AND ")
@@ -143,8 +168,8 @@ impl Target {
             .iter()
             .enumerate()
             .map(|(i, &c)| {
-                let (n, t) = self.columns[c].as_ref().expect("only written columns are set");
-                format!("{} = ${}::{t}", quote_ident(n), i + 1)
+                let c = self.columns[c].as_ref().expect("only written columns are set");
+                format!("{} = ${}::{}", c.quoted, i + 1, c.cast_type)
             })
             .collect::<Vec<_>>()
             .join(", ");
@@ -165,12 +190,112 @@ impl Target {
     pub(super) fn row_json(&self, row: &[Value]) -> JsonB {
         let mut m = serde_json::Map::new();
         for (c, v) in self.columns.iter().zip(row) {
-            if let (Some((n, _)), false) = (c, *v == Value::Unchanged) {
-                m.insert(n.clone(), text_json(v));
+            if let (Some(c), false) = (c, *v == Value::Unchanged) {
+                m.insert(c.name.clone(), text_json(v));
             }
         }
         JsonB(serde_json::Value::Object(m))
     }
+}
+
+impl Target {
+    /// Run `write`, which writes `changes` to this table. A value
+    /// PostgreSQL refuses (a data exception, SQLSTATE class 22) is reported
+    /// naming this table and, for a value beyond the length its column
+    /// allows, the column; other errors pass unchanged.
+    pub(super) fn naming_refused_values<R>(&self, changes: &[Message], write: impl FnOnce() -> R) -> R {
+        PgTryBuilder::new(AssertUnwindSafe(write)).catch_others(|e| self.refuse_value(e, changes)).execute()
+    }
+
+    fn refuse_value(&self, caught: CaughtError, changes: &[Message]) -> ! {
+        let CaughtError::PostgresError(report) = &caught else { caught.rethrow() };
+        let code = report.sql_error_code();
+        if !is_data_exception(code) {
+            caught.rethrow()
+        }
+        // only a length error is blamed on the column whose value is too long:
+        // another error may come from an earlier value of another column
+        let length_error = matches!(
+            code,
+            PgSqlErrorCode::ERRCODE_STRING_DATA_RIGHT_TRUNCATION | PgSqlErrorCode::ERRCODE_STRING_DATA_LENGTH_MISMATCH
+        );
+        let place = match self.column_refusing(changes).filter(|_| length_error) {
+            Some(c) => format!("column {} of {}", c.quoted, self.qualified),
+            None => self.qualified.clone(),
+        };
+        let detail = report.detail().map(|d| format!(" ({d})")).unwrap_or_default();
+        raise(code, format!("edgesync: applying to {place}: {}{detail}", report.message()))
+    }
+
+    /// The first written column holding, in the first of `changes` that
+    /// has one, a value beyond the length its type allows.
+    fn column_refusing(&self, changes: &[Message]) -> Option<&Column> {
+        changes.iter().filter_map(written_row).find_map(|row| {
+            self.columns.iter().zip(row).find_map(|(column, value)| match (column, value) {
+                (Some(c @ Column { limit: Some(limit), .. }), Value::Text(text)) if limit.refuses(text) => Some(c),
+                _ => None,
+            })
+        })
+    }
+}
+
+impl Column {
+    fn of(name: &str, local: &LocalColumn) -> Column {
+        let (base, base_typmod) = base_type(local.type_oid, local.typmod);
+        Column { name: name.to_string(), quoted: quote_ident(name), cast_type: type_without_modifier(base), limit: length_limit(base, base_typmod) }
+    }
+}
+
+/// The type under a domain (through every level) and the modifier the
+/// domain gives it; any other type is its own base.
+fn base_type(type_oid: pg_sys::Oid, typmod: i32) -> (pg_sys::Oid, i32) {
+    let mut base_typmod = typmod;
+    // SAFETY: a type-cache lookup of a type read from pg_attribute, in a
+    // transaction; it writes only `base_typmod`, a live local.
+    let base = unsafe { pg_sys::getBaseTypeAndTypmod(type_oid, &mut base_typmod) };
+    (base, base_typmod)
+}
+
+/// A type's name in SQL text, schema-qualified, without a modifier, as
+/// `format_type(oid, -1)` spells it: `bpchar`, not `character`, which a
+/// cast would read as `character(1)`.
+fn type_without_modifier(type_oid: pg_sys::Oid) -> String {
+    let flags = (pg_sys::FORMAT_TYPE_TYPEMOD_GIVEN | pg_sys::FORMAT_TYPE_FORCE_QUALIFY) as pg_sys::bits16;
+    // SAFETY: a catalog lookup of an existing type, in a transaction;
+    // format_type_extended returns a palloc'd NUL-terminated string, copied
+    // here before it is freed.
+    unsafe {
+        let name = pg_sys::format_type_extended(type_oid, -1, flags);
+        let text = CStr::from_ptr(name).to_string_lossy().into_owned();
+        pg_sys::pfree(name.cast());
+        text
+    }
+}
+
+/// The length a (base) type's modifier allows, for the types whose
+/// modifier is a length.
+fn length_limit(base: pg_sys::Oid, typmod: i32) -> Option<LengthLimit> {
+    let chars = typmod - pg_sys::VARHDRSZ as i32;
+    match base {
+        pg_sys::VARCHAROID | pg_sys::BPCHAROID if chars >= 0 => Some(LengthLimit::Chars(chars as usize)),
+        pg_sys::BITOID if typmod > 0 => Some(LengthLimit::BitsExactly(typmod as usize)),
+        pg_sys::VARBITOID if typmod > 0 => Some(LengthLimit::Bits(typmod as usize)),
+        _ => None,
+    }
+}
+
+/// The row a change writes (a delete writes none).
+fn written_row(change: &Message) -> Option<&[Value]> {
+    match change {
+        Message::Insert { new, .. } | Message::Update { new, .. } => Some(new),
+        _ => None,
+    }
+}
+
+/// Is `code` in SQLSTATE class 22, data exception (`ERRCODE_TO_CATEGORY`)?
+fn is_data_exception(code: PgSqlErrorCode) -> bool {
+    const CLASS_BITS: isize = (1 << 12) - 1;
+    (code as isize & CLASS_BITS) == (PgSqlErrorCode::ERRCODE_DATA_EXCEPTION as isize & CLASS_BITS)
 }
 
 fn text_json(v: &Value) -> serde_json::Value {
@@ -233,15 +358,16 @@ fn check_enrolled(sender: &str, what: &str, table: &LocalTable, direction: Direc
 fn read_columns(client: &SpiClient<'_>, relid: pg_sys::Oid, what: &str) -> pgrx::spi::Result<HashMap<String, LocalColumn>> {
     let mut local = HashMap::new();
     for c in client.select(
-        "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod), attgenerated <> ''
+        "SELECT attname::text, atttypid, atttypmod, attgenerated <> ''
            FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
         None,
         &[relid.into()],
     )? {
         let name = not_null(c.get::<String>(1)?, what, "a column name");
-        let type_name = not_null(c.get::<String>(2)?, what, "the type of a column");
-        let generated = not_null(c.get::<bool>(3)?, what, "whether a column is generated");
-        local.insert(name, LocalColumn { type_name, generated });
+        let type_oid = not_null(c.get::<pg_sys::Oid>(2)?, what, "the type of a column");
+        let typmod = not_null(c.get::<i32>(3)?, what, "the type modifier of a column");
+        let generated = not_null(c.get::<bool>(4)?, what, "whether a column is generated");
+        local.insert(name, LocalColumn { type_oid, typmod, generated });
     }
     Ok(local)
 }
@@ -268,12 +394,12 @@ fn match_columns(
     what: &str,
     def: &Relation,
     local: &HashMap<String, LocalColumn>,
-) -> Vec<Option<(String, String)>> {
+) -> Vec<Option<Column>> {
     def.columns
         .iter()
         .map(|c| match local.get(&c.name) {
             Some(LocalColumn { generated: true, .. }) => None,
-            Some(LocalColumn { type_name, generated: false }) => Some((c.name.clone(), type_name.clone())),
+            Some(l) => Some(Column::of(&c.name, l)),
             None => raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
                 format!("edgesync: refused batch from {sender}: column {:?} of {what} does not exist here", c.name),
@@ -290,7 +416,7 @@ fn key_positions(
     qualified: &str,
     def: &Relation,
     primary_key: &[String],
-    columns: &[Option<(String, String)>],
+    columns: &[Option<Column>],
 ) -> Vec<usize> {
     if primary_key.is_empty() {
         raise(PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION, format!("edgesync: table {qualified} has no primary key here"));

@@ -261,4 +261,18 @@ mod tests {
         .unwrap();
         assert_eq!(grants, Some(true));
     }
+
+    /// SQL text composed server-side quotes identifiers by PostgreSQL's own
+    /// rule: every keyword that is not unreserved, in any of its categories.
+    #[pg_test]
+    fn identifiers_are_quoted_by_the_servers_own_rule() {
+        use crate::quote::quote_ident;
+        for word in ["left", "right", "like", "verbose", "binary", "similar", "freeze", "tablesample", "concurrently", "authorization", "user", "order"] {
+            assert_eq!(quote_ident(word), format!("\"{word}\""), "{word} is a keyword");
+        }
+        assert_eq!(quote_ident("reading_2"), "reading_2");
+        assert_eq!(quote_ident("name"), "name", "an unreserved keyword reads back bare");
+        assert_eq!(quote_ident("Mixed Case"), "\"Mixed Case\"");
+        assert_eq!(quote_ident("quo\"te"), "\"quo\"\"te\"");
+    }
 }
