@@ -45,6 +45,10 @@ impl Reader {
                 Message::Begin { commit_time, .. } => self.begin(commit_time)?,
                 Message::Commit { end_lsn, commit_time } => {
                     let mut t = self.open.take().ok_or("Commit outside a transaction")?;
+                    // a receiver refuses a batch out of order: so does the reader
+                    if done.last().is_some_and(|before: &SourceTxn| end_lsn <= before.end_lsn) {
+                        return Err(format!("a commit at {end_lsn:#x} after one at or past it"));
+                    }
                     t.end_lsn = end_lsn;
                     t.commit_time = commit_time;
                     done.push(t);
@@ -179,5 +183,11 @@ pub(crate) mod tests {
         assert!(r.read(vec![begin_msg(1, 1), insert_msg(1, &[Some("1")]), commit_msg(20, 1)]).is_err(), "unknown relation");
         let mut r = Reader::default();
         assert!(r.read(vec![begin_msg(1, 1)]).is_err(), "unfinished");
+        // commits in a read go forward (the fuzzer found a stream that did not)
+        let mut r = Reader::default();
+        let twice = vec![begin_msg(1, 1), commit_msg(40, 1), begin_msg(1, 2), commit_msg(40, 2)];
+        assert_eq!(r.read(twice).unwrap_err(), "a commit at 0x28 after one at or past it");
+        let back = vec![begin_msg(1, 1), commit_msg(40, 1), begin_msg(1, 2), commit_msg(32, 2)];
+        assert!(Reader::default().read(back).is_err(), "a commit before the one read");
     }
 }
