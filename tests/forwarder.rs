@@ -106,6 +106,9 @@ fn readings_arrive_exactly_once_from_two_edges() {
         let compressed: i64 = peer_field(e, "bytes_sent_compressed").unwrap().parse().unwrap();
         assert!(compressed * 3 < raw, "batches are compressed: {compressed} of {raw} bytes");
         assert!(!peer_field(e, "clock_skew_seconds").unwrap().is_empty(), "skew measured at connect");
+        // the forwarder reads its slot a peek at a time: between peeks it is not a downstream gone
+        let slot_alarms: i64 = e.scalar("SELECT count(*) FROM edgesync.health WHERE component = 'replication_slot' AND status <> 'ok'");
+        assert_eq!(slot_alarms, 0, "a healthy peer's slot is not an alarm");
     }
     // the cloud tagged the rows with each edge's origin and knows how far it got
     let origins: i64 = cloud.scalar("SELECT count(*) FROM pg_replication_origin_status WHERE external_id IN ('edgesync_edge1', 'edgesync_edge2') AND remote_lsn > '0/0'");

@@ -110,9 +110,10 @@ fn read_wal_receivers(client: &SpiClient<'_>) -> Vec<health::WalReceiver> {
 fn read_slots(client: &SpiClient<'_>) -> Vec<health::Slot> {
     read_rows(
         client,
-        "SELECT slot_name::text, slot_type, active, retained_wal_bytes::float8, wal_status,
-                extract(epoch FROM now() - inactive_since)::float8
-           FROM edgesync.replication_slots ORDER BY 1",
+        "SELECT s.slot_name::text, s.slot_type, s.active, s.retained_wal_bytes::float8, s.wal_status,
+                extract(epoch FROM now() - s.inactive_since)::float8,
+                EXISTS (SELECT FROM edgesync.peers p WHERE p.slot_name = s.slot_name)
+           FROM edgesync.replication_slots s ORDER BY 1",
         |r| {
             Ok(health::Slot {
                 name: r.get(1)?.unwrap_or_default(),
@@ -121,6 +122,7 @@ fn read_slots(client: &SpiClient<'_>) -> Vec<health::Slot> {
                 retained_wal_bytes: r.get(4)?,
                 wal_status: r.get(5)?,
                 inactive_seconds: r.get(6)?,
+                peer_slot: r.get(7)?.unwrap_or(false),
             })
         },
     )

@@ -179,11 +179,45 @@ pub struct Slot {
     pub retained_wal_bytes: Option<f64>,
     pub wal_status: Option<String>,
     pub inactive_seconds: Option<f64>,
+    /// The slot of one of this node's peers: its forwarder reads it in
+    /// rounds, so it is inactive between them (the peer checks judge it).
+    pub peer_slot: bool,
 }
 
 pub fn slot_checks(s: &Slot, t: &Thresholds) -> Vec<Check> {
     let consumer = if s.slot_type == "physical" { "standby" } else { "subscriber" };
-    let connected = Check {
+    let connected = if s.peer_slot { peer_slot_check(s) } else { connected_check(s, consumer) };
+    let mut retained = metric_check(
+        "replication_slot",
+        &s.name,
+        "retained_wal_bytes",
+        s.retained_wal_bytes,
+        t.warning_bytes,
+        t.critical_bytes,
+        "WAL retained (bytes)",
+    );
+    if !s.active && !s.peer_slot && retained.status == Status::Critical {
+        retained.detail.push_str("; the slot is inactive: the disk is at risk");
+    }
+    vec![connected, retained, wal_status_check(s)]
+}
+
+/// A peer's slot is read by its forwarder, a peek at a time: being
+/// inactive between peeks is its normal state, not a downstream gone.
+fn peer_slot_check(s: &Slot) -> Check {
+    Check {
+        component: "replication_slot",
+        object: s.name.clone(),
+        status: Status::Ok,
+        metric: "inactive_seconds",
+        value: if s.active { Some(0.0) } else { s.inactive_seconds },
+        threshold: None,
+        detail: "read by edgesync's forwarder in rounds: its peer's checks say whether it keeps up".to_string(),
+    }
+}
+
+fn connected_check(s: &Slot, consumer: &str) -> Check {
+    Check {
         component: "replication_slot",
         object: s.name.clone(),
         // A slot nobody reads is a downstream that is down, and WAL piling up.
@@ -196,23 +230,12 @@ pub fn slot_checks(s: &Slot, t: &Thresholds) -> Vec<Check> {
         } else {
             format!("no {consumer} is connected: the downstream is down or was removed (drop the slot if it is gone for good)")
         },
-    };
-
-    let mut retained = metric_check(
-        "replication_slot",
-        &s.name,
-        "retained_wal_bytes",
-        s.retained_wal_bytes,
-        t.warning_bytes,
-        t.critical_bytes,
-        "WAL retained (bytes)",
-    );
-    if !s.active && retained.status == Status::Critical {
-        retained.detail.push_str("; the slot is inactive: the disk is at risk");
     }
+}
 
+fn wal_status_check(s: &Slot) -> Check {
     let wal_status = s.wal_status.clone().unwrap_or_default();
-    let wal = Check {
+    Check {
         component: "replication_slot",
         object: s.name.clone(),
         status: match wal_status.as_str() {
@@ -229,8 +252,7 @@ pub fn slot_checks(s: &Slot, t: &Thresholds) -> Vec<Check> {
             "unreserved" => "required WAL will be removed at the next checkpoint: the slot is about to be lost".to_string(),
             other => format!("wal_status is {other:?}: the slot can no longer be used; recreate the downstream"),
         },
-    };
-    vec![connected, retained, wal]
+    }
 }
 
 /// A native subscription on this node, from `edgesync.subscriptions`.
@@ -511,7 +533,15 @@ mod tests {
 
     #[test]
     fn inactive_slot_is_critical_and_its_wal_is_judged() {
-        let mut s = Slot { name: "sb".into(), slot_type: "physical".into(), active: true, retained_wal_bytes: Some(10.0), wal_status: Some("reserved".into()), inactive_seconds: None };
+        let mut s = Slot {
+            name: "sb".into(),
+            slot_type: "physical".into(),
+            active: true,
+            retained_wal_bytes: Some(10.0),
+            wal_status: Some("reserved".into()),
+            inactive_seconds: None,
+            peer_slot: false,
+        };
         assert!(slot_checks(&s, &t()).iter().all(|c| c.status == Status::Ok));
         s.active = false;
         let c = slot_checks(&s, &t());
@@ -539,6 +569,28 @@ mod tests {
             s.wal_status = Some(ws.into());
             assert_eq!(status_of(&slot_checks(&s, &t()), "wal_status"), want, "{ws}");
         }
+    }
+
+    #[test]
+    fn a_peer_slot_between_peeks_is_not_a_downstream_gone() {
+        let mut s = Slot {
+            name: "edgesync_cloud".into(),
+            slot_type: "logical".into(),
+            active: false,
+            retained_wal_bytes: Some(2000.0),
+            wal_status: Some("lost".into()),
+            inactive_seconds: Some(3.0),
+            peer_slot: true,
+        };
+        let c = slot_checks(&s, &t());
+        assert_eq!((status_of(&c, "inactive_seconds"), c[0].value), (Status::Ok, Some(3.0)), "its forwarder reads it in rounds");
+        assert!(c[0].detail.contains("forwarder"));
+        // its WAL is judged as any slot's
+        assert_eq!(status_of(&c, "retained_wal_bytes"), Status::Critical);
+        assert!(!c[1].detail.contains("disk is at risk"));
+        assert_eq!(status_of(&c, "wal_status"), Status::Critical);
+        s.peer_slot = false;
+        assert_eq!(status_of(&slot_checks(&s, &t()), "inactive_seconds"), Status::Critical);
     }
 
     #[test]
