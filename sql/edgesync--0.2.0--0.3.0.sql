@@ -510,12 +510,18 @@ CREATE EVENT TRIGGER edgesync_forget_dropped_tables ON sql_drop
 REVOKE EXECUTE ON FUNCTION edgesync._guard_drop_extension(), edgesync._forget_dropped_tables() FROM PUBLIC;
 
 -- Nodes that push here are registered with their login (register_edge,
--- drop_edge); hello and apply_batch serve a login only as its node.
--- After this update, register each edge that pushes here.
+-- drop_edge, reset_edge); hello and apply_batch serve a login only as its
+-- node, and hello learns which database the node is (a rebuilt one is
+-- refused until reset_edge). After this update, register each edge that
+-- pushes here.
 CREATE TABLE edgesync.edge (
-    name          text        PRIMARY KEY CHECK (edgesync._is_node_name(name)),
-    login         name        NOT NULL,
-    registered_at timestamptz NOT NULL DEFAULT now()
+    name              text        PRIMARY KEY CHECK (edgesync._is_node_name(name)),
+    login             name        NOT NULL,
+    registered_at     timestamptz NOT NULL DEFAULT now(),
+    -- the database it is (pg_control_system()), recorded at first contact:
+    -- an edge rebuilt under the same name starts its LSNs over
+    system_identifier bigint,
+    first_contact_at  timestamptz
 );
 COMMENT ON TABLE edgesync.edge IS 'Nodes that may push here (edgesync.register_edge), each with the login it must connect as';
 
@@ -562,8 +568,48 @@ END
 $$;
 COMMENT ON FUNCTION edgesync.drop_edge(text) IS
     'Forget a node that pushed here: its registration and its replication origin';
-CREATE OR REPLACE FUNCTION edgesync.hello(sender text, OUT confirmed_lsn pg_lsn, OUT clock_ms bigint, OUT batch_format integer)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+CREATE FUNCTION edgesync.reset_edge(name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE edgesync.edge e SET system_identifier = NULL, first_contact_at = NULL WHERE e.name = reset_edge.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'edgesync: no edge named % is registered', coalesce(quote_literal(reset_edge.name), 'NULL')
+          USING ERRCODE = 'undefined_object';
+    END IF;
+    IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(reset_edge.name)) THEN
+        PERFORM pg_replication_origin_drop(edgesync._origin_name(reset_edge.name));
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION edgesync.reset_edge(text) IS
+    'Take back a node rebuilt under the same name: forget its old database and its progress (its login stays)';
+CREATE FUNCTION edgesync._check_edge_identity(sender text, system_identifier bigint) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    known edgesync.edge;
+BEGIN
+    UPDATE edgesync.edge e SET system_identifier = _check_edge_identity.system_identifier, first_contact_at = now()
+     WHERE e.name = sender AND e.system_identifier IS NULL;
+    SELECT * INTO known FROM edgesync.edge e WHERE e.name = sender;
+    IF known.system_identifier <> _check_edge_identity.system_identifier THEN
+        RAISE EXCEPTION 'edgesync: node % is another database than the one registered under its name (system identifier %, not %)',
+                        sender, known.system_identifier, _check_edge_identity.system_identifier
+          USING ERRCODE = 'insufficient_privilege',
+                DETAIL = format('The registered one was first seen at %s.', known.first_contact_at),
+                HINT = format('If the edge was rebuilt on purpose, take it back on this node: SELECT edgesync.reset_edge(%L);', sender);
+    END IF;
+END
+$$;
+-- hello takes the sender's system identifier (an edge of 0.2.0 calls it
+-- without one and is not checked)
+DROP FUNCTION edgesync.hello(text);
+CREATE FUNCTION edgesync.hello(sender text, system_identifier bigint DEFAULT NULL,
+                               OUT confirmed_lsn pg_lsn, OUT clock_ms bigint, OUT batch_format integer)
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -572,6 +618,9 @@ BEGIN
     END IF;
     -- only the node's own login learns its progress
     PERFORM edgesync._require_edge_login(sender);
+    IF hello.system_identifier IS NOT NULL THEN
+        PERFORM edgesync._check_edge_identity(sender, hello.system_identifier);
+    END IF;
     IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(sender)) THEN
         confirmed_lsn := pg_replication_origin_progress(edgesync._origin_name(sender), true);
     END IF;
@@ -579,10 +628,15 @@ BEGIN
     batch_format := edgesync._batch_format();
 END
 $$;
+COMMENT ON FUNCTION edgesync.hello(text, bigint) IS
+    'For pushing peers: how far this node applied the sender''s changes, its clock and batch format; the sender says which database it is';
 REVOKE ALL ON edgesync.edge FROM PUBLIC;
 GRANT SELECT ON edgesync.edge TO pg_monitor, edgesync_admin;
-REVOKE EXECUTE ON FUNCTION edgesync.register_edge(text, name), edgesync.drop_edge(text), edgesync._require_edge_login(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION edgesync.register_edge(text, name), edgesync.drop_edge(text) TO edgesync_admin;
+REVOKE EXECUTE ON FUNCTION edgesync.register_edge(text, name), edgesync.drop_edge(text), edgesync._require_edge_login(text),
+                           edgesync.reset_edge(text), edgesync._check_edge_identity(text, bigint),
+                           edgesync.hello(text, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION edgesync.register_edge(text, name), edgesync.drop_edge(text), edgesync.reset_edge(text) TO edgesync_admin;
+GRANT EXECUTE ON FUNCTION edgesync.hello(text, bigint) TO edgesync_peer;
 
 -- == 8. downstreams health ==
 -- Every walsender client edgesync.health has seen (streaming standbys,

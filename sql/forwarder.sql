@@ -309,9 +309,13 @@ COMMENT ON FUNCTION edgesync.drop_peer(text) IS 'Remove a peer, stop its forward
 -- as (src/sync/edges.rs). hello and apply_batch serve no one else under
 -- that name.
 CREATE TABLE edgesync.edge (
-    name          text        PRIMARY KEY CHECK (edgesync._is_node_name(name)),
-    login         name        NOT NULL,
-    registered_at timestamptz NOT NULL DEFAULT now()
+    name              text        PRIMARY KEY CHECK (edgesync._is_node_name(name)),
+    login             name        NOT NULL,
+    registered_at     timestamptz NOT NULL DEFAULT now(),
+    -- the database it is (pg_control_system()), recorded at first contact:
+    -- an edge rebuilt under the same name starts its LSNs over
+    system_identifier bigint,
+    first_contact_at  timestamptz
 );
 COMMENT ON TABLE edgesync.edge IS 'Nodes that may push here (edgesync.register_edge), each with the login it must connect as';
 
@@ -357,11 +361,55 @@ $$;
 COMMENT ON FUNCTION edgesync.drop_edge(text) IS
     'Forget a node that pushed here: its registration and its replication origin';
 
+-- Take a rebuilt node back: forget the database it was and how far its
+-- changes were applied (its LSNs started over); its login stays.
+CREATE FUNCTION edgesync.reset_edge(name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE edgesync.edge e SET system_identifier = NULL, first_contact_at = NULL WHERE e.name = reset_edge.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'edgesync: no edge named % is registered', coalesce(quote_literal(reset_edge.name), 'NULL')
+          USING ERRCODE = 'undefined_object';
+    END IF;
+    IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(reset_edge.name)) THEN
+        PERFORM pg_replication_origin_drop(edgesync._origin_name(reset_edge.name));
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION edgesync.reset_edge(text) IS
+    'Take back a node rebuilt under the same name: forget its old database and its progress (its login stays)';
+
+-- At a node's first contact, remember which database it is; later, refuse
+-- another database under its name (an edge rebuilt from scratch, whose
+-- LSNs start over: its changes would be taken for ones already applied).
+CREATE FUNCTION edgesync._check_edge_identity(sender text, system_identifier bigint) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    known edgesync.edge;
+BEGIN
+    UPDATE edgesync.edge e SET system_identifier = _check_edge_identity.system_identifier, first_contact_at = now()
+     WHERE e.name = sender AND e.system_identifier IS NULL;
+    SELECT * INTO known FROM edgesync.edge e WHERE e.name = sender;
+    IF known.system_identifier <> _check_edge_identity.system_identifier THEN
+        RAISE EXCEPTION 'edgesync: node % is another database than the one registered under its name (system identifier %, not %)',
+                        sender, known.system_identifier, _check_edge_identity.system_identifier
+          USING ERRCODE = 'insufficient_privilege',
+                DETAIL = format('The registered one was first seen at %s.', known.first_contact_at),
+                HINT = format('If the edge was rebuilt on purpose, take it back on this node: SELECT edgesync.reset_edge(%L);', sender);
+    END IF;
+END
+$$;
+
 -- The receiving side. A pushing node says hello once per connection: it
 -- learns how far this node applied its changes, this node's clock (for the
 -- skew check) and the batch format spoken here.
-CREATE FUNCTION edgesync.hello(sender text, OUT confirmed_lsn pg_lsn, OUT clock_ms bigint, OUT batch_format integer)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+CREATE FUNCTION edgesync.hello(sender text, system_identifier bigint DEFAULT NULL,
+                               OUT confirmed_lsn pg_lsn, OUT clock_ms bigint, OUT batch_format integer)
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -370,6 +418,9 @@ BEGIN
     END IF;
     -- only the node's own login learns its progress
     PERFORM edgesync._require_edge_login(sender);
+    IF hello.system_identifier IS NOT NULL THEN
+        PERFORM edgesync._check_edge_identity(sender, hello.system_identifier);
+    END IF;
     IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(sender)) THEN
         confirmed_lsn := pg_replication_origin_progress(edgesync._origin_name(sender), true);
     END IF;
@@ -377,7 +428,8 @@ BEGIN
     batch_format := edgesync._batch_format();
 END
 $$;
-COMMENT ON FUNCTION edgesync.hello(text) IS 'For pushing peers: how far this node applied the sender''s changes, its clock and batch format';
+COMMENT ON FUNCTION edgesync.hello(text, bigint) IS
+    'For pushing peers: how far this node applied the sender''s changes, its clock and batch format; the sender says which database it is';
 
 -- Apply a batch of a peer's changes; returns the sender LSN applied so far,
 -- durable once the calling transaction has committed.
@@ -505,11 +557,12 @@ REVOKE EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_t
                            edgesync.alter_peer(text, text, text, interval, integer, bigint),
                            edgesync.pause_peer(text), edgesync.resume_peer(text), edgesync._set_peer_paused(text, boolean),
                            edgesync.drop_peer(text), edgesync.sync_now(text, interval),
-                           edgesync.hello(text), edgesync.apply_batch(bytea), edgesync._apply_batch(bytea),
+                           edgesync.hello(text, bigint), edgesync.apply_batch(bytea), edgesync._apply_batch(bytea),
                            edgesync._peer_status(), edgesync._wake_launcher_at_commit(),
                            edgesync._require_superuser_for_conninfo(), edgesync._require_table_owner(oid),
                            edgesync._api_step(text, oid, text[]),
                            edgesync.register_edge(text, name), edgesync.drop_edge(text), edgesync._require_edge_login(text),
+                           edgesync.reset_edge(text), edgesync._check_edge_identity(text, bigint),
                            edgesync._add_table(regclass, text), edgesync._remove_table(regclass),
                            edgesync._add_peer(text, text, text, interval, integer, bigint),
                            edgesync._alter_peer(text, text, text, interval, integer, bigint) FROM PUBLIC;
@@ -519,7 +572,7 @@ GRANT EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_ta
                           edgesync.pause_peer(text), edgesync.resume_peer(text),
                           edgesync.drop_peer(text), edgesync.sync_now(text, interval),
                           edgesync._api_step(text, oid, text[]),
-                          edgesync.register_edge(text, name), edgesync.drop_edge(text) TO edgesync_admin;
-GRANT EXECUTE ON FUNCTION edgesync.hello(text), edgesync.apply_batch(bytea) TO edgesync_peer;
+                          edgesync.register_edge(text, name), edgesync.drop_edge(text), edgesync.reset_edge(text) TO edgesync_admin;
+GRANT EXECUTE ON FUNCTION edgesync.hello(text, bigint), edgesync.apply_batch(bytea) TO edgesync_peer;
 GRANT SELECT ON edgesync.peers TO pg_monitor, edgesync_admin;
 GRANT EXECUTE ON FUNCTION edgesync._peer_status() TO pg_monitor, edgesync_admin;

@@ -1220,3 +1220,45 @@ fn columns_named_like_keywords_sync() {
     let logged: String = cloud.scalar("SELECT key::text FROM edgesync.conflict_log WHERE table_name = 'keywords'");
     assert_eq!(logged, r#"{"left": 1, "order": 1}"#);
 }
+
+/// An edge rebuilt from scratch under the same name (another database, its
+/// LSNs starting over) is refused at hello until a DBA takes it back with
+/// `reset_edge`; the cloud remembers which database each edge is.
+#[test]
+fn a_rebuilt_edge_is_refused_until_it_is_reset() {
+    let (mut c, cloud, edges) = hub("rebuilt", 1, "on_demand");
+    let e = &edges[0];
+    write_readings(e, 1, 10, 5);
+    e.execute("SELECT edgesync.sync_now('cloud')");
+    let first: String = cloud.scalar("SELECT system_identifier::text FROM edgesync.edge WHERE name = 'edge1'");
+    let own: String = e.scalar("SELECT system_identifier::text FROM pg_control_system()");
+    assert_eq!(first, own, "the cloud recorded which database edge1 is");
+    let applied = || -> String { cloud.scalar("SELECT remote_lsn::text FROM pg_replication_origin_status WHERE external_id = 'edgesync_edge1'") };
+    let mark = applied();
+    let total = || -> i64 { cloud.scalar("SELECT count(*) FROM public.sensor_readings") };
+
+    // edge1 again, from scratch: same name and login, another database
+    e.execute("SELECT edgesync.drop_peer('cloud')");
+    let rebuilt = c.add_node("edge1_rebuilt", &[]);
+    rebuilt.execute(&format!(
+        "CREATE EXTENSION edgesync; SELECT edgesync.create_node('edge1', 1); {READINGS};
+         SELECT edgesync.add_table('public.sensor_readings', sync => 'up');"
+    ));
+    rebuilt.execute(&format!(
+        "SELECT edgesync.add_peer('cloud', 'host=127.0.0.1 port={} dbname=postgres user=edge_login connect_timeout=5', mode => 'on_demand')",
+        cloud.port
+    ));
+    c.wait_for("the rebuilt edge's forwarder", DEADLINE, || Ok(rebuilt.try_query("SELECT 1 FROM edgesync.peers WHERE worker_pid IS NOT NULL")?.len() == 1));
+    write_readings(&rebuilt, 1000, 10, 5);
+    let refused = rebuilt.try_query("SELECT edgesync.sync_now('cloud')").expect_err("a rebuilt edge");
+    assert!(refused.contains("another database than the one registered"), "{refused}");
+    assert!(peer_field(&rebuilt, "last_error").unwrap().contains("another database"), "the edge shows why");
+    assert_eq!((applied(), total()), (mark, 10), "nothing of it applied");
+
+    cloud.execute("SELECT edgesync.reset_edge('edge1')");
+    rebuilt.execute("SELECT edgesync.sync_now('cloud')");
+    assert_eq!(total(), 20, "taken back, it pushes from its own start");
+    let now_known: String = cloud.scalar("SELECT system_identifier::text FROM edgesync.edge WHERE name = 'edge1'");
+    let rebuilt_own: String = rebuilt.scalar("SELECT system_identifier::text FROM pg_control_system()");
+    assert_eq!(now_known, rebuilt_own);
+}

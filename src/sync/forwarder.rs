@@ -468,9 +468,13 @@ impl Forwarder {
         status::update(self.index, |s| s.activity = Activity::Connecting as u8);
         let mut conn = Connection::open(&peer.conninfo, &format!("{OBJECT_PREFIX}{node}"), Self::timeout())?;
         let sent_at = now_ms() as i64;
+        // which database this is: the peer refuses another one under our name
+        // SAFETY: reads the system identifier from this cluster's control
+        // data, set at startup.
+        let system_identifier = (unsafe { pg_sys::GetSystemIdentifier() } as i64).to_string();
         let rows = conn.query(
-            "SELECT confirmed_lsn::text, clock_ms, batch_format FROM edgesync.hello($1)",
-            &[Param::Text(node)],
+            "SELECT confirmed_lsn::text, clock_ms, batch_format FROM edgesync.hello($1, $2::bigint)",
+            &[Param::Text(node), Param::Text(&system_identifier)],
             Self::timeout(),
         )?;
         let got_at = now_ms() as i64;

@@ -126,6 +126,22 @@ mod tests {
     }
 
     #[pg_test(error = "edgesync: no edge named 'nowhere' is registered")]
+    fn reset_edge_of_an_unknown_edge() {
+        Spi::run("SELECT edgesync.reset_edge('nowhere')").unwrap();
+    }
+
+    /// The first hello with a system identifier records it; another one
+    /// under the same name is refused (as a superuser: the login check
+    /// lets it through, the identity check does not).
+    #[pg_test(error = "edgesync: node store_1 is another database than the one registered under its name (system identifier 42, not 43)")]
+    fn hello_refuses_another_database_under_a_known_name() {
+        Spi::run("CREATE ROLE es_store LOGIN; SELECT edgesync.register_edge('store_1', 'es_store')").unwrap();
+        Spi::run("SELECT * FROM edgesync.hello('store_1', 42)").unwrap();
+        assert_eq!(Spi::get_one::<i64>("SELECT system_identifier FROM edgesync.edge").unwrap(), Some(42));
+        Spi::run("SELECT * FROM edgesync.hello('store_1', 43)").unwrap();
+    }
+
+    #[pg_test(error = "edgesync: no edge named 'nowhere' is registered")]
     fn drop_edge_of_an_unknown_edge() {
         Spi::run("SELECT edgesync.drop_edge('nowhere')").unwrap();
     }
