@@ -39,21 +39,8 @@ pub(super) fn hold<'a>(
         Some(_) => row_by_key(&table.qualified, &table.keys, &key).map_err(fail)?,
         None => None,
     };
-    let kept_row = local_row.as_ref().map(|j| pgrx::JsonB(j.0.clone()));
-    log_conflict(ConflictRecord {
-        table_schema: &table.schema,
-        table_name: &table.name,
-        conflict: ConflictType::ClockDrift,
-        resolution: Resolution::Pending,
-        key,
-        local_row,
-        remote_row: Some(remote_row),
-        kept_row,
-        local_version,
-        remote_version: Some(remote),
-        remote_origin: origin_name(),
-        note: Some(held_note(remote, drift)),
-    })?;
+    let held = Held { table_schema: &table.schema, table_name: &table.name, key, remote, drift };
+    log_held(held, local_row, local_version, Some(remote_row))?;
     Ok(None)
 }
 
@@ -70,25 +57,42 @@ pub(super) fn hold_delete<'a>(
     let table = table.get()?;
     let local_row = row_json(trigger, Tuple::Trig)?;
     let key = key_of(&local_row, &table.keys);
-    let kept_row = Some(pgrx::JsonB(local_row.0.clone()));
-    log_conflict(ConflictRecord {
-        table_schema: &table.schema,
-        table_name: &table.name,
-        conflict: ConflictType::ClockDrift,
-        resolution: Resolution::Pending,
-        key,
-        local_row: Some(local_row),
-        remote_row: None,
-        kept_row,
-        local_version: Some(local),
-        remote_version: Some(remote),
-        remote_origin: origin_name(),
-        note: Some(held_note(remote, drift)),
-    })?;
+    let held = Held { table_schema: &table.schema, table_name: &table.name, key, remote, drift };
+    log_held(held, Some(local_row), Some(local), None)?;
     Ok(None)
 }
 
-pub(super) fn held_note(remote: RowStamp, drift: Drift) -> String {
+/// A remote change held for a DBA: its table, key, version and how far
+/// past the wall clock that version is.
+pub(super) struct Held<'t> {
+    pub table_schema: &'t str,
+    pub table_name: &'t str,
+    pub key: pgrx::JsonB,
+    pub remote: RowStamp,
+    pub drift: Drift,
+}
+
+/// Log `held` as a pending `clock_drift` conflict: what this node holds
+/// for its key stays (and is the kept row); `remote_row` None is a delete.
+pub(super) fn log_held(held: Held<'_>, local_row: Option<pgrx::JsonB>, local_version: Option<RowStamp>, remote_row: Option<pgrx::JsonB>) -> Result<(), ConflictError> {
+    let kept_row = local_row.as_ref().map(|j| pgrx::JsonB(j.0.clone()));
+    log_conflict(ConflictRecord {
+        table_schema: held.table_schema,
+        table_name: held.table_name,
+        conflict: ConflictType::ClockDrift,
+        resolution: Resolution::Pending,
+        key: held.key,
+        local_row,
+        remote_row,
+        kept_row,
+        local_version,
+        remote_version: Some(held.remote),
+        remote_origin: origin_name(),
+        note: Some(held_note(held.remote, held.drift)),
+    })
+}
+
+fn held_note(remote: RowStamp, drift: Drift) -> String {
     format!(
         "held: version {} is {:.3} s past this node's wall clock, beyond edgesync.max_clock_drift ({} ms); \
          fix that node's clock, then take the change (apply_remote, written with this node's version) or drop it (keep_local)",

@@ -17,8 +17,8 @@ use super::error::{fail, ConflictError};
 use super::log::{log_conflict, origin_name, ConflictRecord};
 use super::stamp::stamp_array;
 use crate::guc;
-use crate::model::conflict::delete_stamp::{DeleteStamp, PREFIX};
-use crate::model::conflict::lww::{decide, ConflictType, Local, Policy, Remote, Resolution};
+use crate::model::conflict::delete_stamp::{DeleteStamp, PREFIX_C};
+use crate::model::conflict::lww::{decide, Local, Policy, Remote};
 use crate::model::conflict::version::{RowStamp, Version};
 use crate::plan_cache::plan_for;
 use crate::privilege::as_extension_owner;
@@ -114,8 +114,7 @@ pub(super) fn deleted_version(relid: pg_sys::Oid, key: JsonB) -> Result<Option<V
 /// by the forwarder with the delete (see `model::conflict::delete_stamp`).
 pub(super) fn announce_delete(relid: pg_sys::Oid, key: &JsonB, stamp: RowStamp) {
     let message = DeleteStamp { relation: relid.to_u32(), stamp, key: key.0.to_string() };
-    let prefix = std::ffi::CString::new(PREFIX).expect("the prefix has no NUL");
-    crate::compat::emit_transactional_message(&prefix, &message.encode());
+    crate::compat::emit_transactional_message(PREFIX_C, &message.encode());
 }
 
 /// A remote delete that came with its versions (`stamp`) found no row of
@@ -126,20 +125,8 @@ pub(super) fn announce_delete(relid: pg_sys::Oid, key: &JsonB, stamp: RowStamp) 
 pub(crate) fn missing_row_deleted(relid: pg_sys::Oid, schema: &str, name: &str, key: JsonB, stamp: RowStamp) -> Result<(), ConflictError> {
     if let Err(drift) = clock::observe(stamp.version.hlc) {
         // a tombstone this far ahead would beat every later write of the key: held instead
-        return log_conflict(ConflictRecord {
-            table_schema: schema,
-            table_name: name,
-            conflict: ConflictType::ClockDrift,
-            resolution: Resolution::Pending,
-            key,
-            local_row: None,
-            remote_row: None,
-            kept_row: None,
-            local_version: None,
-            remote_version: Some(stamp),
-            remote_origin: origin_name(),
-            note: Some(super::drift::held_note(stamp, drift)),
-        });
+        let held = super::drift::Held { table_schema: schema, table_name: name, key, remote: stamp, drift };
+        return super::drift::log_held(held, None, None, None);
     }
     let local = match deleted_version(relid, JsonB(key.0.clone()))? {
         Some(version) => Local::Deleted(version),

@@ -35,9 +35,10 @@ pub(crate) fn require_edge_login(sender: &str) {
     let caller = role_name(login);
     match registered {
         Some(owner) if owner == caller => {}
-        Some(_) => raise(
+        Some(owner) => raise_with_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("edgesync: login {caller:?} may not act as node {sender:?}: that node is registered to another login"),
+            &format!("Connect as {owner:?}, or, if the node moved to this login on purpose, on this node: SELECT edgesync.register_edge('{sender}', login => '{caller}');"),
         ),
         None => raise_with_hint(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,

@@ -14,6 +14,8 @@ use super::version::{RowStamp, STAMP_BYTES};
 
 /// The prefix of edgesync's delete messages.
 pub const PREFIX: &str = "edgesync.delete";
+/// `PREFIX` as the C string the message is written with.
+pub const PREFIX_C: &std::ffi::CStr = c"edgesync.delete";
 
 const FORMAT: u8 = 1;
 const HEADER: usize = 1 + 4 + STAMP_BYTES;
@@ -67,6 +69,11 @@ mod tests {
             stamp: RowStamp { version: Version::new(300 << 16, 2), prev: Version::new(200 << 16, 1) },
             key: r#"{"sku": "A"}"#.to_string(),
         }
+    }
+
+    #[test]
+    fn the_two_spellings_of_the_prefix_agree() {
+        assert_eq!(PREFIX_C.to_str(), Ok(PREFIX));
     }
 
     #[test]
