@@ -2,12 +2,14 @@
 //! pgoutput messages (`pgoutput`) into whole source transactions, `pack`
 //! cuts them into batches, `batch` is the wire format, `forwarder` is the
 //! worker's state machine, `blocked` finds a transaction the peer refuses
-//! and reads one set aside; `lsn` and `secrets` are shared helpers, and
-//! `length_limit` tells which column refused a value on apply.
+//! and reads one set aside; `feed` decides what a pull from the cloud's
+//! feed hands over and what retention purges; `lsn` and `secrets` are
+//! shared helpers, and `length_limit` tells which column refused a value on apply.
 
 pub mod batch;
 pub mod blocked;
 pub mod capture;
+pub mod feed;
 pub mod forwarder;
 pub mod length_limit;
 pub mod lsn;
