@@ -166,7 +166,7 @@ for n in "$PORT_A" "$PORT_B"; do
 done
 q "$PORT_B" -c "CREATE ROLE edge_login LOGIN; GRANT edgesync_peer TO edge_login; SELECT edgesync.register_edge('bench_a', 'edge_login');" >/dev/null
 q "$PORT_A" -c "SELECT edgesync.add_peer('cloud', 'host=127.0.0.1 port=$PORT_PROXY dbname=postgres user=edge_login', mode => 'on_demand')" >/dev/null
-wait_until "the forwarder to start" 60 "$PORT_A" "SELECT count(*) FROM edgesync.peers WHERE worker_pid IS NOT NULL" 1
+wait_until "the forwarder to start" 60 "$PORT_A" "SELECT count(*) FROM edgesync.peers WHERE direction = 'push' AND worker_pid IS NOT NULL" 1
 q "$PORT_A" -c "SELECT edgesync.sync_now('cloud')" >/dev/null
 
 # The proxy's byte count, as written after now (it rewrites its file every 50 ms).
@@ -237,11 +237,11 @@ q "$PORT_A" -c "SELECT edgesync.alter_peer('cloud', mode => 'realtime')" >/dev/n
 pushing_tps() { # baseline | pushing
     if [ "$1" = baseline ]; then
         q "$PORT_A" -c "SELECT edgesync.pause_peer('cloud')" >/dev/null
-        wait_until "the forwarder to stop" 60 "$PORT_A" "SELECT count(*) FROM edgesync.peers WHERE worker_pid IS NOT NULL" 0
+        wait_until "the forwarder to stop" 60 "$PORT_A" "SELECT count(*) FROM edgesync.peers WHERE direction = 'push' AND worker_pid IS NOT NULL" 0
         insert_tps plain
     else
         q "$PORT_A" -c "SELECT edgesync.resume_peer('cloud')" >/dev/null
-        wait_until "the forwarder to start" 60 "$PORT_A" "SELECT count(*) FROM edgesync.peers WHERE worker_pid IS NOT NULL" 1
+        wait_until "the forwarder to start" 60 "$PORT_A" "SELECT count(*) FROM edgesync.peers WHERE direction = 'push' AND worker_pid IS NOT NULL" 1
         insert_tps es_plain
     fi
 }

@@ -234,7 +234,7 @@ SQL
     wait_for "readings on the cloud" cloud "SELECT count(*) = 2 * 8 * 360 FROM sensor_readings"
     show "peers: edge1 pushing to the cloud" edge1 \
         "SELECT peer, mode, state, connected, consecutive_failures, pending_changes, rows_sent, bytes_sent_raw, bytes_sent_compressed,
-                round(clock_skew_seconds, 3) AS skew_s FROM edgesync.peers"
+                round(clock_skew_seconds, 3) AS skew_s FROM edgesync.peers WHERE direction = 'push'"
 
     # Cut the link: the edges keep writing, their slots keep the changes.
     link_down
@@ -243,19 +243,19 @@ SQL
             SELECT '$e', s, now() - make_interval(secs => 10 * t) - interval '1 hour', 20 + random()
             FROM generate_series(1, 8) s, generate_series(0, 359) t"
     done
-    wait_for "edge1 to notice the cut" edge1 "SELECT consecutive_failures > 0 FROM edgesync.peers"
+    wait_for "edge1 to notice the cut" edge1 "SELECT consecutive_failures > 0 FROM edgesync.peers WHERE direction = 'push'"
     show "peers while the link is down" edge1 \
         "SELECT peer, state, connected, consecutive_failures, pending_changes, pending_bytes, round(lag_seconds::numeric, 1) AS lag_s,
-                next_attempt - now() AS retry_in, last_error FROM edgesync.peers"
+                next_attempt - now() AS retry_in, last_error FROM edgesync.peers WHERE direction = 'push'"
     show "health while the link is down (peer rows)" edge1 \
         "SELECT component, object, status, metric, value, detail FROM edgesync.health WHERE component = 'peer' ORDER BY metric"
 
     # Heal it: the forwarders reconnect by themselves and drain.
     link_up
     wait_for "the backlog on the cloud" cloud "SELECT count(*) = 2 * 8 * 720 FROM sensor_readings"
-    wait_for "edge1 to recover" edge1 "SELECT consecutive_failures = 0 AND pending_changes = 0 FROM edgesync.peers"
+    wait_for "edge1 to recover" edge1 "SELECT consecutive_failures = 0 AND pending_changes = 0 FROM edgesync.peers WHERE direction = 'push'"
     show "peers after the link healed" edge1 \
-        "SELECT peer, state, connected, consecutive_failures, pending_changes, last_success, rows_sent FROM edgesync.peers"
+        "SELECT peer, state, connected, consecutive_failures, pending_changes, last_success, rows_sent FROM edgesync.peers WHERE direction = 'push'"
     wait_for "edge_ro caught up" cloud \
         "SELECT coalesce(bool_and(replay_lag_bytes = 0), false) FROM edgesync.streaming_replication WHERE name = 'edge_ro'"
 

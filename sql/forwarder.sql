@@ -44,6 +44,26 @@ COMMENT ON TABLE edgesync.peer IS 'Peers this node pushes to (edgesync.add_peer)
 -- What this node sends up: tables enrolled up or both. Only row changes:
 -- a TRUNCATE on an edge is not forwarded.
 CREATE PUBLICATION edgesync_up WITH (publish = 'insert, update, delete');
+-- What a cloud's feed carries to the edges: tables enrolled down or both
+-- (src/sync/feed.rs). Unused on a node no edge pulls from.
+CREATE PUBLICATION edgesync_down WITH (publish = 'insert, update, delete');
+
+-- Put a table in a publication, or take it out.
+CREATE FUNCTION edgesync._publish(relation regclass, publication name, wanted boolean) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    published boolean := EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                                  WHERE p.pubname = publication AND pr.prrelid = relation);
+BEGIN
+    IF wanted AND NOT published THEN
+        EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', publication, relation);
+    ELSIF published AND NOT wanted THEN
+        EXECUTE format('ALTER PUBLICATION %I DROP TABLE %s', publication, relation);
+    END IF;
+END
+$$;
 
 -- Raise unless the value is one of the allowed ones.
 CREATE FUNCTION edgesync._check_choice(what text, value text, allowed text[]) RETURNS text
@@ -64,8 +84,6 @@ CREATE FUNCTION edgesync._add_table(relation regclass, sync text) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    published boolean;
 BEGIN
     PERFORM edgesync._check_choice('sync', sync, ARRAY['up', 'down', 'both']);
     IF (SELECT relkind FROM pg_class WHERE oid = relation) <> 'r' THEN
@@ -81,13 +99,8 @@ BEGIN
     IF sync = 'both' AND NOT EXISTS (SELECT FROM edgesync.conflict_table WHERE relid = relation) THEN
         PERFORM edgesync.set_conflict_policy(relation, 'last_writer_wins');
     END IF;
-    published := EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-                          WHERE p.pubname = 'edgesync_up' AND pr.prrelid = relation);
-    IF sync IN ('up', 'both') AND NOT published THEN
-        EXECUTE format('ALTER PUBLICATION edgesync_up ADD TABLE %s', relation);
-    ELSIF sync = 'down' AND published THEN
-        EXECUTE format('ALTER PUBLICATION edgesync_up DROP TABLE %s', relation);
-    END IF;
+    PERFORM edgesync._publish(relation, 'edgesync_up', sync IN ('up', 'both'));
+    PERFORM edgesync._publish(relation, 'edgesync_down', sync IN ('down', 'both'));
     INSERT INTO edgesync.sync_table AS s (relid, direction) VALUES (relation, sync)
     ON CONFLICT (relid) DO UPDATE SET direction = EXCLUDED.direction;
 END
@@ -115,10 +128,8 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'edgesync: table % is not enrolled in sync', relation USING ERRCODE = 'undefined_object';
     END IF;
-    IF EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
-                WHERE p.pubname = 'edgesync_up' AND pr.prrelid = relation) THEN
-        EXECUTE format('ALTER PUBLICATION edgesync_up DROP TABLE %s', relation);
-    END IF;
+    PERFORM edgesync._publish(relation, 'edgesync_up', false);
+    PERFORM edgesync._publish(relation, 'edgesync_down', false);
 END
 $$;
 CREATE FUNCTION edgesync.remove_table(relation regclass) RETURNS void
@@ -336,6 +347,8 @@ BEGIN
     END IF;
     INSERT INTO edgesync.edge AS e (name, login) VALUES (register_edge.name, register_edge.login)
     ON CONFLICT ON CONSTRAINT edge_pkey DO UPDATE SET login = EXCLUDED.login, registered_at = now();
+    -- the feed worker runs while edges are registered
+    PERFORM edgesync._wake_launcher_at_commit();
 END
 $$;
 COMMENT ON FUNCTION edgesync.register_edge(text, name) IS
@@ -440,8 +453,11 @@ AS $$ SELECT pg_lsn '0/0' + edgesync._apply_batch(batch) $$;
 COMMENT ON FUNCTION edgesync.apply_batch(bytea) IS
     'For pushing peers: apply a batch (whole source transactions) exactly once; returns the sender LSN applied';
 
--- The state of every peer: the settings, the forwarder's state and
--- counters (since the server started), and the slot's backlog.
+-- The state of every peer, one row per direction: push (this node's slot
+-- to the peer) and pull (the peer's feed to this node). The settings, the
+-- forwarder's state and counters (since the server started), and how far
+-- behind each direction is: its position and the head it moves towards
+-- (push: this node's WAL; pull: the peer's feed).
 CREATE VIEW edgesync.peers AS
 WITH since_epoch(t0) AS (SELECT timestamptz '2000-01-01 00:00:00+00')
 SELECT p.name AS peer,
@@ -471,12 +487,40 @@ SELECT p.name AS peer,
        pg_lsn '0/0' + b.lsn AS blocked_lsn,
        b.tables AS blocked_table,
        regexp_replace(split_part(b.error, E'\n', 1), '^ERROR:\s+', '') AS blocked_error,
-       CASE WHEN b.since > 0 THEN t0 + make_interval(secs => b.since / 1e6) END AS blocked_since
+       CASE WHEN b.since > 0 THEN t0 + make_interval(secs => b.since / 1e6) END AS blocked_since,
+       sl.confirmed_flush_lsn AS position,
+       CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_flush_lsn() END AS head,
+       0::bigint AS rows_received,
+       0::bigint AS transactions_received
   FROM since_epoch, edgesync.peer p
   LEFT JOIN edgesync._peer_status() s ON s.peer_id = p.id
   LEFT JOIN edgesync._peer_blocked() b ON b.peer_id = p.id
-  LEFT JOIN pg_replication_slots sl ON sl.slot_name = p.slot_name;
-COMMENT ON VIEW edgesync.peers IS 'Each peer: forwarder state, last success and error, backlog, lag, volumes sent, clock skew, and the transaction the peer refuses (blocked_*)';
+  LEFT JOIN pg_replication_slots sl ON sl.slot_name = p.slot_name
+UNION ALL
+SELECT p.name, 'pull', p.mode,
+       CASE WHEN p.paused THEN 'paused' WHEN s.pid IS NULL THEN 'stopped' ELSE s.state END,
+       coalesce(s.connected, false),
+       CASE WHEN u.last_pull > 0 THEN t0 + make_interval(secs => u.last_pull / 1e6) END,
+       s.last_error,
+       CASE WHEN s.last_error_at > 0 THEN t0 + make_interval(secs => s.last_error_at / 1e6) END,
+       coalesce(s.consecutive_failures, 0),
+       CASE WHEN s.next_attempt > 0 THEN t0 + make_interval(secs => s.next_attempt / 1e6) END,
+       -- feed transactions not pulled yet (this node's own among them)
+       coalesce(u.waiting, 0),
+       CASE WHEN u.last_pull > 0 THEN greatest(u.feed_head - u.pull_position, 0) END,
+       NULL::double precision,
+       0::bigint, 0::bigint, 0::bigint, 0::bigint,
+       s.clock_skew_ms / 1000.0,
+       NULL::name, NULL::text, s.pid,
+       NULL::pg_lsn, NULL::text, NULL::text, NULL::timestamptz,
+       CASE WHEN u.last_pull > 0 THEN pg_lsn '0/0' + u.pull_position END,
+       CASE WHEN u.last_pull > 0 THEN pg_lsn '0/0' + u.feed_head END,
+       coalesce(u.rows_received, 0),
+       coalesce(u.transactions_received, 0)
+  FROM since_epoch, edgesync.peer p
+  LEFT JOIN edgesync._peer_status() s ON s.peer_id = p.id
+  LEFT JOIN edgesync._peer_pull_status() u ON u.peer_id = p.id;
+COMMENT ON VIEW edgesync.peers IS 'Each peer, a row per direction (push, pull): forwarder state, last success and error, backlog, lag, volumes moved, clock skew, the transaction the peer refuses (blocked_*), position and head';
 
 -- A transaction the peer refuses blocks the peer (edgesync.peers shows it
 -- in blocked_*; its first line only: the error's DETAIL may quote row data).
@@ -558,12 +602,13 @@ REVOKE EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_t
                            edgesync.pause_peer(text), edgesync.resume_peer(text), edgesync._set_peer_paused(text, boolean),
                            edgesync.drop_peer(text), edgesync.sync_now(text, interval),
                            edgesync.hello(text, bigint), edgesync.apply_batch(bytea), edgesync._apply_batch(bytea),
-                           edgesync._peer_status(), edgesync._wake_launcher_at_commit(),
+                           edgesync._peer_status(), edgesync._peer_pull_status(), edgesync._wake_launcher_at_commit(),
                            edgesync._require_superuser_for_conninfo(), edgesync._require_table_owner(oid),
                            edgesync._api_step(text, oid, text[]),
                            edgesync.register_edge(text, name), edgesync.drop_edge(text), edgesync._require_edge_login(text),
                            edgesync.reset_edge(text), edgesync._check_edge_identity(text, bigint),
                            edgesync._add_table(regclass, text), edgesync._remove_table(regclass),
+                           edgesync._publish(regclass, name, boolean),
                            edgesync._add_peer(text, text, text, interval, integer, bigint),
                            edgesync._alter_peer(text, text, text, interval, integer, bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_table(regclass),
@@ -575,4 +620,4 @@ GRANT EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_ta
                           edgesync.register_edge(text, name), edgesync.drop_edge(text), edgesync.reset_edge(text) TO edgesync_admin;
 GRANT EXECUTE ON FUNCTION edgesync.hello(text, bigint), edgesync.apply_batch(bytea) TO edgesync_peer;
 GRANT SELECT ON edgesync.peers TO pg_monitor, edgesync_admin;
-GRANT EXECUTE ON FUNCTION edgesync._peer_status() TO pg_monitor, edgesync_admin;
+GRANT EXECUTE ON FUNCTION edgesync._peer_status(), edgesync._peer_pull_status() TO pg_monitor, edgesync_admin;

@@ -36,6 +36,10 @@ pub static MAX_CLOCK_DRIFT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 pub static COMPRESSION_LEVEL: GucSetting<i32> = GucSetting::<i32>::new(3);
 /// The largest batch payload (after decompression) this node applies, in kB.
 pub static MAX_BATCH_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(256 * 1024);
+/// Seconds the cloud's feed keeps a transaction for pulling edges (a week).
+pub static FEED_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
+/// The most the feed may hold, in kB (compressed; 1 GB).
+pub static FEED_MAX_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 
 /// Define every `edgesync.*` setting (at library load).
 pub fn define() {
@@ -43,6 +47,7 @@ pub fn define() {
     define_health_thresholds();
     define_conflict_settings();
     define_clock_drift_bound();
+    define_feed_settings();
 }
 
 /// Whether the library is being loaded through shared_preload_libraries.
@@ -207,6 +212,31 @@ fn define_clock_drift_bound() {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+}
+
+/// The feed's retention, read by the feed worker (`SIGHUP`): an edge
+/// offline longer than it, or behind by more than the size, resyncs.
+fn define_feed_settings() {
+    GucRegistry::define_int_guc(
+        c"edgesync.feed_retention",
+        c"How long the cloud's change feed keeps a transaction for the edges that pull it.",
+        c"An edge whose position is older than what the feed keeps must resync.",
+        &FEED_RETENTION,
+        60,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"edgesync.feed_max_size",
+        c"The most the cloud's change feed may hold (compressed); the oldest transactions go first.",
+        c"An edge whose position is older than what the feed keeps must resync.",
+        &FEED_MAX_SIZE_KB,
+        1024,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
     );
 }
 

@@ -57,13 +57,15 @@ extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
     "../sql/forwarder.sql",
     name = "forwarder",
-    requires = ["schema", sync::apply::_apply_batch, sync::apply::_batch_format, sync::status::_peer_status, sync::peers::sync_now,
+    requires = ["schema", sync::apply::_apply_batch, sync::apply::_batch_format, sync::status::_peer_status, sync::status::_peer_pull_status, sync::peers::sync_now,
                 sync::status::_peer_blocked, sync::peers::_request_round_at_commit,
                 sync::transport::_conninfo_error, sync::peers::_wake_launcher_at_commit, privilege::_require_superuser_for_conninfo,
                 privilege::_require_table_owner, privilege::_api_step, sync::edges::_require_edge_login, node::is_node_name, node::slot_name, node::origin_name]
 );
+// The cloud's change feed and pull_batch.
+extension_sql_file!("../sql/feed.sql", name = "feed", requires = ["forwarder", sync::feed::_pull_batch]);
 // What DROP EXTENSION and DROP TABLE must not leave behind.
-extension_sql_file!("../sql/lifecycle.sql", name = "lifecycle", requires = ["forwarder"]);
+extension_sql_file!("../sql/lifecycle.sql", name = "lifecycle", requires = ["forwarder", "feed"]);
 // The statistics views and every grant, last: they use the Rust functions.
 extension_sql_file!("../sql/health.sql", name = "health_views", finalize);
 

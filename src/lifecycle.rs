@@ -92,4 +92,22 @@ fn refuse_while_peers_hold_slots() {
             "Drop the peers first: SELECT edgesync.drop_peer(name) FROM edgesync.peer; then DROP EXTENSION edgesync.",
         );
     }
+    refuse_while_the_feed_holds_its_slot();
+}
+
+/// Raise while edges are registered, or the feed's slot is still there
+/// (the feed worker drops it once the last edge is gone).
+fn refuse_while_the_feed_holds_its_slot() {
+    let feed = Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_replication_slots WHERE slot_name = 'edgesync_feed' AND database = current_database())
+             OR EXISTS (SELECT FROM edgesync.edge)",
+    )
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: reading the feed's slot failed: {e}")));
+    if feed == Some(true) {
+        raise_with_hint(
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            "edgesync: the change feed's replication slot (edgesync_feed) would outlive the extension and hold WAL".to_string(),
+            "Drop the edges first: SELECT edgesync.drop_edge(name) FROM edgesync.edge; the feed worker then drops its slot (edgesync.replication_slots shows when), then DROP EXTENSION edgesync.",
+        );
+    }
 }

@@ -475,7 +475,7 @@ fn pushing_pair(test: &str) -> (Cluster, Node, Node) {
     }
     for n in [&a, &b] {
         c.wait_for(&format!("{}'s forwarder", n.name), DEADLINE, || {
-            Ok(n.try_query("SELECT 1 FROM edgesync.peers WHERE worker_pid IS NOT NULL")?.len() == 1)
+            Ok(n.try_query("SELECT 1 FROM edgesync.peers WHERE direction = 'push' AND worker_pid IS NOT NULL")?.len() == 1)
         });
     }
     (c, a, b)
@@ -623,7 +623,7 @@ fn colliding_keys_without_a_policy_are_logged_and_do_not_stop_the_peer() {
     assert_eq!(logged(&b), vec![row(1, "b", "a"), row(15, "b", "a")]);
     assert_eq!(logged(&a), vec![row(1, "a", "b"), row(15, "a", "b")]);
     for n in [&a, &b] {
-        let error = n.scalar::<String>("SELECT coalesce(last_error, '') FROM edgesync.peers");
+        let error = n.scalar::<String>("SELECT coalesce(last_error, '') FROM edgesync.peers WHERE direction = 'push'");
         assert_eq!(error, "", "{}'s peer is not blocked", n.name);
     }
     let _ = c;

@@ -42,7 +42,7 @@ fn hub(test: &str, edges: usize, mode: &str) -> (Cluster, Node, Vec<Node>) {
             cloud.port
         ));
         c.wait_for(&format!("{name}'s forwarder"), DEADLINE, || {
-            Ok(e.try_query("SELECT 1 FROM edgesync.peers WHERE worker_pid IS NOT NULL")?.len() == 1)
+            Ok(e.try_query("SELECT 1 FROM edgesync.peers WHERE direction = 'push' AND worker_pid IS NOT NULL")?.len() == 1)
         });
         nodes.push(e);
     }
@@ -81,7 +81,7 @@ fn wait_arrived(c: &Cluster, cloud: &Node, e: &Node, deadline: Duration) {
 }
 
 fn peer_field(e: &Node, column: &str) -> Result<String, String> {
-    let r = e.try_query(&format!("SELECT coalesce({column}::text, '') FROM edgesync.peers WHERE peer = 'cloud'"))?;
+    let r = e.try_query(&format!("SELECT coalesce({column}::text, '') FROM edgesync.peers WHERE direction = 'push' AND peer = 'cloud'"))?;
     Ok(r.first().map(|row| row.get::<_, String>(0)).unwrap_or_default())
 }
 
@@ -812,8 +812,8 @@ fn a_node_that_receives_and_pushes_sends_back_nothing() {
     let sync = |from: &Node, to: &Node| -> i64 { from.scalar(&format!("SELECT edgesync.sync_now('{}')", to.name)) };
     let rows = |n: &Node| -> String { n.scalar("SELECT coalesce(string_agg(sku || '=' || qty, ',' ORDER BY sku), '') FROM public.inventory") };
     c.wait_for("both forwarders", DEADLINE, || {
-        Ok(a.try_query("SELECT 1 FROM edgesync.peers WHERE worker_pid IS NOT NULL")?.len() == 1
-            && b.try_query("SELECT 1 FROM edgesync.peers WHERE worker_pid IS NOT NULL")?.len() == 1)
+        Ok(a.try_query("SELECT 1 FROM edgesync.peers WHERE direction = 'push' AND worker_pid IS NOT NULL")?.len() == 1
+            && b.try_query("SELECT 1 FROM edgesync.peers WHERE direction = 'push' AND worker_pid IS NOT NULL")?.len() == 1)
     });
     a.execute("INSERT INTO public.inventory VALUES ('from_a', 1, NULL)");
     assert_eq!(sync(&a, &b), 1);
@@ -983,7 +983,7 @@ fn a_refused_transaction_blocks_its_peer_visibly_until_a_dba_skips_it() {
     let refused = e.try_query("SELECT edgesync.sync_now('cloud')").expect_err("the round stops at the refused transaction");
     assert!(refused.contains("refuses the transaction") && refused.contains("cloud_only"), "{refused}");
 
-    let row = &e.query("SELECT state, blocked_lsn::text, blocked_table, blocked_error FROM edgesync.peers")[0];
+    let row = &e.query("SELECT state, blocked_lsn::text, blocked_table, blocked_error FROM edgesync.peers WHERE direction = 'push'")[0];
     let (state, lsn, table, error): (String, String, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
     assert_eq!((state.as_str(), table.as_str()), ("blocked", "public.sensor_readings"));
     assert!(error.starts_with("new row for relation") && error.contains("cloud_only") && !error.contains("5000"), "first line only: {error}");
@@ -1001,7 +1001,7 @@ fn a_refused_transaction_blocks_its_peer_visibly_until_a_dba_skips_it() {
     let unknown = statement_error(&mut dba, &format!("SELECT edgesync.skip_transaction('nowhere', '{lsn}')"));
     assert!(unknown.contains("no peer named 'nowhere'"), "{unknown}");
     let mut watcher = session_as(e, "watcher");
-    let seen: String = watcher.query_one("SELECT blocked_lsn::text FROM edgesync.peers", &[]).unwrap().get(0);
+    let seen: String = watcher.query_one("SELECT blocked_lsn::text FROM edgesync.peers WHERE direction = 'push'", &[]).unwrap().get(0);
     assert_eq!(seen, lsn);
     assert!(statement_error(&mut watcher, "SELECT * FROM edgesync.skipped_transaction").contains("permission denied"));
     assert!(statement_error(&mut watcher, &format!("SELECT edgesync.skip_transaction('cloud', '{lsn}')")).contains("permission denied"));
@@ -1082,7 +1082,7 @@ fn pair(test: &str, cloud_setup: &str, edge_setup: &str, table: &str, sync: &str
         "SELECT edgesync.add_peer('cloud', 'host=127.0.0.1 port={} dbname=postgres user=edge_login connect_timeout=5', mode => 'on_demand')",
         cloud.port
     ));
-    c.wait_for("edge1's forwarder", DEADLINE, || Ok(e.try_query("SELECT 1 FROM edgesync.peers WHERE worker_pid IS NOT NULL")?.len() == 1));
+    c.wait_for("edge1's forwarder", DEADLINE, || Ok(e.try_query("SELECT 1 FROM edgesync.peers WHERE direction = 'push' AND worker_pid IS NOT NULL")?.len() == 1));
     (c, cloud, e)
 }
 
@@ -1248,7 +1248,7 @@ fn a_rebuilt_edge_is_refused_until_it_is_reset() {
         "SELECT edgesync.add_peer('cloud', 'host=127.0.0.1 port={} dbname=postgres user=edge_login connect_timeout=5', mode => 'on_demand')",
         cloud.port
     ));
-    c.wait_for("the rebuilt edge's forwarder", DEADLINE, || Ok(rebuilt.try_query("SELECT 1 FROM edgesync.peers WHERE worker_pid IS NOT NULL")?.len() == 1));
+    c.wait_for("the rebuilt edge's forwarder", DEADLINE, || Ok(rebuilt.try_query("SELECT 1 FROM edgesync.peers WHERE direction = 'push' AND worker_pid IS NOT NULL")?.len() == 1));
     write_readings(&rebuilt, 1000, 10, 5);
     let refused = rebuilt.try_query("SELECT edgesync.sync_now('cloud')").expect_err("a rebuilt edge");
     assert!(refused.contains("another database than the one registered"), "{refused}");

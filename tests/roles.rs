@@ -74,11 +74,11 @@ fn a_non_superuser_admin_does_what_the_readme_says() {
     ] {
         try_as(&mut ops, step).unwrap_or_else(|e| panic!("{step}: {e}"));
     }
-    c.wait_for("the forwarder", DEADLINE, || Ok(edge.try_query("SELECT 1 FROM edgesync.peers WHERE worker_pid IS NOT NULL")?.len() == 1));
+    c.wait_for("the forwarder", DEADLINE, || Ok(edge.try_query("SELECT 1 FROM edgesync.peers WHERE direction = 'push' AND worker_pid IS NOT NULL")?.len() == 1));
     let sent: i64 = ops.query_one("SELECT edgesync.sync_now('cloud', '60 s')", &[]).unwrap().get(0);
     assert_eq!(sent, 20, "sync_now as the admin moves the rows");
     assert_eq!(cloud.scalar::<i64>("SELECT count(*) FROM public.readings"), 20);
-    let peers: i64 = ops.query_one("SELECT count(*) FROM edgesync.peers", &[]).unwrap().get(0);
+    let peers: i64 = ops.query_one("SELECT count(*) FROM edgesync.peers WHERE direction = 'push'", &[]).unwrap().get(0);
     assert_eq!(peers, 1);
 
     // a pending conflict: settled, purged, and the table taken out again

@@ -213,7 +213,11 @@ fn remote_delete<'a>(trigger: &'a PgTrigger<'a>, table: &LazyTable<'_>, policy: 
             // the delete's own versions; a native delete's are unknown here,
             // and the row's version is their lower bound
             let (deleted, key) = match stamped {
-                Some(stamped) => stamped,
+                Some(stamped) => {
+                    // relayed on (the cloud's feed): the next node judges it by the same versions
+                    announce_delete(relid_of(trigger), &stamped.1, stamped.0);
+                    stamped
+                }
                 None => (RowStamp { version: l.version, prev: l.version }, key_json(table.get()?, composite(trigger, Tuple::Trig)?)?),
             };
             record_tombstone(relid_of(trigger), key, deleted)?;

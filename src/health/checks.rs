@@ -158,7 +158,7 @@ fn read_peers(client: &SpiClient<'_>) -> Vec<health::Peer> {
         client,
         "SELECT peer, state, consecutive_failures::bigint, extract(epoch FROM now() - last_success)::float8, last_error,
                 pending_bytes::float8, lag_seconds, clock_skew_seconds::float8
-           FROM edgesync.peers ORDER BY 1",
+           FROM edgesync.peers WHERE direction = 'push' ORDER BY 1",
         |r| {
             Ok(health::Peer {
                 name: r.get(1)?.unwrap_or_default(),
@@ -178,7 +178,7 @@ fn read_blocked_peers(client: &SpiClient<'_>) -> Vec<health::BlockedPeer> {
     read_rows(
         client,
         "SELECT peer, blocked_lsn::text, blocked_table, blocked_error, extract(epoch FROM now() - blocked_since)::float8
-           FROM edgesync.peers WHERE blocked_lsn IS NOT NULL ORDER BY 1",
+           FROM edgesync.peers WHERE direction = 'push' AND blocked_lsn IS NOT NULL ORDER BY 1",
         |r| {
             Ok(health::BlockedPeer {
                 name: r.get(1)?.unwrap_or_default(),

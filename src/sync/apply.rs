@@ -47,11 +47,13 @@ use crate::privilege::{as_extension_owner, as_role};
 pub enum Direction {
     /// Pushed up by an edge: tables enrolled `up` or `both` here.
     Up,
+    /// Pulled down from the cloud's feed: tables enrolled `down` or `both` here.
+    Down,
 }
 
 impl Direction {
     pub(super) fn accepts(self, enrolled: &str) -> bool {
-        matches!((self, enrolled), (_, "both") | (Direction::Up, "up"))
+        matches!((self, enrolled), (_, "both") | (Direction::Up, "up") | (Direction::Down, "down"))
     }
 }
 
@@ -126,6 +128,32 @@ fn committed_progress(sender: &str) -> u64 {
     }
 }
 
+/// How far `sender`'s changes were applied here (0: never); for a peer
+/// this node pulls from, its position in the peer's feed.
+pub fn progress_of(sender: &str) -> u64 {
+    committed_progress(sender)
+}
+
+/// Record that this node starts receiving `sender`'s changes after `lsn`
+/// (its first pull from the peer's feed): creates the origin, sets its progress.
+pub fn start_progress(sender: &str, lsn: u64) {
+    origin_of(sender);
+    let name = crate::model::node::origin_name(sender);
+    let set = as_extension_owner(|| {
+        Spi::connect(|client| {
+            client.select(
+                "SELECT pg_catalog.pg_replication_origin_advance($1, $2::pg_lsn)",
+                None,
+                &[name.as_str().into(), crate::model::sync::lsn::format_lsn(lsn).into()],
+            )?;
+            Ok::<_, pgrx::spi::Error>(())
+        })
+    });
+    if let Err(e) = set {
+        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: could not set the progress of {name}: {e}"));
+    }
+}
+
 /// Apply as PostgreSQL's own apply worker does: only `ENABLE REPLICA` and
 /// `ENABLE ALWAYS` triggers fire (the conflict trigger is one), so audit or
 /// aggregate triggers do not run twice across the fleet, and foreign keys
@@ -156,6 +184,12 @@ thread_local! {
 fn record_progress(last_applied: Option<(u64, i64)>, done: u64) -> u64 {
     match last_applied {
         Some((lsn, time)) => {
+            // a transaction without an id commits without a record, and the
+            // origin's progress travels in that record: a batch that wrote
+            // nothing (its changes all lost to local rows, or a pull's empty
+            // transaction that steps past the puller's own) still moves it
+            // SAFETY: in the caller's transaction, outside any parallel mode.
+            unsafe { pg_sys::GetCurrentTransactionId() };
             PROGRESS_AT_COMMIT.with(|p| p.set((lsn, time)));
             lsn.max(done)
         }

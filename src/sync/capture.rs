@@ -8,8 +8,25 @@ use crate::model::sync::capture::{Reader, SourceTxn};
 use crate::model::sync::lsn::{format_lsn, parse_lsn};
 use crate::model::sync::pgoutput::PROTOCOL_VERSION;
 
-/// The publication of the tables this node sends up.
-pub const PUBLICATION_UP: &str = "edgesync_up";
+/// What a read of a slot is for, which says what it reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// A forwarder pushing up: tables enrolled `up` or `both`, changes made
+    /// on this node only (what came from a peer is not sent back).
+    Push,
+    /// The cloud's feed worker: tables enrolled `down` or `both`, whoever
+    /// made the change (the feed relays one edge's changes to the others).
+    Feed,
+}
+
+impl Reading {
+    fn publication(self) -> &'static str {
+        match self {
+            Reading::Push => "edgesync_up",
+            Reading::Feed => "edgesync_down",
+        }
+    }
+}
 
 /// What one peek read.
 pub struct Peek {
@@ -88,7 +105,7 @@ pub fn flush_wal() {
 
 /// Read whole transactions from the slot, at most about `max_messages`
 /// pgoutput messages, without consuming them.
-pub fn peek(slot: &str, max_messages: i64, reader: &mut Reader) -> Result<Peek, String> {
+pub fn peek(slot: &str, reading: Reading, max_messages: i64, reader: &mut Reader) -> Result<Peek, String> {
     let (upto, messages) = Spi::connect(|client| {
         quiet(client)?;
         // values are printed here and read back by the peer: print them the one way it reads them
@@ -97,11 +114,12 @@ pub fn peek(slot: &str, max_messages: i64, reader: &mut Reader) -> Result<Peek, 
         // `messages`: a delete's versions travel as a logical decoding
         // message beside it (conflict/tombstone.rs announce_delete).
         // Where pgoutput can leave out what came from peers (no echo); else filtered below
-        let no_echo = crate::compat::PGOUTPUT_FILTERS_ORIGIN;
+        let no_echo = reading == Reading::Push && crate::compat::PGOUTPUT_FILTERS_ORIGIN;
         let sql = format!(
             "SELECT data FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, $2::pg_lsn, $3::int,
-                 'proto_version', '{PROTOCOL_VERSION}', 'publication_names', '{PUBLICATION_UP}',
+                 'proto_version', '{PROTOCOL_VERSION}', 'publication_names', '{}',
                  'messages', 'true'{})",
+            reading.publication(),
             if no_echo { ", 'origin', 'none'" } else { "" }
         );
         let t = client.select(&sql, None, &[slot.into(), upto.clone().into(), (max_messages as i32).into()])?;

@@ -35,6 +35,8 @@ use crate::sync::skipped;
 use crate::sync::status::{self, Activity};
 use crate::sync::transport::{Connection, Param};
 
+mod pull;
+
 /// Restart-point lag of the slot beyond which a forwarder logs a running
 /// transactions snapshot itself, at most once per interval.
 const RESTART_LAG_LIMIT: u64 = 1 << 20;
@@ -84,7 +86,7 @@ pub extern "C-unwind" fn edgesync_forwarder_main(arg: pg_sys::Datum) {
 
 /// die: a SIGTERM ends the worker at the next interrupt check, even
 /// mid-statement; SIGHUP sets ConfigReloadPending for the loop to act on.
-fn install_signal_handlers() {
+pub(super) fn install_signal_handlers() {
     // SAFETY: PostgreSQL's own handlers, made to run as signal handlers;
     // installed before the signals are unblocked, in this process only.
     unsafe {
@@ -99,7 +101,7 @@ extern "C-unwind" fn release_at_exit(_code: std::ffi::c_int, index: pg_sys::Datu
     status::release(index.value());
 }
 
-fn reload_config_if_asked() {
+pub(super) fn reload_config_if_asked() {
     // SAFETY: ConfigReloadPending is set by the SIGHUP handler and read and
     // cleared here, outside any signal handler and outside a transaction,
     // as PostgreSQL's own processes do.
@@ -502,13 +504,29 @@ impl Forwarder {
         Ok(())
     }
 
+    /// Push what the slot holds, then pull what the peer's feed holds for
+    /// this node (also when the push failed: a peer that refuses one of
+    /// our transactions still has changes for us). Returns the rows moved.
+    fn round(&mut self, peer: &PeerConfig, node: &str) -> Result<i64, String> {
+        let pushed = self.push_all(peer, node);
+        if self.conn.is_none() && pushed.is_err() {
+            // the link failed: pulling would only fail the same way
+            return pushed;
+        }
+        let pulled = self.pull(peer, node);
+        match (pushed, pulled) {
+            (Ok(sent), Ok(received)) => Ok(sent + received),
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        }
+    }
+
     /// Push everything the slot holds now. Returns the rows sent.
     ///
     /// Each peek decodes the slot from its restart point, so a round reads
     /// several batches' worth at once and moves the slot once per peek, after
     /// the peer confirmed every batch sent from it (a crash in between
     /// re-sends them, and the peer skips what it has).
-    fn round(&mut self, peer: &PeerConfig, node: &str) -> Result<i64, String> {
+    fn push_all(&mut self, peer: &PeerConfig, node: &str) -> Result<i64, String> {
         let mut sent = 0i64;
         // the peek's limit is an int4: never let a large max_batch_rows wrap it
         let max_messages = (PEEK_BATCHES * (3 * peer.limits.max_rows as i64 + 100)).min(i32::MAX as i64);
@@ -533,7 +551,7 @@ impl Forwarder {
     /// Read the slot; show what is to be sent as pending.
     fn peek(&mut self, peer: &PeerConfig, max_messages: i64) -> Result<Peeked, String> {
         let started = Instant::now();
-        let peek = in_transaction(|| capture::peek(&peer.slot, max_messages, &mut self.reader))?;
+        let peek = in_transaction(|| capture::peek(&peer.slot, capture::Reading::Push, max_messages, &mut self.reader))?;
         let took = started.elapsed();
         let last_read = peek.txns.last().map(|t| t.end_lsn).unwrap_or(0);
         // changes that came from a peer are not sent back (where pgoutput cannot leave them out)

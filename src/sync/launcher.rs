@@ -118,8 +118,13 @@ pub extern "C-unwind" fn edgesync_launcher_main(_arg: pg_sys::Datum) {
     }
 }
 
-/// Peers that should have a forwarder, as (id, name) (none while edgesync
-/// is not installed here).
+/// The worker id the feed worker (`sync::feed`) runs under among the
+/// forwarders (peer ids start at 1).
+const FEED_WORKER: i32 = 0;
+
+/// Workers that should run, as (id, name): a forwarder per active peer,
+/// and the feed worker while edges are registered here (none while
+/// edgesync is not installed here).
 fn active_peers() -> Result<Vec<(i32, String)>, String> {
     let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'edgesync')")
         .map_err(|e| format!("could not check whether edgesync is installed: {e}"))?;
@@ -134,8 +139,21 @@ fn active_peers() -> Result<Vec<(i32, String)>, String> {
         for row in rows {
             out.push((not_null(row.get::<i32>(1), "edgesync.peer.id")?, not_null(row.get::<String>(2), "edgesync.peer.name")?));
         }
+        if feed_wanted(client)? {
+            out.push((FEED_WORKER, "feed".to_string()));
+        }
         Ok(out)
     })
+}
+
+/// Is an edge registered here (so the feed worker should run)? Not before
+/// the extension was updated to a version with a feed.
+fn feed_wanted(client: &pgrx::spi::SpiClient<'_>) -> Result<bool, String> {
+    let read = |sql: &str| -> Result<bool, String> {
+        let t = client.select(sql, None, &[]).map_err(|e| format!("could not read edgesync.edge: {e}"))?;
+        not_null(t.first().get_one::<bool>(), "the feed check")
+    };
+    Ok(read("SELECT to_regclass('edgesync.feed') IS NOT NULL")? && read("SELECT EXISTS (SELECT FROM edgesync.edge)")?)
 }
 
 /// The forwarders this launcher started, by peer id.
@@ -169,7 +187,8 @@ impl Forwarders {
     fn stop_unwanted(&mut self, wanted: &[(i32, String)]) {
         let ids: Vec<i32> = self.running.keys().copied().collect();
         for id in ids {
-            if !wanted.iter().any(|(w, _)| *w == id) {
+            // the feed worker ends by itself, after dropping its slot
+            if id != FEED_WORKER && !wanted.iter().any(|(w, _)| *w == id) {
                 if let Some(handle) = self.running.remove(&id) {
                     let _ = handle.terminate();
                 }
@@ -205,10 +224,14 @@ impl Forwarders {
 fn start_forwarder(id: i32, name: &str) -> Result<DynamicBackgroundWorker, String> {
     // SAFETY: set once when this process started, only read afterwards.
     let launcher_pid = unsafe { pg_sys::MyProcPid };
-    BackgroundWorkerBuilder::new(&format!("edgesync forwarder {name}"))
-        .set_type("edgesync forwarder")
+    let (title, kind, function) = match id {
+        FEED_WORKER => ("edgesync feed".to_string(), "edgesync feed", "edgesync_feed_main"),
+        _ => (format!("edgesync forwarder {name}"), "edgesync forwarder", "edgesync_forwarder_main"),
+    };
+    BackgroundWorkerBuilder::new(&title)
+        .set_type(kind)
         .set_library("edgesync")
-        .set_function("edgesync_forwarder_main")
+        .set_function(function)
         .set_argument(id.into_datum())
         .enable_spi_access()
         .set_restart_time(None)

@@ -22,6 +22,7 @@
 pub mod apply;
 pub mod capture;
 pub mod edges;
+pub mod feed;
 pub mod forwarder;
 pub mod launcher;
 mod libpq;

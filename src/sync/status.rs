@@ -36,6 +36,8 @@ pub enum Activity {
     Held,
     /// The peer refuses a transaction (`PeerSlot::blocked_lsn`); retried with backoff.
     Blocked,
+    /// Pulling from the peer's feed and applying it here.
+    Pulling,
 }
 
 impl Activity {
@@ -47,6 +49,7 @@ impl Activity {
             3 => "pushing",
             4 => "backoff",
             6 => "blocked",
+            7 => "pulling",
             _ => "held",
         }
     }
@@ -91,6 +94,17 @@ pub struct PeerSlot {
     pub blocked_tables: [u8; BLOCKED_TABLES_LEN],
     pub blocked_error_len: u16,
     pub blocked_error: [u8; BLOCKED_ERROR_LEN],
+    /// The pull side: when the last pull succeeded (0: never), the feed
+    /// position applied and the feed's head as last seen, the feed
+    /// transactions still waiting then, and what was received.
+    pub last_pull: i64,
+    pub pull_position: u64,
+    pub feed_head: u64,
+    pub pull_waiting: i64,
+    pub rows_received: i64,
+    pub transactions_received: i64,
+    pub bytes_received_raw: i64,
+    pub bytes_received_compressed: i64,
 }
 
 impl PeerSlot {
@@ -125,6 +139,14 @@ impl PeerSlot {
         blocked_tables: [0; BLOCKED_TABLES_LEN],
         blocked_error_len: 0,
         blocked_error: [0; BLOCKED_ERROR_LEN],
+        last_pull: 0,
+        pull_position: 0,
+        feed_head: 0,
+        pull_waiting: 0,
+        rows_received: 0,
+        transactions_received: 0,
+        bytes_received_raw: 0,
+        bytes_received_compressed: 0,
     };
 
     pub fn set_error(&mut self, message: &str) {
@@ -351,6 +373,50 @@ fn _peer_status() -> TableIterator<
                 s.bytes_raw,
                 s.bytes_compressed,
                 s.skew_measured.then_some(s.clock_skew_ms),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// The pull side of the forwarders of this database, for `edgesync.peers`
+/// (times as in `_peer_status`; positions as LSNs counted from 0/0).
+#[pg_extern(volatile, parallel_safe)]
+#[allow(clippy::type_complexity)]
+fn _peer_pull_status() -> TableIterator<
+    'static,
+    (
+        name!(peer_id, i32),
+        name!(last_pull, i64),
+        name!(pull_position, i64),
+        name!(feed_head, i64),
+        name!(waiting, i64),
+        name!(rows_received, i64),
+        name!(transactions_received, i64),
+        name!(bytes_raw, i64),
+        name!(bytes_compressed, i64),
+    ),
+> {
+    if !crate::conflict::clock::preloaded() {
+        return TableIterator::new(Vec::new());
+    }
+    let db = my_database();
+    let rows: Vec<_> = REGISTRY
+        .share()
+        .slots
+        .iter()
+        .filter(|s| s.peer_id != 0 && s.dboid == db && s.pid != 0)
+        .map(|s| {
+            (
+                s.peer_id,
+                s.last_pull,
+                s.pull_position as i64,
+                s.feed_head as i64,
+                s.pull_waiting,
+                s.rows_received,
+                s.transactions_received,
+                s.bytes_received_raw,
+                s.bytes_received_compressed,
             )
         })
         .collect();

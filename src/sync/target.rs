@@ -346,6 +346,7 @@ fn check_enrolled(sender: &str, what: &str, table: &LocalTable, direction: Direc
     }
     let wanted = match direction {
         Direction::Up => "up or both",
+        Direction::Down => "down or both",
     };
     raise_with_hint(
         PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

@@ -1,6 +1,7 @@
 //! The cloud's feed, as pure decisions: which feed transactions a pull
-//! hands a caller, when a caller must resync, and how far retention
-//! purges. The feed itself is a table (`edgesync.feed`), one row per
+//! hands a caller, when a caller must resync, and which node a feed
+//! transaction came from. (Retention is plain SQL: `edgesync._purge_feed`.)
+//! The feed itself is a table (`edgesync.feed`), one row per
 //! source transaction the cloud committed in a `down` or `both` table, in
 //! commit order, tagged with the node it came from.
 //!
@@ -12,6 +13,8 @@
 //! reaches are the caller's own, the pull ends with an empty transaction
 //! at the last of them, which applies nothing and moves the caller's
 //! origin there.
+
+use crate::model::node::{is_node_name, OBJECT_PREFIX};
 
 /// One feed transaction as a pull sees it (its changes stay in the table
 /// until it is chosen).
@@ -93,30 +96,33 @@ pub fn check_position(after: u64, purged_through: u64) -> Result<(), ResyncNeede
     Ok(())
 }
 
-/// One feed transaction as retention sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retained {
-    pub position: u64,
-    /// When the cloud committed it, microseconds (any epoch, the same as `now`).
-    pub committed_at: i64,
-    pub bytes: u64,
+/// The node a feed transaction came from: an edge whose push the cloud
+/// applied (PostgreSQL tagged its changes with the origin edgesync named
+/// after it), or the cloud itself (no origin). Another origin (a native
+/// subscription's) keeps its own name.
+pub fn origin_node(origin: Option<&str>, local_node: &str) -> String {
+    match origin {
+        None => local_node.to_string(),
+        Some(o) => o.strip_prefix(OBJECT_PREFIX).filter(|n| is_node_name(n)).unwrap_or(o).to_string(),
+    }
 }
 
-/// The position through which to purge `feed` (in position order): every
-/// transaction older than `retention_us`, and then the oldest ones until
-/// the rest fit in `max_bytes`. None: nothing to purge.
-pub fn purge_through(feed: &[Retained], now: i64, retention_us: i64, max_bytes: u64) -> Option<u64> {
-    let too_old = now.saturating_sub(retention_us);
-    let mut kept: u64 = feed.iter().map(|r| r.bytes).fold(0, u64::saturating_add);
-    let mut through = None;
-    for r in feed {
-        if r.committed_at >= too_old && kept <= max_bytes {
-            break;
-        }
-        kept = kept.saturating_sub(r.bytes);
-        through = Some(r.position);
+/// A bytea as PostgreSQL prints it in text (hex: `\\x` then two digits
+/// per byte), as a pull's batch arrives; anything else is refused.
+pub fn decode_hex_bytea(text: &str) -> Result<Vec<u8>, String> {
+    let digits = text.strip_prefix("\\x").ok_or("the batch did not arrive as a hex bytea")?.as_bytes();
+    if digits.len() % 2 != 0 {
+        return Err("the batch's hex has an odd number of digits".to_string());
     }
-    through
+    let nibble = |d: u8| -> Result<u8, String> {
+        match d {
+            b'0'..=b'9' => Ok(d - b'0'),
+            b'a'..=b'f' => Ok(d - b'a' + 10),
+            b'A'..=b'F' => Ok(d - b'A' + 10),
+            _ => Err(format!("the batch's hex has a non-hex character {:?}", d as char)),
+        }
+    };
+    digits.chunks_exact(2).map(|pair| Ok(nibble(pair[0])? << 4 | nibble(pair[1])?)).collect()
 }
 
 #[cfg(test)]
@@ -170,18 +176,20 @@ mod tests {
     }
 
     #[test]
-    fn retention_purges_by_age_then_by_size() {
-        let feed = [
-            Retained { position: 10, committed_at: 100, bytes: 40 },
-            Retained { position: 20, committed_at: 200, bytes: 40 },
-            Retained { position: 30, committed_at: 300, bytes: 40 },
-        ];
-        assert_eq!(purge_through(&feed, 310, 1_000, 1_000), None, "young and small: all kept");
-        assert_eq!(purge_through(&feed, 310, 150, 1_000), Some(10), "older than 150");
-        assert_eq!(purge_through(&feed, 310, 1_000, 80), Some(10), "the oldest go until the rest fit");
-        assert_eq!(purge_through(&feed, 310, 1_000, 39), Some(30), "nothing fits");
-        assert_eq!(purge_through(&feed, 310, 100, 80), Some(20), "whichever rule purges further");
-        assert_eq!(purge_through(&feed, 310, 150, 39), Some(30), "whichever rule purges further");
-        assert_eq!(purge_through(&[], 310, 0, 0), None);
+    fn a_batch_arrives_as_hex() {
+        assert_eq!(decode_hex_bytea("\\x00ff10Ab"), Ok(vec![0, 255, 16, 171]));
+        assert_eq!(decode_hex_bytea("\\x"), Ok(vec![]));
+        assert!(decode_hex_bytea("00ff").is_err(), "escape format, or no prefix");
+        assert!(decode_hex_bytea("\\x0").is_err(), "odd");
+        assert!(decode_hex_bytea("\\x0g").is_err(), "not hex");
+        assert!(decode_hex_bytea("\\xé0").is_err(), "not ASCII");
+    }
+
+    #[test]
+    fn a_transaction_comes_from_the_node_its_origin_names() {
+        assert_eq!(origin_node(None, "cloud"), "cloud");
+        assert_eq!(origin_node(Some("edgesync_store_042"), "cloud"), "store_042");
+        assert_eq!(origin_node(Some("pg_16636"), "cloud"), "pg_16636");
+        assert_eq!(origin_node(Some("edgesync_"), "cloud"), "edgesync_", "no node name after the prefix");
     }
 }

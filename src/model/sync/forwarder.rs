@@ -10,10 +10,11 @@
 //!     └──timer── Backoff(failures) ──timer──► Round
 //!   any ──pause──► Paused ──resume──► Idle
 //! ```
-//! A round (connect if needed, push, later pull) is due: in `realtime` as
-//! soon as WAL waits to be read, in `batch` when the interval passed or a
-//! batch worth of WAL waits, in `on_demand` only when asked (`sync_now`);
-//! `sync_now` makes a round due in every mode. Failures back off
+//! A round (connect if needed, push, then pull from the peer's feed) is
+//! due: in `realtime` as soon as WAL waits to be read, and every
+//! `REALTIME_PULL_POLL` to look at the feed; in `batch` when the interval
+//! passed or a batch worth of WAL waits; in `on_demand` only when asked
+//! (`sync_now`); `sync_now` makes a round due in every mode. Failures back off
 //! exponentially, capped, with jitter so that thousands of edges do not
 //! retry in step.
 
@@ -99,19 +100,20 @@ pub enum Action {
 
 /// How long an idle realtime forwarder may sleep before it looks for new WAL.
 pub const REALTIME_POLL: Duration = Duration::from_millis(50);
+/// How often an idle realtime forwarder asks the peer's feed for changes
+/// (one short query; the feed answers from an index).
+pub const REALTIME_PULL_POLL: Duration = Duration::from_secs(1);
 
 fn round_due(mode: Mode, o: &Observed) -> bool {
     if o.sync_requested {
         return true;
     }
+    let elapsed = |interval: Duration| o.last_round_ms.is_none_or(|t| o.now_ms.saturating_sub(t) >= interval.as_millis() as u64);
     match mode {
-        Mode::Realtime => o.pending_bytes > 0,
+        Mode::Realtime => o.pending_bytes > 0 || elapsed(REALTIME_PULL_POLL),
         Mode::OnDemand => false,
-        Mode::Batch { interval, max_bytes } => {
-            let full = o.pending_bytes >= max_bytes;
-            let elapsed = o.last_round_ms.is_none_or(|t| o.now_ms.saturating_sub(t) >= interval.as_millis() as u64);
-            o.pending_bytes > 0 && (full || elapsed)
-        }
+        // every interval, to pull if nothing is to be pushed
+        Mode::Batch { interval, max_bytes } => (o.pending_bytes > 0 && o.pending_bytes >= max_bytes) || elapsed(interval),
     }
 }
 
@@ -184,10 +186,11 @@ mod tests {
         let due = |mode, o: Observed| step(State::Idle, Event::Wake, mode, b, &o, 0).0 == State::Round;
         assert!(due(Mode::Realtime, at(10, 1)));
         assert!(!due(Mode::Realtime, at(10, 0)));
+        assert!(due(Mode::Realtime, at(1_000, 0)), "time to look at the peer's feed");
         assert!(!due(batch(), at(10, 5)), "batch waits for the interval");
         assert!(due(batch(), at(60_000, 5)), "the interval passed");
         assert!(due(batch(), at(10, 1 << 20)), "the batch is full");
-        assert!(!due(batch(), at(120_000, 0)), "nothing to send");
+        assert!(due(batch(), at(120_000, 0)), "nothing to send, but the feed may have something");
         assert!(!due(Mode::OnDemand, at(999_999, 5_000)));
         assert!(due(Mode::OnDemand, Observed { sync_requested: true, ..at(10, 0) }));
         assert!(due(batch(), Observed { sync_requested: true, ..at(10, 0) }));

@@ -3,7 +3,7 @@
 //! cuts them into batches, `batch` is the wire format, `forwarder` is the
 //! worker's state machine, `blocked` finds a transaction the peer refuses
 //! and reads one set aside; `feed` decides what a pull from the cloud's
-//! feed hands over and what retention purges; `lsn` and `secrets` are
+//! feed hands over; `lsn` and `secrets` are
 //! shared helpers, and `length_limit` tells which column refused a value on apply.
 
 pub mod batch;

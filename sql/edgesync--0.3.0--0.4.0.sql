@@ -1,0 +1,293 @@
+-- edgesync 0.3.0 -> 0.4.0: pull and relay. The cloud decodes its WAL once
+-- into a change feed that every edge pulls from; an edge's forwarder
+-- pushes, then pulls. One section per concern; each says what it changes.
+
+-- == tables that travel down: a second publication ==
+-- Tables enrolled down or both are published in edgesync_down, which the
+-- cloud's feed reads; the ones enrolled before this update are added here.
+CREATE PUBLICATION edgesync_down WITH (publish = 'insert, update, delete');
+
+CREATE FUNCTION edgesync._publish(relation regclass, publication name, wanted boolean) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    published boolean := EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                                  WHERE p.pubname = publication AND pr.prrelid = relation);
+BEGIN
+    IF wanted AND NOT published THEN
+        EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', publication, relation);
+    ELSIF published AND NOT wanted THEN
+        EXECUTE format('ALTER PUBLICATION %I DROP TABLE %s', publication, relation);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION edgesync._add_table(relation regclass, sync text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM edgesync._check_choice('sync', sync, ARRAY['up', 'down', 'both']);
+    IF (SELECT relkind FROM pg_class WHERE oid = relation) <> 'r' THEN
+        RAISE EXCEPTION 'edgesync: % is not a plain table', relation
+          USING ERRCODE = 'wrong_object_type', HINT = 'Partitioned tables are not supported yet: enrol each partition.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_index WHERE indrelid = relation AND indisprimary) THEN
+        RAISE EXCEPTION 'edgesync: table % has no primary key', relation
+          USING ERRCODE = 'invalid_table_definition',
+                HINT = 'Changes find their rows by primary key: add one (ALTER TABLE ... ADD PRIMARY KEY).';
+    END IF;
+    -- a table written on both sides can conflict: last writer wins unless a policy is set
+    IF sync = 'both' AND NOT EXISTS (SELECT FROM edgesync.conflict_table WHERE relid = relation) THEN
+        PERFORM edgesync.set_conflict_policy(relation, 'last_writer_wins');
+    END IF;
+    PERFORM edgesync._publish(relation, 'edgesync_up', sync IN ('up', 'both'));
+    PERFORM edgesync._publish(relation, 'edgesync_down', sync IN ('down', 'both'));
+    INSERT INTO edgesync.sync_table AS s (relid, direction) VALUES (relation, sync)
+    ON CONFLICT (relid) DO UPDATE SET direction = EXCLUDED.direction;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION edgesync._remove_table(relation regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM edgesync.sync_table WHERE relid = relation;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'edgesync: table % is not enrolled in sync', relation USING ERRCODE = 'undefined_object';
+    END IF;
+    PERFORM edgesync._publish(relation, 'edgesync_up', false);
+    PERFORM edgesync._publish(relation, 'edgesync_down', false);
+END
+$$;
+
+SELECT edgesync._publish(relid, 'edgesync_down', true) FROM edgesync.sync_table WHERE direction IN ('down', 'both');
+
+-- == edges: registering one starts the feed ==
+CREATE OR REPLACE FUNCTION edgesync.register_edge(name text, login name) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF name IS NULL OR NOT edgesync._is_node_name(name) THEN
+        RAISE EXCEPTION 'edgesync: node name % must be 1 to 48 letters, digits or underscores', coalesce(quote_literal(name), 'NULL')
+          USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles r WHERE r.rolname = register_edge.login AND r.rolcanlogin) THEN
+        RAISE EXCEPTION 'edgesync: % is not a role that can log in', coalesce(quote_ident(register_edge.login), 'NULL')
+          USING ERRCODE = 'undefined_object',
+                HINT = 'CREATE ROLE ... LOGIN; GRANT edgesync_peer TO ...; then register the node with it.';
+    END IF;
+    INSERT INTO edgesync.edge AS e (name, login) VALUES (register_edge.name, register_edge.login)
+    ON CONFLICT ON CONSTRAINT edge_pkey DO UPDATE SET login = EXCLUDED.login, registered_at = now();
+    -- the feed worker runs while edges are registered
+    PERFORM edgesync._wake_launcher_at_commit();
+END
+$$;
+
+-- == the peers view: a row per direction ==
+-- The pull side's counters come from a new function; the view gains a
+-- pull row per peer and the columns position, head, rows_received and
+-- transactions_received (at the end, after the 0.3.0 columns).
+CREATE  FUNCTION "_peer_pull_status"() RETURNS TABLE (
+	"peer_id" INT,  /* i32 */
+	"last_pull" bigint,  /* i64 */
+	"pull_position" bigint,  /* i64 */
+	"feed_head" bigint,  /* i64 */
+	"waiting" bigint,  /* i64 */
+	"rows_received" bigint,  /* i64 */
+	"transactions_received" bigint,  /* i64 */
+	"bytes_raw" bigint,  /* i64 */
+	"bytes_compressed" bigint  /* i64 */
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_peer_pull_status_wrapper';
+
+DROP VIEW edgesync.peers;
+-- The state of every peer, one row per direction: push (this node's slot
+-- to the peer) and pull (the peer's feed to this node). The settings, the
+-- forwarder's state and counters (since the server started), and how far
+-- behind each direction is: its position and the head it moves towards
+-- (push: this node's WAL; pull: the peer's feed).
+CREATE VIEW edgesync.peers AS
+WITH since_epoch(t0) AS (SELECT timestamptz '2000-01-01 00:00:00+00')
+SELECT p.name AS peer,
+       'push'::text AS direction,
+       p.mode,
+       CASE WHEN p.paused THEN 'paused' WHEN s.pid IS NULL THEN 'stopped' ELSE s.state END AS state,
+       coalesce(s.connected, false) AS connected,
+       CASE WHEN s.last_success > 0 THEN t0 + make_interval(secs => s.last_success / 1e6) END AS last_success,
+       s.last_error,
+       CASE WHEN s.last_error_at > 0 THEN t0 + make_interval(secs => s.last_error_at / 1e6) END AS last_error_at,
+       coalesce(s.consecutive_failures, 0) AS consecutive_failures,
+       CASE WHEN s.next_attempt > 0 THEN t0 + make_interval(secs => s.next_attempt / 1e6) END AS next_attempt,
+       coalesce(s.pending_changes, 0) AS pending_changes,
+       CASE WHEN NOT pg_is_in_recovery()
+            THEN pg_wal_lsn_diff(pg_current_wal_flush_lsn(), sl.confirmed_flush_lsn)::bigint END AS pending_bytes,
+       CASE WHEN s.oldest_pending > 0
+            THEN greatest(extract(epoch FROM clock_timestamp() - (t0 + make_interval(secs => s.oldest_pending / 1e6))), 0)
+            ELSE 0 END::double precision AS lag_seconds,
+       coalesce(s.rows_sent, 0) AS rows_sent,
+       coalesce(s.batches_sent, 0) AS batches_sent,
+       coalesce(s.bytes_raw, 0) AS bytes_sent_raw,
+       coalesce(s.bytes_compressed, 0) AS bytes_sent_compressed,
+       s.clock_skew_ms / 1000.0 AS clock_skew_seconds,
+       p.slot_name,
+       sl.wal_status AS slot_wal_status,
+       s.pid AS worker_pid,
+       pg_lsn '0/0' + b.lsn AS blocked_lsn,
+       b.tables AS blocked_table,
+       regexp_replace(split_part(b.error, E'\n', 1), '^ERROR:\s+', '') AS blocked_error,
+       CASE WHEN b.since > 0 THEN t0 + make_interval(secs => b.since / 1e6) END AS blocked_since,
+       sl.confirmed_flush_lsn AS position,
+       CASE WHEN NOT pg_is_in_recovery() THEN pg_current_wal_flush_lsn() END AS head,
+       0::bigint AS rows_received,
+       0::bigint AS transactions_received
+  FROM since_epoch, edgesync.peer p
+  LEFT JOIN edgesync._peer_status() s ON s.peer_id = p.id
+  LEFT JOIN edgesync._peer_blocked() b ON b.peer_id = p.id
+  LEFT JOIN pg_replication_slots sl ON sl.slot_name = p.slot_name
+UNION ALL
+SELECT p.name, 'pull', p.mode,
+       CASE WHEN p.paused THEN 'paused' WHEN s.pid IS NULL THEN 'stopped' ELSE s.state END,
+       coalesce(s.connected, false),
+       CASE WHEN u.last_pull > 0 THEN t0 + make_interval(secs => u.last_pull / 1e6) END,
+       s.last_error,
+       CASE WHEN s.last_error_at > 0 THEN t0 + make_interval(secs => s.last_error_at / 1e6) END,
+       coalesce(s.consecutive_failures, 0),
+       CASE WHEN s.next_attempt > 0 THEN t0 + make_interval(secs => s.next_attempt / 1e6) END,
+       -- feed transactions not pulled yet (this node's own among them)
+       coalesce(u.waiting, 0),
+       CASE WHEN u.last_pull > 0 THEN greatest(u.feed_head - u.pull_position, 0) END,
+       NULL::double precision,
+       0::bigint, 0::bigint, 0::bigint, 0::bigint,
+       s.clock_skew_ms / 1000.0,
+       NULL::name, NULL::text, s.pid,
+       NULL::pg_lsn, NULL::text, NULL::text, NULL::timestamptz,
+       CASE WHEN u.last_pull > 0 THEN pg_lsn '0/0' + u.pull_position END,
+       CASE WHEN u.last_pull > 0 THEN pg_lsn '0/0' + u.feed_head END,
+       coalesce(u.rows_received, 0),
+       coalesce(u.transactions_received, 0)
+  FROM since_epoch, edgesync.peer p
+  LEFT JOIN edgesync._peer_status() s ON s.peer_id = p.id
+  LEFT JOIN edgesync._peer_pull_status() u ON u.peer_id = p.id;
+COMMENT ON VIEW edgesync.peers IS 'Each peer, a row per direction (push, pull): forwarder state, last success and error, backlog, lag, volumes moved, clock skew, the transaction the peer refuses (blocked_*), position and head';
+
+REVOKE EXECUTE ON FUNCTION edgesync._peer_pull_status(), edgesync._publish(regclass, name, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION edgesync._peer_pull_status() TO pg_monitor, edgesync_admin;
+GRANT SELECT ON edgesync.peers TO pg_monitor, edgesync_admin;
+
+-- == the feed and pull_batch (new) ==
+CREATE  FUNCTION "_pull_batch"(
+	"node" TEXT, /* & str */
+	"after" bigint, /* i64 */
+	"max_rows" INT, /* i32 */
+	"max_bytes" bigint /* i64 */
+) RETURNS bytea /* :: std :: option :: Option < Vec < u8 > > */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_pull_batch_wrapper';
+
+-- The cloud's change feed (src/sync/feed.rs): one row per source
+-- transaction in a table enrolled down or both, written by the feed worker
+-- while edges are registered here, pulled by every edge with
+-- edgesync.pull_batch. Node-local (positions are this cluster's LSNs): not
+-- dumped. A streaming standby holds it too and can serve pulls.
+CREATE TABLE edgesync.feed (
+    position         pg_lsn      PRIMARY KEY,  -- the end LSN of the transaction's commit here
+    committed_at     timestamptz NOT NULL,
+    origin_node      text        NOT NULL,     -- the edge whose push this was, or this node
+    tables           text[]      NOT NULL,
+    rows             integer     NOT NULL,
+    raw_bytes        bigint      NOT NULL,
+    compressed_bytes bigint      NOT NULL,
+    changes          bytea       NOT NULL      -- the transaction alone, in the batch format (compressed)
+);
+-- compressed already: TOAST would only spend CPU trying again
+ALTER TABLE edgesync.feed ALTER COLUMN changes SET STORAGE EXTERNAL;
+COMMENT ON TABLE edgesync.feed IS
+    'The change feed edges pull from (edgesync.pull_batch): each transaction of a down or both table, whole, tagged with the node it came from';
+
+-- How far retention purged the feed: a pull from before it must resync.
+CREATE TABLE edgesync.feed_mark (
+    singleton      boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    purged_through pg_lsn      NOT NULL DEFAULT '0/0',
+    purged_at      timestamptz
+);
+INSERT INTO edgesync.feed_mark DEFAULT VALUES;
+COMMENT ON TABLE edgesync.feed_mark IS 'The feed position through which retention purged edgesync.feed';
+
+-- Retention: every transaction older than `retention`, then the oldest
+-- ones until the rest fit in `max_bytes` (compressed). Returns the new
+-- purge mark (NULL: nothing purged). Called by the feed worker.
+CREATE FUNCTION edgesync._purge_feed(retention interval, max_bytes bigint) RETURNS pg_lsn
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    by_age  pg_lsn;
+    by_size pg_lsn;
+    mark    pg_lsn;
+BEGIN
+    SELECT max(f.position) INTO by_age FROM edgesync.feed f WHERE f.committed_at < now() - retention;
+    SELECT kept.position INTO by_size
+      FROM (SELECT f.position, sum(f.compressed_bytes) OVER (ORDER BY f.position DESC) AS from_here
+              FROM edgesync.feed f) kept
+     WHERE kept.from_here > max_bytes
+     ORDER BY kept.position DESC LIMIT 1;
+    mark := greatest(by_age, by_size);
+    IF mark IS NULL THEN
+        RETURN NULL;
+    END IF;
+    DELETE FROM edgesync.feed f WHERE f.position <= mark;
+    UPDATE edgesync.feed_mark SET purged_through = greatest(purged_through, mark), purged_at = now();
+    RETURN mark;
+END
+$$;
+
+-- Where a new edge starts pulling: every transaction that commits from
+-- now on is past it. (What was committed before is the edge's initial
+-- copy, not the feed's.) On a standby: what it has replayed.
+CREATE FUNCTION edgesync.feed_start() RETURNS pg_lsn
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END
+$$;
+COMMENT ON FUNCTION edgesync.feed_start() IS
+    'For pulling edges: the feed position a new edge starts from (changes committed before it are not in its feed)';
+
+-- The next batch of the feed after `after` for the calling edge: every
+-- transaction that did not come from it, whole, within the limits (one
+-- transaction always goes); NULL when there is nothing new. Also the
+-- feed's head (the last position it holds) and how many of its
+-- transactions follow `after`. The caller must be the login registered
+-- for `node`.
+CREATE FUNCTION edgesync.pull_batch(node text, after pg_lsn, max_rows integer DEFAULT 10000, max_bytes bigint DEFAULT 16777216,
+                                    OUT batch bytea, OUT feed_head pg_lsn, OUT waiting bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF node IS NULL OR after IS NULL OR max_rows IS NULL OR max_bytes IS NULL THEN
+        RAISE EXCEPTION 'edgesync: pull_batch needs a node, a position and both limits, not NULL'
+          USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    batch := edgesync._pull_batch(node, (after - pg_lsn '0/0')::bigint, max_rows, max_bytes);
+    SELECT greatest(max(f.position), (SELECT m.purged_through FROM edgesync.feed_mark m)) INTO feed_head FROM edgesync.feed f;
+    SELECT count(*) INTO waiting FROM edgesync.feed f WHERE f.position > after;
+END
+$$;
+COMMENT ON FUNCTION edgesync.pull_batch(text, pg_lsn, integer, bigint) IS
+    'For pulling edges: the next batch of the feed after a position, without the caller''s own changes; the feed''s head and how many transactions wait';
+
+REVOKE ALL ON edgesync.feed, edgesync.feed_mark FROM PUBLIC;
+GRANT SELECT ON edgesync.feed_mark TO pg_monitor, edgesync_admin;
+-- the feed holds row data
+GRANT SELECT ON edgesync.feed TO edgesync_admin;
+REVOKE EXECUTE ON FUNCTION edgesync._purge_feed(interval, bigint), edgesync._pull_batch(text, bigint, integer, bigint),
+                           edgesync.pull_batch(text, pg_lsn, integer, bigint), edgesync.feed_start() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION edgesync.pull_batch(text, pg_lsn, integer, bigint), edgesync.feed_start() TO edgesync_peer;
