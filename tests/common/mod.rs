@@ -13,6 +13,10 @@
 
 #![allow(dead_code)]
 
+pub mod link;
+#[allow(unused_imports)] // not every test file puts a link between nodes
+pub use link::Link;
+
 use std::fs;
 use std::io::Write;
 use std::net::TcpListener;
