@@ -117,7 +117,7 @@ mod tests {
             let can = Spi::get_one_with_args::<bool>("SELECT public.es_can_read($1)", &[readable.into()]).unwrap();
             assert_eq!(can, Some(true), "pg_monitor reads {readable}");
         }
-        for row_data in ["edgesync.conflict_log", "edgesync.conflicts", "edgesync.tombstone", "edgesync.peer"] {
+        for row_data in ["edgesync.conflict_log", "edgesync.conflicts", "edgesync.tombstone", "edgesync.peer", "edgesync.feed"] {
             let can = Spi::get_one_with_args::<bool>("SELECT public.es_can_read($1)", &[row_data.into()]).unwrap();
             assert_eq!(can, Some(false), "pg_monitor does not read {row_data}");
         }

@@ -136,6 +136,9 @@ struct PeerConfig {
     limits: Limits,
     paused: bool,
     slot: String,
+    /// Pull from the peer's feed: not when the peer also pushes to this
+    /// node (it is registered here as an edge), which brings its changes.
+    pulls: bool,
 }
 
 /// The peer's settings and this node's name; None when the peer is gone.
@@ -146,7 +149,8 @@ fn load_peer(id: i32) -> Result<Option<(PeerConfig, String)>, String> {
         let t = client
             .select(
                 "SELECT p.name, p.conninfo, p.mode, (extract(epoch FROM p.batch_interval) * 1000)::bigint,
-                        p.max_batch_rows, p.max_batch_bytes, p.paused, p.slot_name::text, n.name
+                        p.max_batch_rows, p.max_batch_bytes, p.paused, p.slot_name::text, n.name,
+                        NOT EXISTS (SELECT FROM edgesync.edge e WHERE e.name = p.name)
                    FROM edgesync.peer p, edgesync.node n WHERE p.id = $1",
                 None,
                 &[id.into()],
@@ -169,6 +173,7 @@ fn load_peer(id: i32) -> Result<Option<(PeerConfig, String)>, String> {
             limits: Limits { max_rows, max_bytes: max_bytes as usize },
             paused: not_null(r.get::<bool>(7), "edgesync.peer.paused")?,
             slot: not_null(r.get::<String>(8), "edgesync.peer.slot_name")?,
+            pulls: not_null(r.get::<bool>(10), "whether the peer pushes here")?,
         };
         Ok(Some((peer, not_null(r.get::<String>(9), "edgesync.node.name")?)))
     })
@@ -509,7 +514,7 @@ impl Forwarder {
     /// our transactions still has changes for us). Returns the rows moved.
     fn round(&mut self, peer: &PeerConfig, node: &str) -> Result<i64, String> {
         let pushed = self.push_all(peer, node);
-        if self.conn.is_none() && pushed.is_err() {
+        if !peer.pulls || (self.conn.is_none() && pushed.is_err()) {
             // the link failed: pulling would only fail the same way
             return pushed;
         }

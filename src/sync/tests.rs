@@ -291,4 +291,69 @@ mod tests {
         assert_eq!(quote_ident("Mixed Case"), "\"Mixed Case\"");
         assert_eq!(quote_ident("quo\"te"), "\"quo\"\"te\"");
     }
+
+    /// Three feed rows of 40 compressed bytes: two days old, an hour old, new.
+    fn three_feed_rows() {
+        Spi::run(
+            "INSERT INTO edgesync.feed VALUES
+               ('0/10', now() - interval '2 days', 'cloud', '{public.t}', 1, 100, 40, '\\x00'),
+               ('0/20', now() - interval '1 hour', 'edge1', '{public.t}', 1, 100, 40, '\\x00'),
+               ('0/30', now(), 'cloud', '{public.t}', 1, 100, 40, '\\x00')",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn retention_purges_the_feed_by_age_then_by_size() {
+        three_feed_rows();
+        let purge = |sql: &str| Spi::get_one::<String>(&format!("SELECT edgesync._purge_feed({sql})::text")).unwrap();
+        assert_eq!(purge("interval '1 week', 1000"), None, "young and small: all kept");
+        assert_eq!(purge("interval '1 day', 1000"), Some("0/10".into()), "older than a day");
+        assert_eq!(purge("interval '1 day', 40"), Some("0/20".into()), "the oldest go until the rest fit");
+        let mark = Spi::get_one::<String>("SELECT purged_through::text FROM edgesync.feed_mark").unwrap();
+        assert_eq!(mark.as_deref(), Some("0/20"));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM edgesync.feed").unwrap(), Some(1));
+    }
+
+    #[pg_test(error = "edgesync: resync needed: node \"edge1\" is at 0/15 in the feed, which keeps only what follows 0/20")]
+    fn a_pull_from_before_the_purge_mark_is_refused() {
+        Spi::run("SELECT edgesync.create_node('cloud')").unwrap();
+        three_feed_rows();
+        Spi::run("SELECT edgesync._purge_feed(interval '1 day', 40)").unwrap();
+        Spi::run("SELECT edgesync.pull_batch('edge1', '0/15')").unwrap();
+    }
+
+    #[pg_test]
+    fn a_pull_hands_over_other_nodes_changes_only() {
+        use crate::model::sync::batch::{self, Batch, Transaction};
+        Spi::run("SELECT edgesync.create_node('cloud')").unwrap();
+        three_feed_rows();
+        let stored = |lsn: u64| {
+            let t = Transaction { end_lsn: lsn, commit_time: 0, origin: None, messages: vec![b"Y".to_vec()] };
+            batch::encode(&Batch { sender: "cloud".into(), transactions: vec![t] }, Some(3)).unwrap()
+        };
+        for (lsn, position) in [(0x10, "0/10"), (0x30, "0/30")] {
+            Spi::run_with_args("UPDATE edgesync.feed SET changes = $1 WHERE position = $2::pg_lsn", &[stored(lsn).into(), position.into()]).unwrap();
+        }
+        let pull = |sql: &str| {
+            let b = Spi::get_one::<Vec<u8>>(&format!("SELECT batch FROM edgesync.pull_batch({sql})")).unwrap()?;
+            let decoded = batch::decode(&b, 1 << 20).unwrap().to_batch();
+            assert_eq!(decoded.sender, "cloud");
+            Some(decoded.transactions.iter().map(|t| (t.end_lsn, t.origin.clone(), t.messages.len())).collect::<Vec<_>>())
+        };
+        let cloud = Some("cloud".to_string());
+        assert_eq!(pull("'edge1', '0/0'"), Some(vec![(0x10, cloud.clone(), 1), (0x30, cloud.clone(), 1)]), "its own one is left out");
+        assert_eq!(pull("'edge1', '0/0', max_rows => 1"), Some(vec![(0x10, cloud.clone(), 1)]), "within the limits");
+        assert_eq!(pull("'cloud', '0/20'"), Some(vec![(0x30, None, 0)]), "its own last: stepped over with an empty transaction");
+        assert_eq!(pull("'edge1', '0/15'"), Some(vec![(0x30, cloud, 1)]));
+        let head = Spi::get_one::<String>("SELECT feed_head::text || ' ' || waiting FROM edgesync.pull_batch('edge1', '0/20')").unwrap();
+        assert_eq!(head.as_deref(), Some("0/30 1"));
+        assert_eq!(pull("'edge1', '0/30'"), None, "nothing new");
+    }
+
+    #[pg_test(error = "edgesync: max_rows must be at least 1 and max_bytes at least 1024")]
+    fn pull_batch_checks_its_limits() {
+        Spi::run("SELECT edgesync.create_node('cloud')").unwrap();
+        Spi::run("SELECT edgesync.pull_batch('edge1', '0/0', max_rows => 0)").unwrap();
+    }
 }
