@@ -343,7 +343,8 @@ mod tests {
         };
         let cloud = Some("cloud".to_string());
         assert_eq!(pull("'edge1', '0/0'"), Some(vec![(0x10, cloud.clone(), 1), (0x30, cloud.clone(), 1)]), "its own one is left out");
-        assert_eq!(pull("'edge1', '0/0', max_rows => 1"), Some(vec![(0x10, cloud.clone(), 1)]), "within the limits");
+        // cut by the limits before 0/30; the caller's own 0/20 before the cut is stepped over
+        assert_eq!(pull("'edge1', '0/0', max_rows => 1"), Some(vec![(0x10, cloud.clone(), 1), (0x20, None, 0)]), "within the limits");
         assert_eq!(pull("'cloud', '0/20'"), Some(vec![(0x30, None, 0)]), "its own last: stepped over with an empty transaction");
         assert_eq!(pull("'edge1', '0/15'"), Some(vec![(0x30, cloud, 1)]));
         let head = Spi::get_one::<String>("SELECT feed_head::text || ' ' || waiting FROM edgesync.pull_batch('edge1', '0/20')").unwrap();
