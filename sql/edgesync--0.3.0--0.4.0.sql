@@ -180,6 +180,138 @@ REVOKE EXECUTE ON FUNCTION edgesync._peer_pull_status(), edgesync._publish(regcl
 GRANT EXECUTE ON FUNCTION edgesync._peer_pull_status() TO pg_monitor, edgesync_admin;
 GRANT SELECT ON edgesync.peers TO pg_monitor, edgesync_admin;
 
+-- == pulls from a hot standby of the peer ==
+-- A peer may have a second conninfo that pulls go to (the feed is an
+-- ordinary table: a streaming standby serves it too): a new column, and
+-- add_peer / alter_peer gain a last argument, pull_conninfo.
+ALTER TABLE edgesync.peer ADD COLUMN pull_conninfo text;
+DROP FUNCTION edgesync.add_peer(text, text, text, interval, integer, bigint);
+DROP FUNCTION edgesync._add_peer(text, text, text, interval, integer, bigint);
+DROP FUNCTION edgesync.alter_peer(text, text, text, interval, integer, bigint);
+DROP FUNCTION edgesync._alter_peer(text, text, text, interval, integer, bigint);
+CREATE FUNCTION edgesync._check_pull_conninfo(pull_conninfo text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    problem text := edgesync._conninfo_error(pull_conninfo);
+BEGIN
+    IF pull_conninfo IS NOT NULL AND problem IS NOT NULL THEN
+        RAISE EXCEPTION 'edgesync: invalid pull_conninfo: %', problem USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION edgesync._add_peer(name text, conninfo text, mode text, batch_interval interval,
+                                   max_batch_rows integer, max_batch_bytes bigint, pull_conninfo text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    slot name;
+BEGIN
+    IF name IS NULL OR NOT edgesync._is_node_name(name) THEN
+        RAISE EXCEPTION 'edgesync: peer name % must be 1 to 48 letters, digits or underscores', coalesce(quote_literal(name), 'NULL')
+          USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM edgesync._check_peer_settings(conninfo, mode, batch_interval, max_batch_rows, max_batch_bytes);
+    PERFORM edgesync._check_pull_conninfo(pull_conninfo);
+    IF NOT EXISTS (SELECT FROM edgesync.node) THEN
+        RAISE EXCEPTION 'edgesync: this database is not a node yet'
+          USING ERRCODE = 'object_not_in_prerequisite_state',
+                HINT = 'Name it first: SELECT edgesync.create_node(''store_042''); peers know it by that name.';
+    END IF;
+    IF EXISTS (SELECT FROM edgesync.peer p WHERE lower(p.name) = lower(_add_peer.name)) THEN
+        RAISE EXCEPTION 'edgesync: peer % already exists', _add_peer.name USING ERRCODE = 'duplicate_object';
+    END IF;
+    IF current_setting('wal_level') <> 'logical' THEN
+        RAISE EXCEPTION 'edgesync: wal_level is %, peers need logical', current_setting('wal_level')
+          USING ERRCODE = 'object_not_in_prerequisite_state',
+                HINT = 'ALTER SYSTEM SET wal_level = logical; then restart the server.';
+    END IF;
+    slot := edgesync._slot_name(_add_peer.name);
+    IF NOT EXISTS (SELECT FROM pg_replication_slots s WHERE s.slot_name = slot) THEN
+        PERFORM pg_create_logical_replication_slot(slot, 'pgoutput');
+    END IF;
+    INSERT INTO edgesync.peer (name, conninfo, mode, batch_interval, max_batch_rows, max_batch_bytes, slot_name, pull_conninfo)
+    VALUES (_add_peer.name, _add_peer.conninfo, _add_peer.mode, _add_peer.batch_interval,
+            _add_peer.max_batch_rows, _add_peer.max_batch_bytes, slot, nullif(_add_peer.pull_conninfo, ''));
+    PERFORM edgesync._wake_launcher_at_commit();
+    IF current_setting('edgesync.database', true) IS DISTINCT FROM current_database() THEN
+        RAISE WARNING 'edgesync: forwarders run in database %, not in %: this peer will not be served',
+                      coalesce(current_setting('edgesync.database', true), '(edgesync not preloaded)'), current_database()
+          USING HINT = format('ALTER SYSTEM SET edgesync.database = %L; then restart the server.', current_database());
+    END IF;
+END
+$$;
+
+CREATE FUNCTION edgesync.add_peer(name text, conninfo text, mode text DEFAULT 'realtime',
+                                  batch_interval interval DEFAULT '1 minute',
+                                  max_batch_rows integer DEFAULT 10000,
+                                  max_batch_bytes bigint DEFAULT 16777216,
+                                  pull_conninfo text DEFAULT NULL) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT edgesync._api_step('add_peer', NULL,
+                              ARRAY[name, conninfo, mode, batch_interval::text, max_batch_rows::text, max_batch_bytes::text,
+                                    pull_conninfo])
+$$;
+COMMENT ON FUNCTION edgesync.add_peer(text, text, text, interval, integer, bigint, text) IS
+    'Add a peer to push changes to and pull its feed from (conninfo: a libpq connection string; mode realtime, batch or on_demand; pull_conninfo: where pulls go instead, e.g. a hot standby of the peer); creates its replication slot';
+
+
+CREATE FUNCTION edgesync._alter_peer(name text, conninfo text, mode text, batch_interval interval,
+                                     max_batch_rows integer, max_batch_bytes bigint, pull_conninfo text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p edgesync.peer;
+BEGIN
+    SELECT * INTO p FROM edgesync.peer WHERE peer.name = _alter_peer.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'edgesync: no peer named %', coalesce(quote_literal(_alter_peer.name), 'NULL') USING ERRCODE = 'undefined_object';
+    END IF;
+    p.conninfo := coalesce(_alter_peer.conninfo, p.conninfo);
+    p.mode := coalesce(_alter_peer.mode, p.mode);
+    p.batch_interval := coalesce(_alter_peer.batch_interval, p.batch_interval);
+    p.max_batch_rows := coalesce(_alter_peer.max_batch_rows, p.max_batch_rows);
+    p.max_batch_bytes := coalesce(_alter_peer.max_batch_bytes, p.max_batch_bytes);
+    -- '' sends pulls back to conninfo
+    p.pull_conninfo := CASE WHEN _alter_peer.pull_conninfo IS NULL THEN p.pull_conninfo ELSE nullif(_alter_peer.pull_conninfo, '') END;
+    PERFORM edgesync._check_peer_settings(p.conninfo, p.mode, p.batch_interval, p.max_batch_rows, p.max_batch_bytes);
+    PERFORM edgesync._check_pull_conninfo(p.pull_conninfo);
+    UPDATE edgesync.peer SET conninfo = p.conninfo, mode = p.mode, batch_interval = p.batch_interval,
+                             max_batch_rows = p.max_batch_rows, max_batch_bytes = p.max_batch_bytes,
+                             pull_conninfo = p.pull_conninfo
+     WHERE id = p.id;
+    PERFORM edgesync._wake_launcher_at_commit();
+END
+$$;
+
+CREATE FUNCTION edgesync.alter_peer(name text, conninfo text DEFAULT NULL, mode text DEFAULT NULL,
+                                    batch_interval interval DEFAULT NULL, max_batch_rows integer DEFAULT NULL,
+                                    max_batch_bytes bigint DEFAULT NULL, pull_conninfo text DEFAULT NULL) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT edgesync._api_step('alter_peer', NULL,
+                              ARRAY[name, conninfo, mode, batch_interval::text, max_batch_rows::text, max_batch_bytes::text,
+                                    pull_conninfo])
+$$;
+COMMENT ON FUNCTION edgesync.alter_peer(text, text, text, interval, integer, bigint, text) IS
+    'Change a peer''s conninfo, mode, batch limits or pull_conninfo (NULL keeps a setting; pull_conninfo '''' pulls from conninfo again); the forwarder picks them up at once';
+
+
+REVOKE EXECUTE ON FUNCTION edgesync.add_peer(text, text, text, interval, integer, bigint, text),
+                           edgesync.alter_peer(text, text, text, interval, integer, bigint, text),
+                           edgesync._add_peer(text, text, text, interval, integer, bigint, text),
+                           edgesync._alter_peer(text, text, text, interval, integer, bigint, text),
+                           edgesync._check_pull_conninfo(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION edgesync.add_peer(text, text, text, interval, integer, bigint, text),
+                          edgesync.alter_peer(text, text, text, interval, integer, bigint, text) TO edgesync_admin;
+
 -- == the feed and pull_batch (new) ==
 CREATE  FUNCTION "_pull_batch"(
 	"node" TEXT, /* & str */

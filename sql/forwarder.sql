@@ -37,7 +37,9 @@ CREATE TABLE edgesync.peer (
     max_batch_bytes bigint      NOT NULL CHECK (max_batch_bytes >= 1024),
     paused          boolean     NOT NULL DEFAULT false,
     slot_name       name        NOT NULL UNIQUE,
-    created_at      timestamptz NOT NULL DEFAULT now()
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    -- where pulls go when not to conninfo (a hot standby of the peer)
+    pull_conninfo   text
 );
 COMMENT ON TABLE edgesync.peer IS 'Peers this node pushes to (edgesync.add_peer); see edgesync.peers for their state';
 
@@ -164,10 +166,24 @@ BEGIN
 END
 $$;
 
+-- A pull conninfo, when given, must be a valid one.
+CREATE FUNCTION edgesync._check_pull_conninfo(pull_conninfo text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    problem text := edgesync._conninfo_error(pull_conninfo);
+BEGIN
+    IF pull_conninfo IS NOT NULL AND problem IS NOT NULL THEN
+        RAISE EXCEPTION 'edgesync: invalid pull_conninfo: %', problem USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
 -- Add a peer to push to: creates its replication slot; its forwarder starts
 -- when this transaction commits.
 CREATE FUNCTION edgesync._add_peer(name text, conninfo text, mode text, batch_interval interval,
-                                   max_batch_rows integer, max_batch_bytes bigint) RETURNS void
+                                   max_batch_rows integer, max_batch_bytes bigint, pull_conninfo text) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -179,6 +195,7 @@ BEGIN
           USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM edgesync._check_peer_settings(conninfo, mode, batch_interval, max_batch_rows, max_batch_bytes);
+    PERFORM edgesync._check_pull_conninfo(pull_conninfo);
     IF NOT EXISTS (SELECT FROM edgesync.node) THEN
         RAISE EXCEPTION 'edgesync: this database is not a node yet'
           USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -196,9 +213,9 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_replication_slots s WHERE s.slot_name = slot) THEN
         PERFORM pg_create_logical_replication_slot(slot, 'pgoutput');
     END IF;
-    INSERT INTO edgesync.peer (name, conninfo, mode, batch_interval, max_batch_rows, max_batch_bytes, slot_name)
+    INSERT INTO edgesync.peer (name, conninfo, mode, batch_interval, max_batch_rows, max_batch_bytes, slot_name, pull_conninfo)
     VALUES (_add_peer.name, _add_peer.conninfo, _add_peer.mode, _add_peer.batch_interval,
-            _add_peer.max_batch_rows, _add_peer.max_batch_bytes, slot);
+            _add_peer.max_batch_rows, _add_peer.max_batch_bytes, slot, nullif(_add_peer.pull_conninfo, ''));
     PERFORM edgesync._wake_launcher_at_commit();
     IF current_setting('edgesync.database', true) IS DISTINCT FROM current_database() THEN
         RAISE WARNING 'edgesync: forwarders run in database %, not in %: this peer will not be served',
@@ -210,19 +227,21 @@ $$;
 CREATE FUNCTION edgesync.add_peer(name text, conninfo text, mode text DEFAULT 'realtime',
                                   batch_interval interval DEFAULT '1 minute',
                                   max_batch_rows integer DEFAULT 10000,
-                                  max_batch_bytes bigint DEFAULT 16777216) RETURNS void
+                                  max_batch_bytes bigint DEFAULT 16777216,
+                                  pull_conninfo text DEFAULT NULL) RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT edgesync._api_step('add_peer', NULL,
-                              ARRAY[name, conninfo, mode, batch_interval::text, max_batch_rows::text, max_batch_bytes::text])
+                              ARRAY[name, conninfo, mode, batch_interval::text, max_batch_rows::text, max_batch_bytes::text,
+                                    pull_conninfo])
 $$;
-COMMENT ON FUNCTION edgesync.add_peer(text, text, text, interval, integer, bigint) IS
-    'Add a peer to push changes to (conninfo: a libpq connection string; mode realtime, batch or on_demand); creates its replication slot';
+COMMENT ON FUNCTION edgesync.add_peer(text, text, text, interval, integer, bigint, text) IS
+    'Add a peer to push changes to and pull its feed from (conninfo: a libpq connection string; mode realtime, batch or on_demand; pull_conninfo: where pulls go instead, e.g. a hot standby of the peer); creates its replication slot';
 
 -- Change a peer's settings; NULL keeps a setting as it is.
 CREATE FUNCTION edgesync._alter_peer(name text, conninfo text, mode text, batch_interval interval,
-                                     max_batch_rows integer, max_batch_bytes bigint) RETURNS void
+                                     max_batch_rows integer, max_batch_bytes bigint, pull_conninfo text) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -238,24 +257,29 @@ BEGIN
     p.batch_interval := coalesce(_alter_peer.batch_interval, p.batch_interval);
     p.max_batch_rows := coalesce(_alter_peer.max_batch_rows, p.max_batch_rows);
     p.max_batch_bytes := coalesce(_alter_peer.max_batch_bytes, p.max_batch_bytes);
+    -- '' sends pulls back to conninfo
+    p.pull_conninfo := CASE WHEN _alter_peer.pull_conninfo IS NULL THEN p.pull_conninfo ELSE nullif(_alter_peer.pull_conninfo, '') END;
     PERFORM edgesync._check_peer_settings(p.conninfo, p.mode, p.batch_interval, p.max_batch_rows, p.max_batch_bytes);
+    PERFORM edgesync._check_pull_conninfo(p.pull_conninfo);
     UPDATE edgesync.peer SET conninfo = p.conninfo, mode = p.mode, batch_interval = p.batch_interval,
-                             max_batch_rows = p.max_batch_rows, max_batch_bytes = p.max_batch_bytes
+                             max_batch_rows = p.max_batch_rows, max_batch_bytes = p.max_batch_bytes,
+                             pull_conninfo = p.pull_conninfo
      WHERE id = p.id;
     PERFORM edgesync._wake_launcher_at_commit();
 END
 $$;
 CREATE FUNCTION edgesync.alter_peer(name text, conninfo text DEFAULT NULL, mode text DEFAULT NULL,
                                     batch_interval interval DEFAULT NULL, max_batch_rows integer DEFAULT NULL,
-                                    max_batch_bytes bigint DEFAULT NULL) RETURNS void
+                                    max_batch_bytes bigint DEFAULT NULL, pull_conninfo text DEFAULT NULL) RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT edgesync._api_step('alter_peer', NULL,
-                              ARRAY[name, conninfo, mode, batch_interval::text, max_batch_rows::text, max_batch_bytes::text])
+                              ARRAY[name, conninfo, mode, batch_interval::text, max_batch_rows::text, max_batch_bytes::text,
+                                    pull_conninfo])
 $$;
-COMMENT ON FUNCTION edgesync.alter_peer(text, text, text, interval, integer, bigint) IS
-    'Change a peer''s conninfo, mode or batch limits (NULL keeps a setting); the forwarder picks them up at once';
+COMMENT ON FUNCTION edgesync.alter_peer(text, text, text, interval, integer, bigint, text) IS
+    'Change a peer''s conninfo, mode, batch limits or pull_conninfo (NULL keeps a setting; pull_conninfo '''' pulls from conninfo again); the forwarder picks them up at once';
 
 -- Stop or restart a peer's forwarder (its slot keeps the changes meanwhile).
 CREATE FUNCTION edgesync._set_peer_paused(peer_name text, pause boolean) RETURNS void
@@ -597,8 +621,8 @@ REVOKE ALL ON edgesync.peer, edgesync.sync_table, edgesync.edge FROM PUBLIC;
 GRANT SELECT ON edgesync.edge TO pg_monitor, edgesync_admin;
 GRANT SELECT ON edgesync.sync_table TO pg_monitor, edgesync_admin;
 REVOKE EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_table(regclass),
-                           edgesync.add_peer(text, text, text, interval, integer, bigint),
-                           edgesync.alter_peer(text, text, text, interval, integer, bigint),
+                           edgesync.add_peer(text, text, text, interval, integer, bigint, text),
+                           edgesync.alter_peer(text, text, text, interval, integer, bigint, text),
                            edgesync.pause_peer(text), edgesync.resume_peer(text), edgesync._set_peer_paused(text, boolean),
                            edgesync.drop_peer(text), edgesync.sync_now(text, interval),
                            edgesync.hello(text, bigint), edgesync.apply_batch(bytea), edgesync._apply_batch(bytea),
@@ -608,12 +632,12 @@ REVOKE EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_t
                            edgesync.register_edge(text, name), edgesync.drop_edge(text), edgesync._require_edge_login(text),
                            edgesync.reset_edge(text), edgesync._check_edge_identity(text, bigint),
                            edgesync._add_table(regclass, text), edgesync._remove_table(regclass),
-                           edgesync._publish(regclass, name, boolean),
-                           edgesync._add_peer(text, text, text, interval, integer, bigint),
-                           edgesync._alter_peer(text, text, text, interval, integer, bigint) FROM PUBLIC;
+                           edgesync._publish(regclass, name, boolean), edgesync._check_pull_conninfo(text),
+                           edgesync._add_peer(text, text, text, interval, integer, bigint, text),
+                           edgesync._alter_peer(text, text, text, interval, integer, bigint, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_table(regclass),
-                          edgesync.add_peer(text, text, text, interval, integer, bigint),
-                          edgesync.alter_peer(text, text, text, interval, integer, bigint),
+                          edgesync.add_peer(text, text, text, interval, integer, bigint, text),
+                          edgesync.alter_peer(text, text, text, interval, integer, bigint, text),
                           edgesync.pause_peer(text), edgesync.resume_peer(text),
                           edgesync.drop_peer(text), edgesync.sync_now(text, interval),
                           edgesync._api_step(text, oid, text[]),

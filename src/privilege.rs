@@ -186,10 +186,10 @@ impl ApiStep {
             ApiStep::SetConflictPolicy => "SELECT edgesync._set_conflict_policy($1::regclass, $2[1], $2[2]::oid::regproc)",
             ApiStep::DropConflictPolicy => "SELECT edgesync._drop_conflict_policy($1::regclass, $2[1]::boolean)",
             ApiStep::AddPeer => {
-                "SELECT edgesync._add_peer($2[1], $2[2], $2[3], $2[4]::interval, $2[5]::integer, $2[6]::bigint)"
+                "SELECT edgesync._add_peer($2[1], $2[2], $2[3], $2[4]::interval, $2[5]::integer, $2[6]::bigint, $2[7])"
             }
             ApiStep::AlterPeer => {
-                "SELECT edgesync._alter_peer($2[1], $2[2], $2[3], $2[4]::interval, $2[5]::integer, $2[6]::bigint)"
+                "SELECT edgesync._alter_peer($2[1], $2[2], $2[3], $2[4]::interval, $2[5]::integer, $2[6]::bigint, $2[7])"
             }
         }
     }
@@ -204,8 +204,8 @@ impl ApiStep {
                 _require_table_owner(relation)
             }
             ApiStep::AddPeer => _require_superuser_for_conninfo(),
-            // a conninfo given (the second argument) is a new place to connect to
-            ApiStep::AlterPeer if args.get(1).is_some_and(Option::is_some) => _require_superuser_for_conninfo(),
+            // a conninfo or pull_conninfo given (the second or seventh argument) is a new place to connect to
+            ApiStep::AlterPeer if [1, 6].iter().any(|&i| args.get(i).is_some_and(Option::is_some)) => _require_superuser_for_conninfo(),
             ApiStep::AlterPeer => {}
         }
     }

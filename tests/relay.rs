@@ -125,3 +125,32 @@ fn a_position_older_than_the_feed_keeps_is_refused_until_resync() {
     let error: String = edges[0].scalar("SELECT coalesce(last_error, '') FROM edgesync.peers WHERE direction = 'pull'");
     assert!(!error.contains("resync"), "{error}");
 }
+
+#[test]
+fn an_edge_pulls_from_a_standby_of_the_cloud_while_pushing_to_the_primary() {
+    let (mut c, cloud, edges) = star("pull_standby");
+    let standby = c.add_standby("cloud_standby", &cloud, "cloud_standby");
+    edges[0].execute(&format!(
+        "SELECT edgesync.alter_peer('cloud', pull_conninfo => 'host=127.0.0.1 port={} dbname=postgres user=edge1_login connect_timeout=5')",
+        standby.port
+    ));
+    // with the standby's replay paused, edge1 sees nothing new: its pulls go there
+    standby.execute("SELECT pg_wal_replay_pause()");
+    cloud.execute("INSERT INTO public.config VALUES ('currency', 'EUR')");
+    c.wait_for("config on edge2, which pulls from the primary", DEADLINE, || Ok(rows_of(&edges[1], "public.config")?.len() == 1));
+    c.assert_stays("no config on edge1 while the standby does not replay", std::time::Duration::from_secs(3), || {
+        Ok(rows_of(&edges[0], "public.config")?.is_empty())
+    });
+    standby.execute("SELECT pg_wal_replay_resume()");
+    c.wait_for("config on edge1 through the standby", DEADLINE, || Ok(rows_of(&edges[0], "public.config")?.len() == 1));
+    // pushes still go to the primary, and reach edge2 through its feed
+    edges[0].execute("INSERT INTO public.inventory VALUES ('A', 5)");
+    c.wait_for("edge1's row on the cloud and on edge2", DEADLINE, || {
+        Ok(rows_of(&cloud, "public.inventory")?.len() == 1 && rows_of(&edges[1], "public.inventory")?.len() == 1)
+    });
+    let pulls_on_standby: i64 =
+        standby.scalar("SELECT count(*) FROM pg_stat_activity WHERE usename = 'edge1_login' AND application_name = 'edgesync_edge1'");
+    assert_eq!(pulls_on_standby, 1, "edge1 keeps a connection to the standby for its pulls");
+    let workers: i64 = standby.scalar("SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'edgesync f%'");
+    assert_eq!(workers, 0, "a standby runs no feed worker and no forwarder");
+}

@@ -139,6 +139,8 @@ struct PeerConfig {
     /// Pull from the peer's feed: not when the peer also pushes to this
     /// node (it is registered here as an edge), which brings its changes.
     pulls: bool,
+    /// Where pulls go when not to `conninfo` (a hot standby of the peer).
+    pull_conninfo: Option<String>,
 }
 
 /// The peer's settings and this node's name; None when the peer is gone.
@@ -150,7 +152,7 @@ fn load_peer(id: i32) -> Result<Option<(PeerConfig, String)>, String> {
             .select(
                 "SELECT p.name, p.conninfo, p.mode, (extract(epoch FROM p.batch_interval) * 1000)::bigint,
                         p.max_batch_rows, p.max_batch_bytes, p.paused, p.slot_name::text, n.name,
-                        NOT EXISTS (SELECT FROM edgesync.edge e WHERE e.name = p.name)
+                        NOT EXISTS (SELECT FROM edgesync.edge e WHERE e.name = p.name), p.pull_conninfo
                    FROM edgesync.peer p, edgesync.node n WHERE p.id = $1",
                 None,
                 &[id.into()],
@@ -174,6 +176,7 @@ fn load_peer(id: i32) -> Result<Option<(PeerConfig, String)>, String> {
             paused: not_null(r.get::<bool>(7), "edgesync.peer.paused")?,
             slot: not_null(r.get::<String>(8), "edgesync.peer.slot_name")?,
             pulls: not_null(r.get::<bool>(10), "whether the peer pushes here")?,
+            pull_conninfo: r.get::<String>(11).map_err(|e| format!("could not read edgesync.peer.pull_conninfo: {e}"))?,
         };
         Ok(Some((peer, not_null(r.get::<String>(9), "edgesync.node.name")?)))
     })
@@ -295,6 +298,9 @@ struct Forwarder {
     /// This forwarder's slot in `status`.
     index: usize,
     conn: Option<Connection>,
+    /// The connection pulls go through when the peer has a pull conninfo,
+    /// and the conninfo it was opened with.
+    pull_conn: Option<(Connection, String)>,
     /// What the peer said at hello it has applied (0: nothing): a
     /// transaction at or below it is not sent again.
     peer_has: u64,
@@ -317,6 +323,7 @@ impl Forwarder {
             peer_id,
             index,
             conn: None,
+            pull_conn: None,
             peer_has: 0,
             reader: Reader::default(),
             conninfo: String::new(),
@@ -457,6 +464,7 @@ impl Forwarder {
     }
 
     fn disconnect(&mut self) {
+        self.pull_conn = None;
         if self.conn.take().is_some() {
             status::update(self.index, |s| s.connected = false);
         }

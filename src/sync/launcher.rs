@@ -124,11 +124,17 @@ const FEED_WORKER: i32 = 0;
 
 /// Workers that should run, as (id, name): a forwarder per active peer,
 /// and the feed worker while edges are registered here (none while
-/// edgesync is not installed here).
+/// edgesync is not installed here, or on a hot standby).
 fn active_peers() -> Result<Vec<(i32, String)>, String> {
     let installed = Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'edgesync')")
         .map_err(|e| format!("could not check whether edgesync is installed: {e}"))?;
     if installed != Some(true) {
+        return Ok(Vec::new());
+    }
+    // a hot standby pushes nothing and keeps no feed (it may serve pulls,
+    // which are reads); once promoted, the next look starts the workers
+    // SAFETY: reads shared recovery state; any backend may ask at any time.
+    if unsafe { pg_sys::RecoveryInProgress() } {
         return Ok(Vec::new());
     }
     Spi::connect(|client| {

@@ -179,8 +179,8 @@ mod tests {
                 AND NOT has_function_privilege('edgesync_peer', 'edgesync._apply_batch(bytea)', 'EXECUTE')
                 AND NOT has_table_privilege('pg_monitor', 'edgesync.peer', 'SELECT')
                 AND has_table_privilege('pg_monitor', 'edgesync.peers', 'SELECT')
-                AND has_function_privilege('edgesync_admin', 'edgesync.add_peer(text, text, text, interval, integer, bigint)', 'EXECUTE')
-                AND NOT has_function_privilege('public', 'edgesync.add_peer(text, text, text, interval, integer, bigint)', 'EXECUTE')",
+                AND has_function_privilege('edgesync_admin', 'edgesync.add_peer(text, text, text, interval, integer, bigint, text)', 'EXECUTE')
+                AND NOT has_function_privilege('public', 'edgesync.add_peer(text, text, text, interval, integer, bigint, text)', 'EXECUTE')",
         )
         .unwrap();
         assert_eq!(grants, Some(true));

@@ -19,7 +19,8 @@ use crate::model::sync::lsn::{format_lsn, parse_lsn};
 use crate::sync::apply::{self, Direction};
 use crate::sync::launcher::in_transaction;
 use crate::sync::status::{self, Activity};
-use crate::sync::transport::Param;
+use crate::model::node::OBJECT_PREFIX;
+use crate::sync::transport::{Connection, Param};
 
 /// What the cloud answered one pull with.
 struct Answer {
@@ -34,9 +35,7 @@ impl Forwarder {
     /// Pull and apply until the feed holds nothing more for this node.
     /// Returns the rows applied.
     pub(super) fn pull(&mut self, peer: &PeerConfig, node: &str) -> Result<i64, String> {
-        if self.conn.is_none() {
-            self.connect(peer, node)?;
-        }
+        self.pull_connection(peer, node)?;
         status::update(self.index, |s| s.activity = Activity::Pulling as u8);
         let mut position = self.pull_position(peer, node)?;
         let mut received = 0i64;
@@ -65,6 +64,26 @@ impl Forwarder {
         }
     }
 
+    /// The connection pulls go through: the push connection, or one to the
+    /// peer's pull conninfo (a hot standby serves the feed as well, and
+    /// takes no hello: it records nothing).
+    fn pull_connection(&mut self, peer: &PeerConfig, node: &str) -> Result<&mut Connection, String> {
+        let Some(pull_conninfo) = &peer.pull_conninfo else {
+            if self.conn.is_none() {
+                self.connect(peer, node)?;
+            }
+            return self.conn.as_mut().ok_or_else(|| "the connection to the peer was closed".to_string());
+        };
+        if self.pull_conn.as_ref().is_some_and(|(_, opened_with)| opened_with != pull_conninfo) {
+            self.pull_conn = None;
+        }
+        if self.pull_conn.is_none() {
+            let conn = Connection::open(pull_conninfo, &format!("{OBJECT_PREFIX}{node}"), Self::timeout())?;
+            self.pull_conn = Some((conn, pull_conninfo.clone()));
+        }
+        self.pull_conn.as_mut().map(|(conn, _)| conn).ok_or_else(|| "the pull connection was closed".to_string())
+    }
+
     /// Where this node stands in the peer's feed; on its first pull, the
     /// feed's start, recorded as the origin's progress.
     fn pull_position(&mut self, peer: &PeerConfig, node: &str) -> Result<u64, String> {
@@ -72,7 +91,7 @@ impl Forwarder {
         if known > 0 {
             return Ok(known);
         }
-        let conn = self.conn.as_mut().ok_or("the connection to the peer was closed")?;
+        let conn = self.pull_connection(peer, node)?;
         let rows = conn.query("SELECT edgesync.feed_start()::text", &[], Self::timeout())?;
         let start = rows.first().and_then(|r| r.first().cloned().flatten()).as_deref().and_then(parse_lsn);
         let start = start.ok_or_else(|| format!("the peer answered feed_start for {node:?} without a position"))?;
@@ -82,7 +101,7 @@ impl Forwarder {
 
     /// One `pull_batch` call.
     fn ask(&mut self, peer: &PeerConfig, node: &str, after: u64) -> Result<Answer, String> {
-        let conn = self.conn.as_mut().ok_or("the connection to the peer was closed")?;
+        let conn = self.pull_connection(peer, node)?;
         let (after, max_rows, max_bytes) = (format_lsn(after), peer.limits.max_rows.to_string(), peer.limits.max_bytes.to_string());
         let rows = conn.query(
             "SELECT batch, feed_head::text, waiting::text FROM edgesync.pull_batch($1, $2::pg_lsn, $3::int, $4::bigint)",
