@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # edgesync demo: a cloud node, two edge nodes and a read-only edge (a hot
 # standby of the cloud), all on loopback:
-#   edge1, edge2 --(edgesync forwarders: sensor_readings, over "the link")--> cloud
-#   cloud --(native logical: config)--> edge1, edge2
+#   edge1, edge2 --(edgesync forwarders push: sensor_readings, inventory, price; over "the link")--> cloud
+#   cloud --(the edges pull its change feed: config, inventory, price)--> edge1, edge2
 #   cloud --(streaming)--> edge_ro
 # Usage: demo.sh start | stop      (make demo / make demo-stop)
 # Needs PG_CONFIG (a PostgreSQL 18 with edgesync installed) and PG_USER.
@@ -107,45 +107,38 @@ start_node() {
     echo "started $1 on port $(port_of "$1")"
 }
 
-set_link() { # ENABLE | DISABLE the two inventory subscriptions between cloud and edge1
-    psql_on cloud -c "ALTER SUBSCRIPTION store_from_edge1 $1" >/dev/null
-    psql_on edge1 -c "ALTER SUBSCRIPTION store_from_cloud $1" >/dev/null
-    local want; want=$([ "$1" = ENABLE ] && echo true || echo false)
-    for n in cloud edge1; do
-        wait_for "the store subscription on $n to be ${1,,}d" "$n" \
-            "SELECT coalesce(bool_or(worker_pid IS NOT NULL), false) = $want FROM edgesync.subscriptions WHERE name LIKE 'store_from_%'"
-    done
-}
-
-# Retail: a store (edge1) and head office (the cloud) both change inventory
-# and prices while the link is down. Native logical replication both ways
-# (origin = none); edgesync's trigger settles conflicts the same way on both.
+# Retail: two stores (edge1, edge2) and head office (the cloud) change
+# inventory and prices while the link is down. Both tables travel both
+# ways: each store pushes its changes and pulls everyone else's through the
+# cloud's feed; edgesync's trigger settles conflicts the same way everywhere.
 retail_conflicts() {
-    for n in cloud edge1; do
-        psql_on "$n" -c "SELECT edgesync.set_conflict_policy('inventory', 'last_writer_wins');
-                         SELECT edgesync.set_conflict_policy('price', 'manual');
-                         CREATE PUBLICATION store_pub FOR TABLE inventory, price" >/dev/null
+    for n in cloud edge1 edge2; do
+        psql_on "$n" -c "SELECT edgesync.add_table('inventory', sync => 'both');
+                         SELECT edgesync.add_table('price', sync => 'both');
+                         SELECT edgesync.set_conflict_policy('price', 'manual')" >/dev/null
     done
-    psql_on cloud -c "CREATE SUBSCRIPTION store_from_edge1 CONNECTION 'host=127.0.0.1 port=$(port_of edge1) user=postgres dbname=$DB' PUBLICATION store_pub WITH (origin = none, copy_data = false)"
-    psql_on edge1 -c "CREATE SUBSCRIPTION store_from_cloud CONNECTION 'host=127.0.0.1 port=$(port_of cloud) user=postgres dbname=$DB' PUBLICATION store_pub WITH (origin = none, copy_data = false)"
-    set_link ENABLE
     psql_on cloud -c "INSERT INTO inventory VALUES ('sku-1', 10, 'delivered'), ('sku-2', 10, 'delivered');
                       INSERT INTO price VALUES ('sku-1', 1.99), ('sku-2', 4.50)"
-    wait_for "the catalogue at the store" edge1 "SELECT count(*) = 2 FROM price"
+    for e in edge1 edge2; do
+        wait_for "the catalogue at $e" "$e" "SELECT count(*) = 2 FROM price"
+    done
 
-    printf '\n--- the store loses its link; both sides keep working ---\n'
-    set_link DISABLE
+    printf '\n--- the stores lose the link; everyone keeps working ---\n'
+    link_down
     psql_on edge1 -c "UPDATE inventory SET qty = qty - 3, note = 'sold 3 at the till' WHERE sku = 'sku-1';
                       UPDATE price SET price = 1.79 WHERE sku = 'sku-2'"
     psql_on cloud -c "UPDATE inventory SET qty = 40, note = 'restocked by head office' WHERE sku = 'sku-1';
                       UPDATE price SET price = 4.99 WHERE sku = 'sku-2'"
     printf -- '--- the link is back ---\n'
-    set_link ENABLE
-    wait_for "inventory settled on the store" edge1 "SELECT qty = 40 FROM inventory WHERE sku = 'sku-1'"
+    link_up
+    wait_for "inventory settled at store 1" edge1 "SELECT qty = 40 FROM inventory WHERE sku = 'sku-1'"
+    wait_for "inventory settled at store 2, through the cloud" edge2 "SELECT qty = 40 FROM inventory WHERE sku = 'sku-1'"
     wait_for "the price conflict logged at head office" cloud "SELECT count(*) = 1 FROM edgesync.conflicts"
-    wait_for "the price conflict logged at the store" edge1 "SELECT count(*) = 1 FROM edgesync.conflicts"
-    for n in cloud edge1; do
+    wait_for "the price conflict logged at store 1" edge1 "SELECT count(*) = 1 FROM edgesync.conflicts"
+    for n in cloud edge1 edge2; do
         show "inventory after the link healed (last writer wins)" "$n" "SELECT sku, qty, note FROM inventory ORDER BY sku"
+    done
+    for n in cloud edge1; do
         show "conflict_log" "$n" \
             "SELECT id, table_name, key->>'sku' AS sku, conflict_type, resolution, status,
                     local_row->>'qty' AS local_qty, remote_row->>'qty' AS remote_qty, kept_row->>'qty' AS kept_qty,
@@ -155,14 +148,18 @@ retail_conflicts() {
     show "pending conflicts (manual policy on price)" cloud "SELECT id, table_name, key, local_row, remote_row FROM edgesync.conflicts"
     printf '\nHead office takes the store'"'"'s price: SELECT edgesync.resolve_conflict(id, '"'"'apply_remote'"'"')\n'
     psql_on cloud -c "SELECT edgesync.resolve_conflict(id, 'apply_remote') AS kept FROM edgesync.conflicts"
-    wait_for "the resolution at the store" edge1 "SELECT price = 1.79 FROM price WHERE sku = 'sku-2'"
-    printf '\nThe store'"'"'s DBA settles its own log entry: SELECT edgesync.resolve_conflicts('"'"'price'"'"', '"'"'keep_local'"'"')\n'
+    wait_for "the resolution at store 2" edge2 "SELECT price = 1.79 FROM price WHERE sku = 'sku-2'"
+    printf '\nStore 1'"'"'s DBA settles its own log entry: SELECT edgesync.resolve_conflicts('"'"'price'"'"', '"'"'keep_local'"'"')\n'
     psql_on edge1 -c "SELECT edgesync.resolve_conflicts('price', 'keep_local') AS settled"
-    wait_same "price on cloud and store" cloud edge1 \
-        "SELECT string_agg(sku || ':' || price || ':' || edgesync_version::text, ',' ORDER BY sku) FROM price"
-    for n in cloud edge1; do
+    for e in edge1 edge2; do
+        wait_same "price on the cloud and $e" cloud "$e" \
+            "SELECT string_agg(sku || ':' || price || ':' || edgesync_version::text, ',' ORDER BY sku) FROM price"
+    done
+    for n in cloud edge1 edge2; do
         show "price after resolve_conflict" "$n" "SELECT sku, price, edgesync.row_version(edgesync_version) AS version FROM price ORDER BY sku"
     done
+    show "peers of store 2: what it pushed and pulled" edge2 \
+        "SELECT peer, direction, state, rows_sent, rows_received, transactions_received, position, head FROM edgesync.peers ORDER BY direction"
 }
 
 start() {
@@ -198,22 +195,23 @@ SQL
         psql_on "$n" -c "SELECT edgesync.create_node('$n')" >/dev/null
     done
 
-    # cloud -> edges: configuration (native logical replication)
-    psql_on cloud -c "CREATE PUBLICATION config_pub FOR TABLE config"
-    psql_on cloud -c "INSERT INTO config VALUES ('sample_interval', '10s'), ('alert_threshold', '80')"
-    for e in edge1 edge2; do
-        psql_on "$e" -c "CREATE SUBSCRIPTION config_for_$e CONNECTION 'host=127.0.0.1 port=$(port_of cloud) user=postgres dbname=$DB' PUBLICATION config_pub"
-    done
-    # edges -> cloud: readings, pushed by edgesync's forwarders (the edge dials the cloud)
+    # edges -> cloud: readings, pushed by edgesync's forwarders (the edge
+    # dials the cloud); cloud -> edges: configuration, pulled from the
+    # cloud's change feed in the same rounds
     link_up
     psql_on cloud -c "CREATE ROLE edge_login LOGIN; GRANT edgesync_peer TO edge_login;
                       SELECT edgesync.register_edge('edge1', 'edge_login'); SELECT edgesync.register_edge('edge2', 'edge_login');
-                      SELECT edgesync.add_table('sensor_readings', sync => 'up')" >/dev/null
+                      SELECT edgesync.add_table('sensor_readings', sync => 'up');
+                      SELECT edgesync.add_table('config', sync => 'down')" >/dev/null
     for e in edge1 edge2; do
-        psql_on "$e" -c "SELECT edgesync.add_table('sensor_readings', sync => 'up')" >/dev/null
+        psql_on "$e" -c "SELECT edgesync.add_table('sensor_readings', sync => 'up');
+                         SELECT edgesync.add_table('config', sync => 'down')" >/dev/null
         # its own transaction: a slot cannot be created in one that already wrote
         psql_on "$e" -c "SELECT edgesync.add_peer('cloud', 'host=127.0.0.1 port=$(port_of link) dbname=$DB user=edge_login connect_timeout=5', mode => 'realtime')" >/dev/null
+        # a new edge starts at the feed's head: wait for its first pull before writing what it must get
+        wait_for "$e's first pull" "$e" "SELECT position IS NOT NULL FROM edgesync.peers WHERE direction = 'pull'"
     done
+    psql_on cloud -c "INSERT INTO config VALUES ('sample_interval', '10s'), ('alert_threshold', '80')"
 
     # the read-only edge: a hot standby of the cloud
     as_pg "$BINDIR/pg_basebackup" -h 127.0.0.1 -p "$(port_of cloud)" -U postgres -D "$DEMO_DIR/edge_ro" -R -X stream -C -S edge_ro_slot --no-sync
@@ -280,9 +278,8 @@ SQL
         "SELECT slot_name, slot_type, active, retained_wal_bytes, pending_bytes, wal_status, pg_size_pretty(safe_wal_size) AS safe_wal_size, disk_at_risk FROM edgesync.replication_slots ORDER BY 1"
     show "replication slots" edge1 \
         "SELECT slot_name, slot_type, active, retained_wal_bytes, pending_bytes, wal_status, disk_at_risk FROM edgesync.replication_slots ORDER BY 1"
-    show "subscriptions (config, native)" edge1 \
-        "SELECT name, enabled, worker_pid IS NOT NULL AS worker, received_lsn, round(seconds_since_last_message::numeric, 1) AS last_msg_s,
-                apply_error_count, confl_insert_exists, confl_update_origin_differs FROM edgesync.subscriptions ORDER BY 1"
+    show "peers: edge1 pushes readings and pulls config" edge1 \
+        "SELECT peer, direction, state, rows_sent, rows_received, position, head, pending_bytes FROM edgesync.peers ORDER BY direction"
     printf '\n(health with edgesync.lag_warning_bytes = 1MB so that the paused standby shows)\n'
     show "health" cloud \
         "SET edgesync.lag_warning_bytes = '1MB'; SELECT component, object, status, metric, value, threshold, detail FROM edgesync.health ORDER BY array_position(array['critical','warning','ok'], status), component, object, metric"

@@ -84,8 +84,8 @@ fn define_forwarder_settings() {
     }
     GucRegistry::define_string_guc(
         c"edgesync.fault_point",
-        c"For fault-injection tests: a point where forwarders hold still (before_send, before_advance).",
-        c"Leave empty in production. A forwarder reaching the named point waits there, showing state 'held', until the setting changes.",
+        c"For fault-injection tests: a point where forwarders or the feed worker hold still.",
+        c"Leave empty in production. before_send, before_advance, pull_before_apply, pull_after_apply: forwarders (state held); feed_before_write, feed_before_advance: the feed worker. Each waits there until the setting changes.",
         &FAULT_POINT,
         GucContext::Sighup,
         GucFlags::default(),

@@ -2,7 +2,7 @@
 //! leave behind. A peer's replication slot outlives the extension (slots
 //! are not database objects) and would hold WAL until the disk fills, so
 //! dropping the extension while peers exist is refused with the way out.
-//! The `edgesync_up` publication is not an extension member either: it is
+//! The `edgesync_up` and `edgesync_down` publications are not extension members either: they are
 //! dropped with the extension (transactionally: a failed drop keeps it).
 //! (Dropped tables are forgotten by the `sql_drop` event trigger in
 //! `sql/lifecycle.sql`.)
@@ -40,8 +40,9 @@ pub unsafe extern "C-unwind" fn edgesync_guard_drop_extension(fcinfo: pg_sys::Fu
     // `drops_edgesync` checks by node tag before reading it.
     if unsafe { drops_edgesync((*fcinfo).context) } {
         refuse_while_peers_hold_slots();
-        Spi::run("DROP PUBLICATION IF EXISTS edgesync_up")
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: dropping publication edgesync_up failed: {e}")));
+        Spi::run("DROP PUBLICATION IF EXISTS edgesync_up, edgesync_down").unwrap_or_else(|e| {
+            raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: dropping publications edgesync_up and edgesync_down failed: {e}"))
+        });
     }
     pg_sys::Datum::from(0)
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Node, DEADLINE};
+use common::{kill9_pid, set_fault_point, Cluster, Node, DEADLINE};
 
 /// A generous deadline for draining 100k-row backlogs on a slow machine.
 const DRAIN: Duration = Duration::from_secs(240);
@@ -136,19 +136,6 @@ fn an_outage_drains_when_the_cloud_returns() {
     wait_arrived(&c, &cloud, e, DRAIN);
     c.wait_for("the peer to recover", DEADLINE, || Ok(peer_field(e, "consecutive_failures")? == "0"));
     assert_eq!(readings_of(&cloud, &e.name).unwrap().0, 21_000);
-}
-
-fn kill9_pid(pid: i32) {
-    let ok = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().map(|s| s.success()).unwrap_or(false);
-    assert!(ok, "kill -9 {pid}");
-}
-
-fn set_fault_point(n: &Node, point: Option<&str>) {
-    match point {
-        Some(p) => n.execute(&format!("ALTER SYSTEM SET edgesync.fault_point = '{p}'")),
-        None => n.execute("ALTER SYSTEM RESET edgesync.fault_point"),
-    }
-    n.execute("SELECT pg_reload_conf()");
 }
 
 /// The confirmed position of the edge's slot for the cloud.

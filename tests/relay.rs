@@ -5,55 +5,8 @@
 
 mod common;
 
-use common::{Cluster, Node, DEADLINE};
-
-const CONFIG: &str = "CREATE TABLE public.config (key text PRIMARY KEY, value text NOT NULL)";
-const INVENTORY: &str = "CREATE TABLE public.inventory (sku text PRIMARY KEY, qty int NOT NULL)";
-
-/// A cloud and two edges, each logging in as its own role; `config` goes
-/// down, `inventory` both ways. Returns once each edge has pulled once.
-fn star(test: &str) -> (Cluster, Node, Vec<Node>) {
-    let mut c = Cluster::new(test);
-    let cloud = c.add_node("cloud", &[]);
-    cloud.execute(&format!(
-        "CREATE EXTENSION edgesync; SELECT edgesync.create_node('cloud', 100); {CONFIG}; {INVENTORY};
-         SELECT edgesync.add_table('public.config', sync => 'down');
-         SELECT edgesync.add_table('public.inventory', sync => 'both');"
-    ));
-    let mut edges = Vec::new();
-    for i in 1..=2 {
-        let name = format!("edge{i}");
-        cloud.execute(&format!("CREATE ROLE {name}_login LOGIN IN ROLE edgesync_peer"));
-        cloud.execute(&format!("SELECT edgesync.register_edge('{name}', '{name}_login')"));
-        let e = c.add_node(&name, &[]);
-        e.execute(&format!(
-            "CREATE EXTENSION edgesync; SELECT edgesync.create_node('{name}', {i}); {CONFIG}; {INVENTORY};
-             SELECT edgesync.add_table('public.config', sync => 'down');
-             SELECT edgesync.add_table('public.inventory', sync => 'both');"
-        ));
-        edges.push(e);
-    }
-    c.wait_for("the cloud's feed slot", DEADLINE, || {
-        Ok(cloud.try_query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'edgesync_feed'")?.len() == 1)
-    });
-    for e in &edges {
-        e.execute(&format!(
-            "SELECT edgesync.add_peer('cloud', 'host=127.0.0.1 port={} dbname=postgres user={}_login connect_timeout=5')",
-            cloud.port, e.name
-        ));
-        c.wait_for(&format!("{}'s first pull", e.name), DEADLINE, || {
-            Ok(e.try_query("SELECT 1 FROM edgesync.peers WHERE direction = 'pull' AND position IS NOT NULL")?.len() == 1)
-        });
-    }
-    (c, cloud, edges)
-}
-
-/// The rows of `table` as text (row versions left out: they are compared apart).
-fn rows_of(n: &Node, table: &str) -> Result<Vec<String>, String> {
-    let columns = if table == "public.inventory" { "sku, qty" } else { "key, value" };
-    let rows = n.try_query(&format!("SELECT ({columns})::text FROM {table} ORDER BY 1"))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
+use common::star::{rows_of, star};
+use common::{kill9_pid, set_fault_point, Cluster, Node, DEADLINE};
 
 fn pulled(e: &Node, column: &str) -> i64 {
     e.scalar(&format!("SELECT {column} FROM edgesync.peers WHERE direction = 'pull'"))
@@ -153,4 +106,113 @@ fn an_edge_pulls_from_a_standby_of_the_cloud_while_pushing_to_the_primary() {
     assert_eq!(pulls_on_standby, 1, "edge1 keeps a connection to the standby for its pulls");
     let workers: i64 = standby.scalar("SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'edgesync f%'");
     assert_eq!(workers, 0, "a standby runs no feed worker and no forwarder");
+}
+
+/// Who is killed at a fault point.
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    /// The worker held at the point (an edge's forwarder, or the cloud's feed worker).
+    Worker,
+    /// The server the worker runs on.
+    ItsServer,
+    /// The server on the other side.
+    OtherServer,
+}
+
+/// Write `count` config rows on the cloud in one transaction, keys from `first`.
+fn write_config(cloud: &Node, first: i64, count: i64) {
+    cloud.execute(&format!("INSERT INTO public.config SELECT 'k' || g, 'v' || g FROM generate_series({first}, {} - 1) g", first + count));
+}
+
+/// Kill `victim` while `holder`'s worker is held; `worker_pid` finds the
+/// held worker's pid on `holder`.
+fn kill(c: &Cluster, holder: &Node, other: &Node, victim: Victim, worker_pid: &str) {
+    match victim {
+        Victim::Worker => {
+            let pid: i32 = holder.scalar(worker_pid);
+            let launcher = || -> Result<i32, String> {
+                let r = holder.try_query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'edgesync launcher'")?;
+                r.first().map(|row| row.get(0)).ok_or_else(|| "no launcher".to_string())
+            };
+            let before = launcher().unwrap();
+            kill9_pid(pid);
+            // a crashed worker makes the postmaster restart every backend
+            c.wait_for("the server restarted after the crash", DEADLINE, || Ok(launcher()? != before));
+        }
+        Victim::ItsServer => {
+            c.kill9(holder);
+            c.start(holder);
+        }
+        Victim::OtherServer => {
+            c.kill9(other);
+            c.start(other);
+        }
+    }
+}
+
+/// Every config row of the cloud on `e`, each applied once (a second
+/// apply of an insert is logged there as insert_exists).
+fn wait_config_once(c: &Cluster, cloud: &Node, e: &Node, what: &str) {
+    c.wait_for(&format!("{what}: config on {}", e.name), DEADLINE, || Ok(rows_of(e, "public.config")? == rows_of(cloud, "public.config")?));
+    e.execute("SELECT edgesync.sync_now('cloud')");
+    let twice: i64 = e.scalar("SELECT count(*) FROM edgesync.conflict_log WHERE table_name = 'config'");
+    assert_eq!(twice, 0, "{what}: a change applied twice on {}", e.name);
+    assert_eq!(rows_of(e, "public.config").unwrap(), rows_of(cloud, "public.config").unwrap(), "{what}");
+}
+
+/// kill -9 at each point of a pull, of the edge's forwarder, the edge and
+/// the cloud: every change arrives, once.
+#[test]
+fn kill9_at_every_point_of_a_pull_loses_and_doubles_nothing() {
+    let (c, cloud, edges) = star("kill9_pull");
+    let e = &edges[0];
+    let mut next = 1i64;
+    for point in ["pull_before_apply", "pull_after_apply"] {
+        for victim in [Victim::Worker, Victim::ItsServer, Victim::OtherServer] {
+            let what = format!("{point} / {victim:?}");
+            set_fault_point(e, Some(point));
+            write_config(&cloud, next, 100);
+            next += 100;
+            c.wait_for(&format!("{what}: forwarder held"), DEADLINE, || {
+                Ok(e.try_query("SELECT 1 FROM edgesync.peers WHERE direction = 'pull' AND state = 'held'")?.len() == 1)
+            });
+            let held_with: usize = rows_of(e, "public.config").unwrap().len();
+            let expected = if point == "pull_before_apply" { (next - 101) as usize } else { (next - 1) as usize };
+            assert_eq!(held_with, expected, "{what}: the batch is applied only after pull_before_apply");
+            kill(&c, e, &cloud, victim, "SELECT worker_pid FROM edgesync.peers WHERE direction = 'pull'");
+            set_fault_point(e, None);
+            wait_config_once(&c, &cloud, e, &what);
+        }
+    }
+    wait_config_once(&c, &cloud, &edges[1], "the other edge");
+}
+
+/// kill -9 at each point of the feed worker, of the worker and of the
+/// cloud: the feed holds every transaction once, and the edges get each once.
+#[test]
+fn kill9_at_every_point_of_the_feed_loses_and_doubles_nothing() {
+    let (c, cloud, edges) = star("kill9_feed");
+    let mut next = 1i64;
+    for point in ["feed_before_write", "feed_before_advance"] {
+        for victim in [Victim::Worker, Victim::ItsServer] {
+            let what = format!("{point} / {victim:?}");
+            set_fault_point(&cloud, Some(point));
+            write_config(&cloud, next, 100);
+            next += 100;
+            let held = |cloud: &Node| -> Result<bool, String> {
+                Ok(cloud.try_query(&format!("SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query = 'edgesync feed: held at {point}'"))?.len() == 1)
+            };
+            c.wait_for(&format!("{what}: feed worker held"), DEADLINE, || held(&cloud));
+            let in_feed: i64 = cloud.scalar("SELECT count(*) FROM edgesync.feed WHERE 'public.config' = ANY (tables)");
+            let expected = if point == "feed_before_write" { (next - 1) / 100 - 1 } else { (next - 1) / 100 };
+            assert_eq!(in_feed, expected, "{what}: the transaction is in the feed only after feed_before_write");
+            kill(&c, &cloud, &edges[0], victim, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'edgesync feed'");
+            set_fault_point(&cloud, None);
+            for e in &edges {
+                wait_config_once(&c, &cloud, e, &what);
+            }
+            let in_feed: i64 = cloud.scalar("SELECT count(*) FROM edgesync.feed WHERE 'public.config' = ANY (tables)");
+            assert_eq!(in_feed, (next - 1) / 100, "{what}: each transaction once in the feed");
+        }
+    }
 }

@@ -158,6 +158,6 @@ fn drop_extension_leaves_no_slot_publication_or_rows_behind() {
     edge.execute("SELECT edgesync.drop_peer('cloud')");
     edge.execute("DROP EXTENSION edgesync");
     assert_eq!(edge.scalar::<i64>("SELECT count(*) FROM pg_replication_slots"), 0);
-    assert_eq!(edge.scalar::<i64>("SELECT count(*) FROM pg_publication"), 0, "the edgesync_up publication went with it");
+    assert_eq!(edge.scalar::<i64>("SELECT count(*) FROM pg_publication"), 0, "the edgesync_up and edgesync_down publications went with it");
     edge.execute("CREATE EXTENSION edgesync");
 }

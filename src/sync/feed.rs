@@ -46,6 +46,9 @@ use crate::sync::status::wait_on_latch;
 
 /// The feed's replication slot on the cloud.
 pub const FEED_SLOT: &str = "edgesync_feed";
+/// The channel the feed worker notifies when it wrote new transactions;
+/// realtime edges listen on it instead of asking every second.
+pub const FEED_CHANNEL: &str = "edgesync_feed";
 /// How long an idle feed worker sleeps before it looks for new WAL.
 const FEED_POLL: Duration = Duration::from_millis(50);
 /// How long it waits after a failed turn.
@@ -128,13 +131,34 @@ impl FeedWorker {
         let done_to = if peek.complete { peek.upto.max(last_read) } else { last_read };
         if !peek.txns.is_empty() {
             let rows = peek.txns.into_iter().map(|t| FeedRow::of(t, node)).collect::<Result<Vec<_>, _>>()?;
+            hold_at("feed_before_write");
             in_transaction(|| write_rows(&rows))?;
+            hold_at("feed_before_advance");
         }
         if done_to > 0 {
             in_transaction(|| capture::advance(FEED_SLOT, done_to))?;
         }
         Ok(if peek.complete { Turn::Idle } else { Turn::More })
     }
+}
+
+/// Hold still while `edgesync.fault_point` names `point` (fault-injection
+/// tests), showing it in `pg_stat_activity.query`.
+fn hold_at(point: &str) {
+    let armed = || guc::FAULT_POINT.get().is_some_and(|p| p.to_bytes() == point.as_bytes());
+    if !armed() {
+        return;
+    }
+    let Ok(shown) = std::ffi::CString::new(format!("edgesync feed: held at {point}")) else { return };
+    // SAFETY: `shown` is NUL-terminated and outlives the call (PostgreSQL copies it).
+    unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, shown.as_ptr()) };
+    while armed() {
+        wait_on_latch(Duration::from_millis(50));
+        super::forwarder::reload_config_if_asked();
+    }
+    // the text stays in pg_stat_activity unless replaced: with an empty one
+    // SAFETY: a static NUL-terminated string (PostgreSQL copies it).
+    unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, c"".as_ptr()) };
 }
 
 /// This node's name while any edge is registered (None: the feed is not wanted).
@@ -251,6 +275,8 @@ fn write_rows(rows: &[FeedRow]) -> Result<(), String> {
                 ],
             )?;
         }
+        // delivered at commit, to the edges listening (on this server)
+        client.update("SELECT pg_catalog.pg_notify($1, '')", None, &[FEED_CHANNEL.into()])?;
         Ok::<_, pgrx::spi::Error>(())
     })
     .map_err(|e| format!("could not write the feed: {e}"))

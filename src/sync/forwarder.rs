@@ -372,12 +372,15 @@ impl Forwarder {
             self.disconnect();
         }
         let slot = status::read(self.index);
+        let (listening, feed_news) = self.feed_news(&peer);
         let observed = Observed {
             now_ms: now_ms(),
             pending_bytes: backlog.pending,
             last_round_ms: self.last_round_ms,
             sync_requested: slot.rounds_requested > slot.rounds_done,
             failures: self.failures,
+            feed_news,
+            listening,
         };
         Ok(Some(Wake { peer, node, observed, rounds_requested: slot.rounds_requested }))
     }

@@ -17,6 +17,12 @@ pub struct PGresult {
     _private: [u8; 0],
 }
 
+/// A notification (`LISTEN`) libpq received; only counted and freed here.
+#[repr(C)]
+pub struct PGnotify {
+    _private: [u8; 0],
+}
+
 /// One conninfo keyword and its value, as `PQconninfo` and
 /// `PQconninfoParse` return them (an array ended by a NULL keyword).
 #[repr(C)]
@@ -86,4 +92,5 @@ unsafe extern "C" {
     pub fn PQconninfo(conn: *mut PGconn) -> *mut PQconninfoOption;
     pub fn PQconninfoFree(options: *mut PQconninfoOption);
     pub fn PQfreemem(ptr: *mut c_void);
+    pub fn PQnotifies(conn: *mut PGconn) -> *mut PGnotify;
 }

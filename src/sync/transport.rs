@@ -114,6 +114,8 @@ impl<'a> WireParam<'a> {
 pub struct Connection {
     /// Never NULL; owned: finished on drop.
     conn: *mut PGconn,
+    /// The session has run `LISTEN` (`listen`).
+    listening: bool,
 }
 
 impl Drop for Connection {
@@ -226,7 +228,7 @@ impl Connection {
         if conn.is_null() {
             return Err("out of memory starting a connection".to_string());
         }
-        let c = Connection { conn };
+        let c = Connection { conn, listening: false };
         // SAFETY: `conn` is not NULL and owned by `c`.
         if unsafe { PQstatus(c.conn) } == CONNECTION_BAD {
             return Err(c.error());
@@ -280,6 +282,34 @@ impl Connection {
             PQconninfoFree(options);
         }
         found.map(|s| Duration::from_secs(s.max(LIBPQ_MIN_CONNECT_TIMEOUT_SECS)))
+    }
+
+    /// Listen for notifications on `channel` (a name edgesync chose: not
+    /// quoted); false when the peer cannot (a hot standby takes no LISTEN).
+    pub fn listen(&mut self, channel: &str, timeout: Duration) -> bool {
+        self.listening = self.query(&format!("LISTEN {channel}"), &[], timeout).is_ok();
+        self.listening
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.listening
+    }
+
+    /// Whether a notification (`LISTEN`) arrived since the last call: reads
+    /// what the socket holds, without waiting. Only between statements.
+    pub fn notified(&mut self) -> Result<bool, String> {
+        self.consume_input()?;
+        let mut any = false;
+        loop {
+            // SAFETY: a live connection owned by `self`, with no statement running.
+            let notice = unsafe { PQnotifies(self.conn) };
+            if notice.is_null() {
+                return Ok(any);
+            }
+            // SAFETY: a notification PQnotifies handed over, freed once, as libpq asks.
+            unsafe { PQfreemem(notice.cast()) };
+            any = true;
+        }
     }
 
     /// Run one statement; returns its rows as text. `timeout` bounds the

@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod link;
+pub mod star;
 #[allow(unused_imports)] // not every test file puts a link between nodes
 pub use link::Link;
 
@@ -46,6 +47,21 @@ fn pg_bindir() -> PathBuf {
 
 fn running_as_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// kill -9 one process (a worker; the postmaster then restarts every backend).
+pub fn kill9_pid(pid: i32) {
+    let ok = Command::new("kill").args(["-9", &pid.to_string()]).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "kill -9 {pid}");
+}
+
+/// Make edgesync's workers on `n` hold at `point` (`edgesync.fault_point`), or no longer.
+pub fn set_fault_point(n: &Node, point: Option<&str>) {
+    match point {
+        Some(p) => n.execute(&format!("ALTER SYSTEM SET edgesync.fault_point = '{p}'")),
+        None => n.execute("ALTER SYSTEM RESET edgesync.fault_point"),
+    }
+    n.execute("SELECT pg_reload_conf()");
 }
 
 /// A free TCP port on 127.0.0.1 (the kernel picks it; the listener is dropped at once).

@@ -11,8 +11,9 @@
 //!   any ──pause──► Paused ──resume──► Idle
 //! ```
 //! A round (connect if needed, push, then pull from the peer's feed) is
-//! due: in `realtime` as soon as WAL waits to be read, and every
-//! `REALTIME_PULL_POLL` to look at the feed; in `batch` when the interval
+//! due: in `realtime` as soon as WAL waits to be read or the peer notifies
+//! that its feed has news, and every `REALTIME_PULL_POLL` (while it cannot
+//! listen) to look at the feed; in `batch` when the interval
 //! passed or a batch worth of WAL waits; in `on_demand` only when asked
 //! (`sync_now`); `sync_now` makes a round due in every mode. Failures back off
 //! exponentially, capped, with jitter so that thousands of edges do not
@@ -77,6 +78,11 @@ pub struct Observed {
     pub sync_requested: bool,
     /// Consecutive failed rounds, this one included when the event is `Failed`.
     pub failures: u32,
+    /// The peer told (a notification on the pull connection) that its feed
+    /// has something new.
+    pub feed_news: bool,
+    /// The pull connection listens for the feed's notifications.
+    pub listening: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,8 +107,12 @@ pub enum Action {
 /// How long an idle realtime forwarder may sleep before it looks for new WAL.
 pub const REALTIME_POLL: Duration = Duration::from_millis(50);
 /// How often an idle realtime forwarder asks the peer's feed for changes
-/// (one short query; the feed answers from an index).
+/// when it cannot listen for them (a hot standby takes no LISTEN): one
+/// short query, which the feed answers from an index.
 pub const REALTIME_PULL_POLL: Duration = Duration::from_secs(1);
+/// How often it asks anyway while it listens (a notification lost with a
+/// connection is caught up on by then).
+pub const REALTIME_PULL_POLL_LISTENING: Duration = Duration::from_secs(30);
 
 fn round_due(mode: Mode, o: &Observed) -> bool {
     if o.sync_requested {
@@ -110,7 +120,10 @@ fn round_due(mode: Mode, o: &Observed) -> bool {
     }
     let elapsed = |interval: Duration| o.last_round_ms.is_none_or(|t| o.now_ms.saturating_sub(t) >= interval.as_millis() as u64);
     match mode {
-        Mode::Realtime => o.pending_bytes > 0 || elapsed(REALTIME_PULL_POLL),
+        Mode::Realtime => {
+            let poll = if o.listening { REALTIME_PULL_POLL_LISTENING } else { REALTIME_PULL_POLL };
+            o.pending_bytes > 0 || o.feed_news || elapsed(poll)
+        }
         Mode::OnDemand => false,
         // every interval, to pull if nothing is to be pushed
         Mode::Batch { interval, max_bytes } => (o.pending_bytes > 0 && o.pending_bytes >= max_bytes) || elapsed(interval),
@@ -161,7 +174,7 @@ mod tests {
     use super::*;
 
     fn at(now_ms: u64, pending_bytes: u64) -> Observed {
-        Observed { now_ms, pending_bytes, last_round_ms: Some(0), sync_requested: false, failures: 0 }
+        Observed { now_ms, pending_bytes, last_round_ms: Some(0), ..Observed::default() }
     }
 
     fn batch() -> Mode {
@@ -187,6 +200,9 @@ mod tests {
         assert!(due(Mode::Realtime, at(10, 1)));
         assert!(!due(Mode::Realtime, at(10, 0)));
         assert!(due(Mode::Realtime, at(1_000, 0)), "time to look at the peer's feed");
+        assert!(due(Mode::Realtime, Observed { feed_news: true, listening: true, ..at(10, 0) }), "the peer told of news");
+        assert!(!due(Mode::Realtime, Observed { listening: true, ..at(1_000, 0) }), "listening: no need to ask");
+        assert!(due(Mode::Realtime, Observed { listening: true, ..at(30_000, 0) }), "but now and then all the same");
         assert!(!due(batch(), at(10, 5)), "batch waits for the interval");
         assert!(due(batch(), at(60_000, 5)), "the interval passed");
         assert!(due(batch(), at(10, 1 << 20)), "the batch is full");

@@ -20,6 +20,8 @@ use crate::sync::apply::{self, Direction};
 use crate::sync::launcher::in_transaction;
 use crate::sync::status::{self, Activity};
 use crate::model::node::OBJECT_PREFIX;
+use crate::model::sync::forwarder::Mode;
+use crate::sync::feed::FEED_CHANNEL;
 use crate::sync::transport::{Connection, Param};
 
 /// What the cloud answered one pull with.
@@ -35,7 +37,11 @@ impl Forwarder {
     /// Pull and apply until the feed holds nothing more for this node.
     /// Returns the rows applied.
     pub(super) fn pull(&mut self, peer: &PeerConfig, node: &str) -> Result<i64, String> {
-        self.pull_connection(peer, node)?;
+        let conn = self.pull_connection(peer, node)?;
+        if matches!(peer.mode, Mode::Realtime) && !conn.is_listening() {
+            // told when the feed has news instead of asking every second
+            conn.listen(FEED_CHANNEL, Self::timeout());
+        }
         status::update(self.index, |s| s.activity = Activity::Pulling as u8);
         let mut position = self.pull_position(peer, node)?;
         let mut received = 0i64;
@@ -46,7 +52,9 @@ impl Forwarder {
                 return Ok(received);
             };
             let encoded = decode_hex_bytea(&hex)?;
+            self.hold_at("pull_before_apply");
             let (reached, rows, transactions) = apply_pulled(&encoded, &peer.name)?;
+            self.hold_at("pull_after_apply");
             received += rows;
             status::update(self.index, |s| {
                 s.rows_received += rows;
@@ -60,6 +68,26 @@ impl Forwarder {
             position = reached;
             if position >= answer.feed_head {
                 return Ok(received);
+            }
+        }
+    }
+
+    /// Whether the pull connection listens for the feed's news, and whether
+    /// news came: read from what its socket holds, without waiting. A
+    /// broken link is dropped here; the next round finds out why.
+    pub(super) fn feed_news(&mut self, peer: &PeerConfig) -> (bool, bool) {
+        let conn = match (&peer.pull_conninfo, &mut self.pull_conn, &mut self.conn) {
+            (Some(_), Some((conn, _)), _) | (None, _, Some(conn)) => conn,
+            _ => return (false, false),
+        };
+        if !conn.is_listening() {
+            return (false, false);
+        }
+        match conn.notified() {
+            Ok(news) => (true, news),
+            Err(_) => {
+                self.disconnect();
+                (false, true)
             }
         }
     }
