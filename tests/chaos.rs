@@ -51,27 +51,33 @@ fn statement(rng: &mut Rng) -> String {
     }
 }
 
-/// Something that goes wrong between two transactions.
-fn upset(rng: &mut Rng, c: &Cluster, cloud: &Node, edges: &[Node], links: &[Link], cloud_restarted: &mut bool) {
+/// Something that goes wrong between two transactions, if any: what it was.
+fn upset(rng: &mut Rng, c: &Cluster, cloud: &Node, edges: &[Node], links: &[Link], cloud_restarted: &mut bool) -> Option<&'static str> {
     match rng.below(100) {
         0..=3 => {
             let link = &links[rng.below(links.len() as u64) as usize];
-            if link.is_cut() { link.heal() } else { link.cut() }
+            if link.is_cut() {
+                link.heal();
+                Some("link healed")
+            } else {
+                link.cut();
+                Some("link cut")
+            }
         }
         4 => {
             let e = &edges[rng.below(edges.len() as u64) as usize];
-            if let Ok(rows) = e.try_query("SELECT worker_pid FROM edgesync.peers WHERE direction = 'push' AND worker_pid IS NOT NULL") {
-                if let Some(pid) = rows.first().map(|r| r.get::<_, i32>(0)) {
-                    kill9_pid(pid);
-                    wait_up(c, e);
-                }
-            }
+            let rows = e.try_query("SELECT worker_pid FROM edgesync.peers WHERE direction = 'push' AND worker_pid IS NOT NULL").ok()?;
+            let pid = rows.first().map(|r| r.get::<_, i32>(0))?;
+            kill9_pid(pid);
+            wait_up(c, e);
+            Some("forwarder killed")
         }
         5 if !*cloud_restarted => {
             c.restart(cloud);
             *cloud_restarted = true;
+            Some("cloud restarted")
         }
-        _ => {}
+        _ => None,
     }
 }
 
@@ -80,8 +86,9 @@ fn wait_up(c: &Cluster, n: &Node) {
     c.wait_for(&format!("{} back", n.name), DEADLINE, || Ok(n.try_query("SELECT 1").is_ok_and(|r| r.len() == 1)));
 }
 
-/// A session per node, opened again after the node restarted.
-struct Sessions(Vec<Option<Client>>);
+/// A session per node, opened again after the node restarted, and how many
+/// transactions committed and failed.
+struct Sessions(Vec<Option<Client>>, usize, usize);
 
 impl Sessions {
     /// Run one transaction on `n` (the `i`th node); a node restarting after
@@ -91,9 +98,15 @@ impl Sessions {
         if self.0[i].as_ref().is_none_or(Client::is_closed) {
             self.0[i] = n.try_connect().ok();
         }
-        let Some(client) = self.0[i].as_mut() else { return };
+        let Some(client) = self.0[i].as_mut() else {
+            self.2 += 1;
+            return;
+        };
         if client.batch_execute(&format!("BEGIN; {}; COMMIT", statements.join("; "))).is_err() {
             self.0[i] = None;
+            self.2 += 1;
+        } else {
+            self.1 += 1;
         }
     }
 }
@@ -125,18 +138,24 @@ fn chaos(seed: u64) {
     let (c, cloud, edges, links) = star_via(&format!("chaos{seed}"), true);
     let mut rng = Rng(seed);
     let mut cloud_restarted = false;
-    let mut sessions = Sessions((0..3).map(|_| None).collect());
+    let mut sessions = Sessions((0..3).map(|_| None).collect(), 0, 0);
+    let mut upsets: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for _ in 0..TRANSACTIONS {
         let statements: Vec<String> = (0..=rng.below(4)).map(|_| statement(&mut rng)).collect();
         match rng.below(3) as usize {
             0 => sessions.run(0, &cloud, &statements),
             i => sessions.run(i, &edges[i - 1], &statements),
         }
-        upset(&mut rng, &c, &cloud, &edges, &links, &mut cloud_restarted);
+        if let Some(what) = upset(&mut rng, &c, &cloud, &edges, &links, &mut cloud_restarted) {
+            *upsets.entry(what).or_insert(0) += 1;
+        }
     }
     if !cloud_restarted {
         c.restart(&cloud);
     }
+    let (committed, failed) = (sessions.1, sessions.2);
+    // only a node restarting after a crash refuses a transaction
+    assert!(committed >= TRANSACTIONS * 9 / 10, "seed {seed}: {committed} transactions committed, {failed} failed");
     links.iter().for_each(Link::heal);
     c.wait_for(&format!("seed {seed}: the three nodes converge"), CONVERGE, || converged(&cloud, &edges));
     let nodes = [&cloud, &edges[0], &edges[1]];
@@ -148,7 +167,13 @@ fn chaos(seed: u64) {
         let blocked: i64 = n.scalar("SELECT count(*) FROM edgesync.peers WHERE blocked_lsn IS NOT NULL");
         assert_eq!(blocked, 0, "seed {seed}: no transaction blocked on {}", n.name);
     }
-    println!("seed {seed}: converged, {logged} conflicts logged, {} bytes through the links", links.iter().map(Link::bytes).sum::<u64>());
+    let rows: i64 = cloud.scalar("SELECT count(*) FROM public.inventory");
+    println!(
+        "seed {seed}: {committed} transactions committed ({failed} refused by a restarting node), converged on {rows} rows, \
+         {logged} conflicts logged, {} bytes through the links; {upsets:?}",
+        links.iter().map(Link::bytes).sum::<u64>()
+    );
+    assert!(upsets.get("link cut").is_some_and(|&n| n > 0) && upsets.contains_key("forwarder killed"), "seed {seed}: {upsets:?}");
 }
 
 #[test]
