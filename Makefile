@@ -68,7 +68,7 @@ test-integration: install-pg18
 
 test-integration-pg15: install-pg15
 	EDGESYNC_PG_CONFIG=$(PG15_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \
-		cargo test --no-default-features --features "pg15 integration" --test forwarder -- --test-threads=1
+		cargo test --no-default-features --features "pg15 integration" --test forwarder --test relay -- --test-threads=1
 
 # Benchmarks: a release build, ratios against baselines measured in the same run.
 install-pg18-release: setup
