@@ -443,9 +443,11 @@ $$;
 
 -- The receiving side. A pushing node says hello once per connection: it
 -- learns how far this node applied its changes, this node's clock (for the
--- skew check) and the batch format spoken here.
-CREATE FUNCTION edgesync.hello(sender text, system_identifier bigint DEFAULT NULL,
-                               OUT confirmed_lsn pg_lsn, OUT clock_ms bigint, OUT batch_format integer)
+-- skew check), the batch format spoken here and this node's directory of
+-- node names (sql/directory.sql), which it merges into its own; it says
+-- which database it is and its node id, which goes into the directory.
+CREATE FUNCTION edgesync.hello(sender text, system_identifier bigint DEFAULT NULL, node_id integer DEFAULT NULL,
+                               OUT confirmed_lsn pg_lsn, OUT clock_ms bigint, OUT batch_format integer, OUT directory jsonb)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -453,20 +455,27 @@ BEGIN
     IF sender IS NULL OR NOT edgesync._is_node_name(sender) THEN
         RAISE EXCEPTION 'edgesync: sender % is not a node name', coalesce(quote_literal(sender), 'NULL') USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- only the node's own login learns its progress
+    -- only the node's own login learns its progress (and names its id)
     PERFORM edgesync._require_edge_login(sender);
     IF hello.system_identifier IS NOT NULL THEN
         PERFORM edgesync._check_edge_identity(sender, hello.system_identifier);
+    END IF;
+    IF hello.node_id IS NOT NULL THEN
+        IF hello.node_id <= 0 THEN
+            RAISE EXCEPTION 'edgesync: node_id must be positive, not %', hello.node_id USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        PERFORM edgesync._learn_node(hello.node_id, sender, now());
     END IF;
     IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(sender)) THEN
         confirmed_lsn := pg_replication_origin_progress(edgesync._origin_name(sender), true);
     END IF;
     clock_ms := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
     batch_format := edgesync._batch_format();
+    directory := edgesync._node_directory();
 END
 $$;
-COMMENT ON FUNCTION edgesync.hello(text, bigint) IS
-    'For pushing peers: how far this node applied the sender''s changes, its clock and batch format; the sender says which database it is';
+COMMENT ON FUNCTION edgesync.hello(text, bigint, integer) IS
+    'For pushing peers: how far this node applied the sender''s changes, its clock, batch format and node directory; the sender says which database it is and its node id';
 
 -- Apply a batch of a peer's changes; returns the sender LSN applied so far,
 -- durable once the calling transaction has committed.
@@ -625,7 +634,7 @@ REVOKE EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_t
                            edgesync.alter_peer(text, text, text, interval, integer, bigint, text),
                            edgesync.pause_peer(text), edgesync.resume_peer(text), edgesync._set_peer_paused(text, boolean),
                            edgesync.drop_peer(text), edgesync.sync_now(text, interval),
-                           edgesync.hello(text, bigint), edgesync.apply_batch(bytea), edgesync._apply_batch(bytea),
+                           edgesync.hello(text, bigint, integer), edgesync.apply_batch(bytea), edgesync._apply_batch(bytea),
                            edgesync._peer_status(), edgesync._peer_pull_status(), edgesync._wake_launcher_at_commit(),
                            edgesync._require_superuser_for_conninfo(), edgesync._require_table_owner(oid),
                            edgesync._api_step(text, oid, text[]),
@@ -642,6 +651,6 @@ GRANT EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_ta
                           edgesync.drop_peer(text), edgesync.sync_now(text, interval),
                           edgesync._api_step(text, oid, text[]),
                           edgesync.register_edge(text, name), edgesync.drop_edge(text), edgesync.reset_edge(text) TO edgesync_admin;
-GRANT EXECUTE ON FUNCTION edgesync.hello(text, bigint), edgesync.apply_batch(bytea) TO edgesync_peer;
+GRANT EXECUTE ON FUNCTION edgesync.hello(text, bigint, integer), edgesync.apply_batch(bytea) TO edgesync_peer;
 GRANT SELECT ON edgesync.peers TO pg_monitor, edgesync_admin;
 GRANT EXECUTE ON FUNCTION edgesync._peer_status(), edgesync._peer_pull_status() TO pg_monitor, edgesync_admin;

@@ -34,7 +34,8 @@ CREATE TABLE edgesync.conflict_table (
 COMMENT ON TABLE edgesync.conflict_table IS 'Tables with a conflict policy (edgesync.set_conflict_policy)';
 SELECT pg_catalog.pg_extension_config_dump('edgesync.conflict_table', '');
 
--- One row per conflict, with both rows, their versions and origins.
+-- One row per conflict, with both rows, their versions and origins: the
+-- names of the nodes that wrote each side's version (src/conflict/log.rs).
 CREATE TABLE edgesync.conflict_log (
     id             bigserial   PRIMARY KEY,
     detected_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -300,14 +301,8 @@ $$;
 COMMENT ON FUNCTION edgesync.drop_conflict_policy(regclass, boolean) IS
     'Remove a table''s conflict trigger (and its edgesync_version column when drop_column is true)';
 
--- Pending conflicts, oldest first.
-CREATE VIEW edgesync.conflicts AS
-SELECT id, detected_at, schema_name, table_name, conflict_type, key, local_row, remote_row,
-       local_version, remote_version, local_origin, remote_origin, note
-  FROM edgesync.conflict_log
- WHERE status = 'pending'
- ORDER BY detected_at, id;
-COMMENT ON VIEW edgesync.conflicts IS 'Conflicts waiting for a DBA: settle them with edgesync.resolve_conflict(id, resolution)';
+-- The pending conflicts, edgesync.conflicts, are in sql/directory.sql:
+-- the view names nodes through functions of the Rust library.
 
 CREATE VIEW edgesync.conflict_stats AS
 SELECT schema_name, table_name, conflict_type, resolution, count(*) AS conflicts,

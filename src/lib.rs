@@ -25,6 +25,7 @@ pub mod model;
 
 mod compat;
 mod conflict;
+mod directory;
 mod error;
 mod guc;
 mod health;
@@ -61,6 +62,12 @@ extension_sql_file!(
                 sync::status::_peer_blocked, sync::peers::_request_round_at_commit,
                 sync::transport::_conninfo_error, sync::peers::_wake_launcher_at_commit, privilege::_require_superuser_for_conninfo,
                 privilege::_require_table_owner, privilege::_api_step, sync::edges::_require_edge_login, node::is_node_name, node::slot_name, node::origin_name]
+);
+// Node names: the directory, describe_version and the conflicts view.
+extension_sql_file!(
+    "../sql/directory.sql",
+    name = "directory",
+    requires = ["forwarder", directory::node_name, directory::hlc_time, node::row_version, node::make_row_version]
 );
 // The cloud's change feed and pull_batch.
 extension_sql_file!("../sql/feed.sql", name = "feed", requires = ["forwarder", sync::feed::_pull_batch]);

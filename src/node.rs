@@ -37,6 +37,7 @@ fn create_node(name: Option<&str>, node_id: default!(Option<i32>, "NULL")) -> i3
             invalid(format!("edgesync: node name {name:?} must be 1 to {} letters, digits or underscores", node::MAX_NODE_NAME));
         }
         let id = insert_node(node_id, &name);
+        enter_in_directory(id, &name);
         clock::forget_node_id();
         id
     })
@@ -84,6 +85,24 @@ fn insert_node(node_id: Option<i32>, name: &str) -> i32 {
     )
     .unwrap_or_else(|e| spi_failed("creating the node", e))
     .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "edgesync: creating the node returned no node id"))
+}
+
+/// This node is in its own directory, under its own name whatever was
+/// learned for its id before (if the directory is there yet: the update
+/// to 0.4.0 enters the node then).
+fn enter_in_directory(id: i32, name: &str) {
+    Spi::connect_mut(|client| {
+        if crate::directory::has_directory(client)? {
+            client.update(
+                "INSERT INTO edgesync.node_directory AS d (node_id, name) VALUES ($1, $2)
+                 ON CONFLICT ON CONSTRAINT node_directory_pkey DO UPDATE SET name = EXCLUDED.name, learned_at = EXCLUDED.learned_at",
+                None,
+                &[id.into(), name.into()],
+            )?;
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|e| spi_failed("entering this node in edgesync.node_directory", e))
 }
 
 /// This node's id, as stamped into row versions.

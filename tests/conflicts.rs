@@ -85,6 +85,8 @@ fn concurrent_changes_converge_to_the_newer_write_and_are_logged() {
     a.execute("INSERT INTO public.inventory VALUES ('u', 10, 'seed'), ('d', 10, 'seed')");
     wait_rows(&c, &b, "SELECT count(*) FROM public.inventory", 2);
 
+    // native replication carries no node names: a is told b's by hand, b is not told a's
+    a.execute("SELECT edgesync.learn_node(2, 'b')");
     set_subscriptions(&c, &[&a, &b], false);
     // a writes first, b later: b's writes are the newer ones
     a.execute("UPDATE public.inventory SET qty = 11, note = 'a' WHERE sku = 'u'");
@@ -129,8 +131,12 @@ fn concurrent_changes_converge_to_the_newer_write_and_are_logged() {
     )[0];
     assert_eq!((r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2)), ("11".into(), "12".into(), "12".into()));
     assert_eq!((r.get::<_, i64>(3), r.get::<_, i64>(4)), (1, 2));
-    assert_eq!(r.get::<_, String>(5), "local");
-    assert!(r.get::<_, String>(6).starts_with("pg_"), "native origin name");
+    assert_eq!((r.get::<_, String>(5), r.get::<_, String>(6)), ("a".into(), "b".into()), "the nodes that wrote each side, by name");
+    let on_b: String = b.scalar("SELECT local_origin || ' ' || remote_origin FROM edgesync.conflict_log WHERE key->>'sku' = 'u'");
+    assert_eq!(on_b, "b node 1", "an id b was never told the name of");
+    // a native delete carries no version: it came through the subscription
+    let delete_from: String = a.scalar("SELECT remote_origin FROM edgesync.conflict_log WHERE key->>'sku' = 'd'");
+    assert_eq!(delete_from, "subscription a_from_b");
 }
 
 #[test]

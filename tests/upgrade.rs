@@ -86,6 +86,8 @@ fn update_matches_a_fresh_install(old: &str, cluster_name: &str) {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(versions_after, versions_before, "row versions written before the update read the same after it");
+    let named: String = n.scalar("SELECT edgesync.node_name(1)");
+    assert_eq!(named, "n", "the node is in its own directory");
     let version: String = n.scalar("SELECT extversion FROM pg_extension WHERE extname = 'edgesync'");
     assert_eq!(version, current);
     n.execute("CREATE DATABASE fresh");

@@ -9,7 +9,7 @@ use pgrx::prelude::*;
 
 use super::error::{fail, ConflictError};
 use super::key::key_of;
-use super::log::{log_conflict, origin_name, ConflictRecord};
+use super::log::{log_conflict, ConflictRecord};
 use super::row::{row_by_key, row_json, Row, Tuple};
 use super::table::LazyTable;
 use crate::guc;
@@ -87,7 +87,6 @@ pub(super) fn log_held(held: Held<'_>, local_row: Option<pgrx::JsonB>, local_ver
         kept_row,
         local_version,
         remote_version: Some(held.remote),
-        remote_origin: origin_name(),
         note: Some(held_note(held.remote, held.drift)),
     })
 }

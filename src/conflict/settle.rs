@@ -6,7 +6,7 @@ use pgrx::JsonB;
 
 use super::error::ConflictError;
 use super::handler::{settle_by_handler, HandlerVerdict};
-use super::log::{log_conflict, origin_name, ConflictRecord};
+use super::log::{log_conflict, ConflictRecord};
 use super::table::Table;
 use crate::model::conflict::lww::{Action, ConflictType, Decision, Resolution};
 use crate::model::conflict::version::RowStamp;
@@ -70,7 +70,6 @@ pub(super) fn settle(table: &Table, conflict: ConflictType, decision: Decision, 
         kept_row,
         local_version: sides.local_version,
         remote_version: sides.remote_version,
-        remote_origin: origin_name(),
         note,
     })?;
     Ok(outcome)

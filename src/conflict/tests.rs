@@ -384,4 +384,51 @@ mod tests {
         let kept = crate::plan_cache::kept_plans();
         assert!(kept > 0 && kept <= crate::plan_cache::MAX_PLANS, "{kept} plans kept");
     }
+
+    /// A remote change, as an apply under origin `origin` makes it: the
+    /// conflicts it meets name the nodes that wrote each side (by the
+    /// version, through the directory), or, without a remote version, the
+    /// node the origin is named for; a native origin never shows.
+    fn as_remote(origin: &str, sql: &str) {
+        Spi::run(&format!(
+            "SELECT pg_replication_origin_session_setup('{origin}');
+             {sql};
+             SELECT pg_replication_origin_session_reset();"
+        ))
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn conflicts_name_the_nodes_that_wrote_each_side() {
+        enrolled_table();
+        Spi::run("SELECT edgesync._learn_node(8, 'store_8', now()); INSERT INTO public.stock VALUES ('a', 5, NULL), ('b', 5, NULL), ('c', 5, NULL), ('d', 5, NULL)").unwrap();
+        Spi::run("SELECT pg_replication_origin_create('edgesync_store_8')").unwrap();
+        // a native subscription's origin (never connected)
+        Spi::run("CREATE SUBSCRIPTION es_sub CONNECTION 'host=nowhere.invalid' PUBLICATION es_pub WITH (connect = false)").unwrap();
+        let native = Spi::get_one::<String>("SELECT 'pg_' || oid FROM pg_subscription WHERE subname = 'es_sub'").unwrap().unwrap();
+        // versions written concurrently with the local rows by node 8 and node 9 (not in
+        // the directory), one over a row from before conflict handling, and deletes
+        // without versions (as native ones arrive) under an edgesync origin and a native one
+        as_remote(
+            "edgesync_store_8",
+            "UPDATE public.stock SET qty = 8, edgesync_version = edgesync.make_row_version('{65536,8,0,0}') WHERE sku = 'a';
+             UPDATE public.stock SET qty = 9, edgesync_version = edgesync.make_row_version('{65536,9,0,0}') WHERE sku = 'b';
+             UPDATE public.stock SET qty = 0, edgesync_version = edgesync.make_row_version('{65536,8,1,1}') WHERE sku = 'before';
+             DELETE FROM public.stock WHERE sku = 'c'",
+        );
+        as_remote(&native, "DELETE FROM public.stock WHERE sku = 'd'");
+        let logged = Spi::get_one::<String>(
+            "SELECT string_agg(format('%s %s %s>%s', key->>'sku', conflict_type, local_origin, remote_origin), ', ' ORDER BY key->>'sku')
+               FROM edgesync.conflict_log",
+        )
+        .unwrap();
+        assert_eq!(
+            logged.as_deref(),
+            Some(
+                "a update_origin_differs test_node>store_8, b update_origin_differs test_node>node 9, \
+                 before update_origin_differs initial>store_8, c delete_origin_differs test_node>store_8, \
+                 d delete_origin_differs test_node>subscription es_sub"
+            )
+        );
+    }
 }

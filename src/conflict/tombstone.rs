@@ -14,7 +14,7 @@ use pgrx::{JsonB, PgRelation};
 
 use super::clock;
 use super::error::{fail, ConflictError};
-use super::log::{log_conflict, origin_name, ConflictRecord};
+use super::log::{log_conflict, ConflictRecord};
 use super::stamp::stamp_array;
 use crate::guc;
 use crate::model::conflict::delete_stamp::{DeleteStamp, PREFIX_C};
@@ -148,7 +148,6 @@ pub(crate) fn missing_row_deleted(relid: pg_sys::Oid, schema: &str, name: &str, 
         kept_row: None,
         local_version: None,
         remote_version: Some(stamp),
-        remote_origin: origin_name(),
         note: None,
     })
 }

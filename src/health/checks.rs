@@ -13,6 +13,7 @@ use pgrx::PgSqlErrorCode;
 use super::{downstreams, read_rows};
 use crate::error::raise;
 use crate::guc;
+use crate::model::directory::node_label;
 use crate::model::health::checks::{self as health, Check};
 
 /// The warning and critical lag levels in force in this session
@@ -215,11 +216,14 @@ fn read_pending_conflicts(client: &SpiClient<'_>) -> Vec<PendingConflicts> {
     )
 }
 
-/// One row per node whose changes are held for clock drift.
+/// One row per node whose changes are held for clock drift, named
+/// through the node directory.
 fn read_clock_drift(client: &SpiClient<'_>) -> Vec<Check> {
     let bound_seconds = guc::MAX_CLOCK_DRIFT_MS.get() as f64 / 1000.0;
     read_rows(client, "SELECT node_id, held, latest_ahead_seconds FROM edgesync.clock_drift_held() ORDER BY 1", |r| {
-        Ok(health::clock_drift_check(r.get(1)?.unwrap_or(0), r.get(2)?.unwrap_or(0), r.get(3)?.unwrap_or(0.0), bound_seconds))
+        let node_id = r.get(1)?.unwrap_or(0);
+        let node = node_label(node_id, crate::directory::name_of(node_id).as_deref());
+        Ok(health::clock_drift_check(&node, r.get(2)?.unwrap_or(0), r.get(3)?.unwrap_or(0.0), bound_seconds))
     })
 }
 

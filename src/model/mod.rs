@@ -3,6 +3,7 @@
 //! name one level up (`model::conflict` by `conflict/`, and so on).
 
 pub mod conflict;
+pub mod directory;
 pub mod node;
 pub mod health;
 pub mod sql_text;

@@ -37,6 +37,7 @@ use crate::conflict::{log_conflict, missing_row_deleted, plan_for, ConflictRecor
 use crate::error::raise;
 use crate::model::conflict::delete_stamp::{self, DeleteStamp};
 use crate::model::conflict::lww::{ConflictType, Resolution};
+use crate::model::directory::source_of_transaction;
 use crate::model::sync::batch::{self, Decoded, TransactionView};
 use crate::model::sync::pgoutput::{self, Message, Relation, Value};
 use crate::privilege::{as_extension_owner, as_role};
@@ -95,6 +96,7 @@ pub fn apply(b: &Decoded<'_>, direction: Direction) -> u64 {
         state.apply_transaction(&t, done);
     }
     state.flush_run();
+    crate::conflict::done_applying();
     record_progress(state.last_applied, done)
 }
 
@@ -227,6 +229,9 @@ struct BatchApply<'b> {
     /// The sender's delete stamp just read (its relation, and the message),
     /// for the change right after it if that is a delete of that relation.
     pending_stamp: Option<(u32, Message)>,
+    /// The node the transaction being applied came from, as the conflict
+    /// log names it (None before the first; Some(None): no node it can name).
+    source: Option<Option<String>>,
 }
 
 impl<'b> BatchApply<'b> {
@@ -240,6 +245,7 @@ impl<'b> BatchApply<'b> {
             run_relation: 0,
             last_applied: None,
             pending_stamp: None,
+            source: None,
         }
     }
 
@@ -249,6 +255,7 @@ impl<'b> BatchApply<'b> {
         // relation messages count even in a transaction applied before: later ones need them
         let applied_before = t.end_lsn <= done;
         self.pending_stamp = None;
+        self.came_from(source_of_transaction(t.origin, self.sender));
         for raw in t.messages() {
             let msg = pgoutput::parse(raw)
                 .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")));
@@ -257,6 +264,18 @@ impl<'b> BatchApply<'b> {
         if !applied_before {
             self.last_applied = Some((t.end_lsn, t.commit_time));
         }
+    }
+
+    /// The changes that follow came from `source`: the conflicts they meet
+    /// name it. A run written later than its changes were read (runs go
+    /// on across transactions) is written first if it came from elsewhere.
+    fn came_from(&mut self, source: Option<String>) {
+        if self.source.as_ref() == Some(&source) {
+            return;
+        }
+        self.flush_run();
+        crate::conflict::applying_from(source.clone());
+        self.source = Some(source);
     }
 
     /// Hand each kind of message to its handler; begin, commit, origin and
@@ -459,6 +478,7 @@ fn check_session_free(id: pg_sys::RepOriginId) {
 
 fn end_origin_session() {
     PROGRESS_AT_COMMIT.with(|p| p.set((0, 0)));
+    crate::conflict::done_applying();
     if SESSION_ORIGIN.with(|s| s.replace(0)) != 0 {
         // SAFETY: SESSION_ORIGIN was set, so begin_origin_session set up the
         // session this resets; the globals are this backend's own.
@@ -588,7 +608,6 @@ fn log_insert_exists(t: &Target, new: &[Value], local: pgrx::JsonB) {
         remote_row: Some(t.row_json(new)),
         local_version: None,
         remote_version: None,
-        remote_origin: crate::conflict::origin_name(),
         note: Some("no conflict policy on this table: the row already here is kept".to_string()),
     })
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
@@ -640,7 +659,19 @@ fn update(client: &mut SpiClient<'_>, t: &Target, old: Option<&[Value]>, new: &[
     if !client.update(&*plan, None, &args)?.is_empty() {
         return Ok(());
     }
+    if t.has_policy && row_is_here(client, t, key_row)? {
+        // the conflict trigger kept the row here, and logged why: judged
+        // again as a missing row, the same conflict would be logged twice
+        return Ok(());
+    }
     update_of_missing_row(client, t, new)
+}
+
+/// Is there a row with the key `key_row` holds?
+fn row_is_here(client: &mut SpiClient<'_>, t: &Target, key_row: &[Value]) -> pgrx::spi::Result<bool> {
+    let plan = plan_for(client, &t.exists_sql(), &text_types(t.key.len()), false)?;
+    let args: Vec<DatumWithOid<'_>> = t.key.iter().map(|&k| text_arg(&key_row[k])).collect();
+    Ok(!client.select(&*plan, Some(1), &args)?.is_empty())
 }
 
 /// Delete the row the old key names, handing the delete's versions (when
@@ -695,7 +726,6 @@ fn log(t: &Target, conflict: ConflictType, resolution: Resolution, key_row: &[Va
         kept_row,
         local_version: None,
         remote_version: None,
-        remote_origin: crate::conflict::origin_name(),
         note: note.map(str::to_string),
     })
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));

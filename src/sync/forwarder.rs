@@ -35,6 +35,7 @@ use crate::sync::skipped;
 use crate::sync::status::{self, Activity};
 use crate::sync::transport::{Connection, Param};
 
+mod names;
 mod pull;
 
 /// Restart-point lag of the slot beyond which a forwarder logs a running
@@ -315,6 +316,9 @@ struct Forwarder {
     blocked: u64,
     last_round_ms: Option<u64>,
     last_restart_point: Instant,
+    /// The nodes pulled changes came from that were looked up in the node
+    /// directory on this connection (`names`).
+    sources_checked: std::collections::HashSet<String>,
 }
 
 impl Forwarder {
@@ -333,6 +337,7 @@ impl Forwarder {
             blocked: 0,
             last_round_ms: None,
             last_restart_point: Instant::now(),
+            sources_checked: Default::default(),
         }
     }
 
@@ -485,18 +490,10 @@ impl Forwarder {
     fn connect(&mut self, peer: &PeerConfig, node: &str) -> Result<(), String> {
         status::update(self.index, |s| s.activity = Activity::Connecting as u8);
         let mut conn = Connection::open(&peer.conninfo, &format!("{OBJECT_PREFIX}{node}"), Self::timeout())?;
+        let node_id = names::own_node_id()?;
         let sent_at = now_ms() as i64;
-        // which database this is: the peer refuses another one under our name
-        // SAFETY: reads the system identifier from this cluster's control
-        // data, set at startup.
-        let system_identifier = (unsafe { pg_sys::GetSystemIdentifier() } as i64).to_string();
-        let rows = conn.query(
-            "SELECT confirmed_lsn::text, clock_ms, batch_format FROM edgesync.hello($1, $2::bigint)",
-            &[Param::Text(node), Param::Text(&system_identifier)],
-            Self::timeout(),
-        )?;
+        let row = names::say_hello(&mut conn, node, node_id)?;
         let got_at = now_ms() as i64;
-        let row = rows.first().ok_or("the peer did not answer hello")?;
         let field = |i: usize| row.get(i).cloned().flatten();
         let format: u16 = field(2).and_then(|f| f.parse().ok()).unwrap_or(0);
         if format != batch::FORMAT {
@@ -504,6 +501,8 @@ impl Forwarder {
         }
         let remote_ms: i64 = field(1).and_then(|c| c.parse().ok()).unwrap_or(0);
         let skew = remote_ms - (sent_at + got_at) / 2;
+        names::merge_directory(field(3).as_deref());
+        self.sources_checked.clear();
         // apply_batch refuses SERIALIZABLE, whatever the peer's default
         conn.query("SET default_transaction_isolation TO 'read committed'", &[], Self::timeout())?;
         self.peer_has = field(0).and_then(|l| parse_lsn(&l)).unwrap_or(0);

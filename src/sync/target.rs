@@ -176,6 +176,11 @@ impl Target {
         format!("UPDATE {} SET {assignments} WHERE {}", self.qualified, self.key_condition(set.len() + 1))
     }
 
+    /// `SELECT` whether a row with the key (parameters from `$1`) is here.
+    pub(super) fn exists_sql(&self) -> String {
+        format!("SELECT 1 FROM {} WHERE {}", self.qualified, self.key_condition(1))
+    }
+
     fn compose_delete(&self) -> String {
         format!("DELETE FROM {} WHERE {}", self.qualified, self.key_condition(1))
     }

@@ -356,19 +356,21 @@ pub fn pending_conflicts_check(relation: &str, pending: i64, oldest_seconds: Opt
     }
 }
 
-/// Changes of one node held because their versions were further past this
-/// node's wall clock than `edgesync.max_clock_drift` (`bound_seconds`):
-/// critical, since that node's writes stop arriving until a DBA acts.
-pub fn clock_drift_check(node_id: i32, held: i64, latest_ahead_seconds: f64, bound_seconds: f64) -> Check {
+/// Changes of one node (`node`: its name, or `node <id>`, as
+/// `model::directory::node_label` reads it) held because their versions
+/// were further past this node's wall clock than `edgesync.max_clock_drift`
+/// (`bound_seconds`): critical, since that node's writes stop arriving
+/// until a DBA acts.
+pub fn clock_drift_check(node: &str, held: i64, latest_ahead_seconds: f64, bound_seconds: f64) -> Check {
     Check {
         component: "clock",
-        object: format!("node {node_id}"),
+        object: node.to_string(),
         status: Status::Critical,
         metric: "drift_seconds",
         value: Some(latest_ahead_seconds),
         threshold: Some(bound_seconds),
         detail: format!(
-            "{held} changes held from node {node_id}: its latest version was {} s past this node's wall clock, beyond edgesync.max_clock_drift ({} s); \
+            "{held} changes held from {node}: its latest version was {} s past this node's wall clock, beyond edgesync.max_clock_drift ({} s); \
              fix that node's clock, then settle them (edgesync.conflicts, conflict_type clock_drift)",
             show(latest_ahead_seconds),
             show(bound_seconds)
@@ -643,10 +645,11 @@ mod tests {
 
     #[test]
     fn held_clock_drift_is_critical_and_names_the_node() {
-        let c = clock_drift_check(7, 2, 86_400.5, 60.0);
-        assert_eq!((c.component, c.object.as_str(), c.status, c.metric), ("clock", "node 7", Status::Critical, "drift_seconds"));
+        let c = clock_drift_check("store_7", 2, 86_400.5, 60.0);
+        assert_eq!((c.component, c.object.as_str(), c.status, c.metric), ("clock", "store_7", Status::Critical, "drift_seconds"));
         assert_eq!((c.value, c.threshold), (Some(86_400.5), Some(60.0)));
-        assert!(c.detail.starts_with("2 changes held from node 7: its latest version was 86400.500 s past"), "{}", c.detail);
+        assert!(c.detail.starts_with("2 changes held from store_7: its latest version was 86400.500 s past"), "{}", c.detail);
+        assert_eq!(clock_drift_check("node 8", 1, 61.0, 60.0).object, "node 8");
     }
 
     #[test]

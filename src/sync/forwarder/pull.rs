@@ -13,7 +13,7 @@
 
 use super::{Forwarder, PeerConfig};
 use crate::guc;
-use crate::model::sync::batch;
+use crate::model::sync::batch::{self, Decoded};
 use crate::model::sync::feed::decode_hex_bytea;
 use crate::model::sync::lsn::{format_lsn, parse_lsn};
 use crate::sync::apply::{self, Direction};
@@ -52,8 +52,10 @@ impl Forwarder {
                 return Ok(received);
             };
             let encoded = decode_hex_bytea(&hex)?;
+            let decoded = decode_pulled(&encoded, &peer.name)?;
+            self.learn_names_for(&decoded, node);
             self.hold_at("pull_before_apply");
-            let (reached, rows, transactions) = apply_pulled(&encoded, &peer.name)?;
+            let (reached, rows, transactions) = apply_pulled(&decoded)?;
             self.hold_at("pull_after_apply");
             received += rows;
             status::update(self.index, |s| {
@@ -157,9 +159,8 @@ impl Forwarder {
     }
 }
 
-/// Apply a pulled batch in a transaction of its own, under the peer's
-/// origin. Returns the feed position reached, the rows and transactions.
-fn apply_pulled(encoded: &[u8], peer: &str) -> Result<(u64, i64, i64), String> {
+/// Check a pulled batch whole, and that it comes from the peer.
+fn decode_pulled<'b>(encoded: &'b [u8], peer: &str) -> Result<Decoded<'b>, String> {
     let decoded = batch::decode(encoded, guc::max_batch_size()).map_err(|e| format!("the peer sent a batch that does not decode: {e}"))?;
     if decoded.sender() != peer {
         return Err(format!(
@@ -167,9 +168,15 @@ fn apply_pulled(encoded: &[u8], peer: &str) -> Result<(u64, i64, i64), String> {
             decoded.sender()
         ));
     }
+    Ok(decoded)
+}
+
+/// Apply a pulled batch in a transaction of its own, under the peer's
+/// origin. Returns the feed position reached, the rows and transactions.
+fn apply_pulled(decoded: &Decoded<'_>) -> Result<(u64, i64, i64), String> {
     // a pull's last transaction may be an empty one that only moves this node past its own
     let transactions = decoded.transactions().filter(|t| t.message_count() > 0).count() as i64;
     let rows: i64 = decoded.transactions().map(|t| t.messages().filter(|m| m.first() != Some(&b'R')).count() as i64).sum();
-    let reached = in_transaction(|| Ok(apply::apply(&decoded, Direction::Down)))?;
+    let reached = in_transaction(|| Ok(apply::apply(decoded, Direction::Down)))?;
     Ok((reached, rows, transactions))
 }
