@@ -6,46 +6,10 @@
 
 mod common;
 
+// a cloud (node id 100) and two edges (ids 1 and 2), edge1 pulling first:
+// it said hello before edge2 existed
+use common::star::star;
 use common::{Cluster, Node, DEADLINE};
-
-const INVENTORY: &str = "CREATE TABLE public.inventory (sku text PRIMARY KEY, qty int NOT NULL)";
-
-/// A cloud (node id 100) and two edges (ids 1 and 2), each logging in as
-/// its own role; `inventory` goes both ways. Returns once each edge has
-/// pulled once (edge1 first: it said hello before edge2 existed).
-fn star(test: &str) -> (Cluster, Node, Vec<Node>) {
-    let mut c = Cluster::new(test);
-    let cloud = c.add_node("cloud", &[]);
-    cloud.execute(&format!(
-        "CREATE EXTENSION edgesync; SELECT edgesync.create_node('cloud', 100); {INVENTORY};
-         SELECT edgesync.add_table('public.inventory', sync => 'both');"
-    ));
-    let mut edges = Vec::new();
-    for i in 1..=2 {
-        let name = format!("edge{i}");
-        cloud.execute(&format!("CREATE ROLE {name}_login LOGIN IN ROLE edgesync_peer"));
-        cloud.execute(&format!("SELECT edgesync.register_edge('{name}', '{name}_login')"));
-        let e = c.add_node(&name, &[]);
-        e.execute(&format!(
-            "CREATE EXTENSION edgesync; SELECT edgesync.create_node('{name}', {i}); {INVENTORY};
-             SELECT edgesync.add_table('public.inventory', sync => 'both');"
-        ));
-        edges.push(e);
-    }
-    c.wait_for("the cloud's feed slot", DEADLINE, || {
-        Ok(cloud.try_query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'edgesync_feed'")?.len() == 1)
-    });
-    for e in &edges {
-        e.execute(&format!(
-            "SELECT edgesync.add_peer('cloud', 'host=127.0.0.1 port={} dbname=postgres user={}_login connect_timeout=5')",
-            cloud.port, e.name
-        ));
-        c.wait_for(&format!("{}'s first pull", e.name), DEADLINE, || {
-            Ok(e.try_query("SELECT 1 FROM edgesync.peers WHERE direction = 'pull' AND position IS NOT NULL")?.len() == 1)
-        });
-    }
-    (c, cloud, edges)
-}
 
 /// The node's directory, `id=name` by id.
 fn directory(n: &Node) -> String {
