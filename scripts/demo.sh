@@ -114,8 +114,11 @@ start_node() {
 retail_conflicts() {
     for n in cloud edge1 edge2; do
         psql_on "$n" -c "SELECT edgesync.add_table('inventory', sync => 'both');
-                         SELECT edgesync.add_table('price', sync => 'both');
-                         SELECT edgesync.set_conflict_policy('price', 'manual')" >/dev/null
+                         SELECT edgesync.add_table('price', sync => 'both')" >/dev/null
+    done
+    # head office and store 1 settle price conflicts by hand; store 2 lets the last writer win
+    for n in cloud edge1; do
+        psql_on "$n" -c "SELECT edgesync.set_conflict_policy('price', 'manual')" >/dev/null
     done
     psql_on cloud -c "INSERT INTO inventory VALUES ('sku-1', 10, 'delivered'), ('sku-2', 10, 'delivered');
                       INSERT INTO price VALUES ('sku-1', 1.99), ('sku-2', 4.50)"
@@ -156,7 +159,9 @@ retail_conflicts() {
             "SELECT string_agg(sku || ':' || price || ':' || edgesync_version::text, ',' ORDER BY sku) FROM price"
     done
     for n in cloud edge1 edge2; do
-        show "price after resolve_conflict" "$n" "SELECT sku, price, edgesync.row_version(edgesync_version) AS version FROM price ORDER BY sku"
+        show "price after resolve_conflict: each version read as its time and node" "$n" \
+            "SELECT p.sku, p.price, v.written_at, v.node_name AS written_by, v.prev_written_at AS replaced, v.prev_node_name AS replaced_by
+               FROM price p, edgesync.describe_version(p.edgesync_version) v ORDER BY p.sku"
     done
     show "peers of store 2: what it pushed and pulled" edge2 \
         "SELECT peer, direction, state, rows_sent, rows_received, transactions_received, position, head FROM edgesync.peers ORDER BY direction"
