@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::star::{rows_of, star};
+use common::star::{rows_of, star, CONFIG};
 use common::{kill9_pid, set_fault_point, Cluster, Node, DEADLINE};
 
 fn pulled(e: &Node, column: &str) -> i64 {
@@ -215,4 +215,27 @@ fn kill9_at_every_point_of_the_feed_loses_and_doubles_nothing() {
             assert_eq!(in_feed, (next - 1) / 100, "{what}: each transaction once in the feed");
         }
     }
+}
+
+#[test]
+fn an_edge_that_only_pulls_works() {
+    let (mut c, cloud, _edges) = star("pull_only");
+    cloud.execute("CREATE ROLE edge3_login LOGIN IN ROLE edgesync_peer; SELECT edgesync.register_edge('edge3', 'edge3_login')");
+    let e = c.add_node("edge3", &[]);
+    e.execute(&format!(
+        "CREATE EXTENSION edgesync; SELECT edgesync.create_node('edge3', 3); {CONFIG};
+         SELECT edgesync.add_table('public.config', sync => 'down');"
+    ));
+    e.execute(&format!(
+        "SELECT edgesync.add_peer('cloud', 'host=127.0.0.1 port={} dbname=postgres user=edge3_login connect_timeout=5')",
+        cloud.port
+    ));
+    c.wait_for("edge3's first pull", DEADLINE, || {
+        Ok(e.try_query("SELECT 1 FROM edgesync.peers WHERE direction = 'pull' AND position IS NOT NULL")?.len() == 1)
+    });
+    cloud.execute("INSERT INTO public.config VALUES ('currency', 'EUR')");
+    c.wait_for("config on the edge that pushes nothing", DEADLINE, || Ok(rows_of(&e, "public.config")? == rows_of(&cloud, "public.config")?));
+    assert_eq!(e.scalar::<i64>("SELECT edgesync.sync_now('cloud')"), 0, "nothing left to move");
+    let errors: i64 = e.scalar("SELECT count(*) FROM edgesync.peers WHERE last_error IS NOT NULL OR consecutive_failures > 0");
+    assert_eq!(errors, 0, "pushing nothing is not an error");
 }
