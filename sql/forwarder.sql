@@ -531,7 +531,7 @@ SELECT p.name AS peer,
   LEFT JOIN pg_replication_slots sl ON sl.slot_name = p.slot_name
 UNION ALL
 SELECT p.name, 'pull', p.mode,
-       CASE WHEN p.paused THEN 'paused' WHEN s.pid IS NULL THEN 'stopped' ELSE s.state END,
+       CASE WHEN p.paused THEN 'paused' WHEN s.pid IS NULL THEN 'stopped' WHEN u.resync_needed THEN 'resync_needed' ELSE s.state END,
        coalesce(s.connected, false),
        CASE WHEN u.last_pull > 0 THEN t0 + make_interval(secs => u.last_pull / 1e6) END,
        s.last_error,

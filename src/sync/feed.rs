@@ -44,6 +44,8 @@ use crate::sync::capture::{self, Reading};
 use crate::sync::launcher::{database, in_transaction, not_null};
 use crate::sync::status::wait_on_latch;
 
+/// How a pull from before the purge mark is refused (the puller shows it).
+pub const RESYNC_NEEDED: &str = "edgesync: resync needed";
 /// The feed's replication slot on the cloud.
 pub const FEED_SLOT: &str = "edgesync_feed";
 /// The channel the feed worker notifies when it wrote new transactions;
@@ -309,7 +311,7 @@ fn serve_pull(node: &str, after: u64, limits: PullLimits) -> Option<Vec<u8>> {
         raise_with_hint(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
-                "edgesync: resync needed: node {node:?} is at {} in the feed, which keeps only what follows {}",
+                "{RESYNC_NEEDED}: node {node:?} is at {} in the feed, which keeps only what follows {}",
                 format_lsn(refused.after),
                 format_lsn(refused.purged_through)
             ),

@@ -105,6 +105,9 @@ pub struct PeerSlot {
     pub transactions_received: i64,
     pub bytes_received_raw: i64,
     pub bytes_received_compressed: i64,
+    /// The peer's feed no longer holds this node's position (its last pull
+    /// was refused so): only a new copy of the edge repairs it.
+    pub resync_needed: bool,
 }
 
 impl PeerSlot {
@@ -147,6 +150,7 @@ impl PeerSlot {
         transactions_received: 0,
         bytes_received_raw: 0,
         bytes_received_compressed: 0,
+        resync_needed: false,
     };
 
     pub fn set_error(&mut self, message: &str) {
@@ -395,6 +399,7 @@ fn _peer_pull_status() -> TableIterator<
         name!(transactions_received, i64),
         name!(bytes_raw, i64),
         name!(bytes_compressed, i64),
+        name!(resync_needed, bool),
     ),
 > {
     if !crate::conflict::clock::preloaded() {
@@ -417,6 +422,7 @@ fn _peer_pull_status() -> TableIterator<
                 s.transactions_received,
                 s.bytes_received_raw,
                 s.bytes_received_compressed,
+                s.resync_needed,
             )
         })
         .collect();

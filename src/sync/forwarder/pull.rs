@@ -21,7 +21,7 @@ use crate::sync::launcher::in_transaction;
 use crate::sync::status::{self, Activity};
 use crate::model::node::OBJECT_PREFIX;
 use crate::model::sync::forwarder::Mode;
-use crate::sync::feed::FEED_CHANNEL;
+use crate::sync::feed::{FEED_CHANNEL, RESYNC_NEEDED};
 use crate::sync::transport::{Connection, Param};
 
 /// What the cloud answered one pull with.
@@ -46,7 +46,7 @@ impl Forwarder {
         let mut position = self.pull_position(peer, node)?;
         let mut received = 0i64;
         loop {
-            let mut answer = self.ask(peer, node, position)?;
+            let mut answer = self.ask(peer, node, position).inspect_err(|e| self.note_resync(e))?;
             let Some(hex) = answer.batch.take() else {
                 self.record_pull(position, &answer, 0);
                 return Ok(received);
@@ -147,10 +147,18 @@ impl Forwarder {
         })
     }
 
+    /// Show whether the peer refused the pull for a position its feed no
+    /// longer holds (its own words: `feed::serve_pull`), until a pull succeeds.
+    fn note_resync(&self, error: &str) {
+        let refused = error.contains(RESYNC_NEEDED);
+        status::update(self.index, |s| s.resync_needed = refused);
+    }
+
     /// Show where the pull stands.
     fn record_pull(&self, position: u64, answer: &Answer, transactions: i64) {
         let waiting = (answer.waiting - transactions).max(0);
         status::update(self.index, |s| {
+            s.resync_needed = false;
             s.last_pull = status::now();
             s.pull_position = position;
             s.feed_head = answer.feed_head;
