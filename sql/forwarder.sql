@@ -378,8 +378,9 @@ $$;
 COMMENT ON FUNCTION edgesync.register_edge(text, name) IS
     'Let the node name push here, as the given login only (run again to move it to another login)';
 
--- Forget a node that pushed here: its registration and its replication
--- origin (how far its changes were applied) go.
+-- Forget a node that pushed here: its registration, its replication
+-- origin (how far its changes were applied) and, at commit, the activity
+-- edgesync.edges shows for it go.
 CREATE FUNCTION edgesync.drop_edge(name text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -393,10 +394,11 @@ BEGIN
     IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(drop_edge.name)) THEN
         PERFORM pg_replication_origin_drop(edgesync._origin_name(drop_edge.name));
     END IF;
+    PERFORM edgesync._forget_edge_activity_at_commit(drop_edge.name);
 END
 $$;
 COMMENT ON FUNCTION edgesync.drop_edge(text) IS
-    'Forget a node that pushed here: its registration and its replication origin';
+    'Forget a node that pushed here: its registration, its replication origin and its activity (edgesync.edges)';
 
 -- Take a rebuilt node back: forget the database it was and how far its
 -- changes were applied (its LSNs started over); its login stays.
@@ -413,6 +415,8 @@ BEGIN
     IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(reset_edge.name)) THEN
         PERFORM pg_replication_origin_drop(edgesync._origin_name(reset_edge.name));
     END IF;
+    -- the positions recorded were the old database's
+    PERFORM edgesync._forget_edge_activity_at_commit(reset_edge.name);
 END
 $$;
 COMMENT ON FUNCTION edgesync.reset_edge(text) IS
@@ -466,6 +470,8 @@ BEGIN
         END IF;
         PERFORM edgesync._learn_node(hello.node_id, sender, now());
     END IF;
+    -- last_hello in edgesync.edges (shared memory, not this transaction)
+    PERFORM edgesync._note_edge_hello(sender);
     IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(sender)) THEN
         confirmed_lsn := pg_replication_origin_progress(edgesync._origin_name(sender), true);
     END IF;
@@ -640,6 +646,7 @@ REVOKE EXECUTE ON FUNCTION edgesync.add_table(regclass, text), edgesync.remove_t
                            edgesync._api_step(text, oid, text[]),
                            edgesync.register_edge(text, name), edgesync.drop_edge(text), edgesync._require_edge_login(text),
                            edgesync.reset_edge(text), edgesync._check_edge_identity(text, bigint),
+                           edgesync._note_edge_hello(text), edgesync._forget_edge_activity_at_commit(text),
                            edgesync._add_table(regclass, text), edgesync._remove_table(regclass),
                            edgesync._publish(regclass, name, boolean), edgesync._check_pull_conninfo(text),
                            edgesync._add_peer(text, text, text, interval, integer, bigint, text),

@@ -48,6 +48,7 @@ pub extern "C-unwind" fn _PG_init() {
     // process that loads us, on its only thread.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         sync::status::init_shared_memory();
+        sync::edge_activity::init_shared_memory();
     }
     sync::launcher::register_launcher();
 }
@@ -61,7 +62,8 @@ extension_sql_file!(
     requires = ["schema", sync::apply::_apply_batch, sync::apply::_batch_format, sync::status::_peer_status, sync::status::_peer_pull_status, sync::peers::sync_now,
                 sync::status::_peer_blocked, sync::peers::_request_round_at_commit,
                 sync::transport::_conninfo_error, sync::peers::_wake_launcher_at_commit, privilege::_require_superuser_for_conninfo,
-                privilege::_require_table_owner, privilege::_api_step, sync::edges::_require_edge_login, node::is_node_name, node::slot_name, node::origin_name]
+                privilege::_require_table_owner, privilege::_api_step, sync::edges::_require_edge_login, node::is_node_name, node::slot_name, node::origin_name,
+                sync::edge_activity::_note_edge_hello, sync::edge_activity::_forget_edge_activity_at_commit]
 );
 // Node names: the directory, describe_version and the conflicts view.
 extension_sql_file!(
@@ -71,6 +73,8 @@ extension_sql_file!(
 );
 // The cloud's change feed and pull_batch.
 extension_sql_file!("../sql/feed.sql", name = "feed", requires = ["forwarder", sync::feed::_pull_batch]);
+// The cloud's view of its edges: registrations, activity, feed positions.
+extension_sql_file!("../sql/edges.sql", name = "edges", requires = ["feed", sync::edge_activity::_edge_activity]);
 // What DROP EXTENSION and DROP TABLE must not leave behind.
 extension_sql_file!("../sql/lifecycle.sql", name = "lifecycle", requires = ["forwarder", "feed"]);
 // The statistics views and every grant, last: they use the Rust functions.

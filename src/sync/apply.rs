@@ -64,7 +64,9 @@ impl Direction {
 fn _apply_batch(batch: &[u8]) -> i64 {
     let decoded = batch::decode(batch, crate::guc::max_batch_size())
         .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")));
-    apply(&decoded, Direction::Up) as i64
+    let confirmed = apply(&decoded, Direction::Up);
+    super::edge_activity::record(decoded.sender(), crate::model::sync::edge_activity::Event::Push { position: confirmed });
+    confirmed as i64
 }
 
 /// The current format of batches this node reads and writes.

@@ -48,6 +48,20 @@ pub(crate) fn require_edge_login(sender: &str) {
     }
 }
 
+/// Whether `sender` is a registered edge, asked after `require_edge_login`
+/// let the caller through: a login other than a superuser's gets past it
+/// only as a registered edge (no lookup then); a superuser may act under
+/// any name.
+pub(crate) fn is_registered_after_login_check(sender: &str) -> bool {
+    // SAFETY: reads this backend's session user id, set once a session has a user.
+    let login = unsafe { pg_sys::GetSessionUserId() };
+    // SAFETY: a catalog lookup by role oid, in a backend inside a transaction.
+    if !unsafe { pg_sys::superuser_arg(login) } {
+        return true;
+    }
+    registered_login(sender).is_some()
+}
+
 /// The login `sender` is registered to, if any (`edgesync.edge` is read as
 /// the extension's owner: the caller may not read it).
 fn registered_login(sender: &str) -> Option<String> {

@@ -36,7 +36,7 @@ use crate::model::node::is_node_name;
 use crate::model::sync::batch::{self, Batch, Transaction};
 use crate::model::sync::blocked::tables_of;
 use crate::model::sync::capture::{Reader, SourceTxn};
-use crate::model::sync::feed::{self, FeedEntry, PullLimits};
+use crate::model::sync::feed::{self, FeedEntry, PullLimits, FEED_SLOT};
 use crate::model::sync::lsn::{format_lsn, parse_lsn};
 use crate::model::sync::pack::{pack, Limits};
 use crate::privilege::as_extension_owner;
@@ -46,8 +46,6 @@ use crate::sync::status::wait_on_latch;
 
 /// How a pull from before the purge mark is refused (the puller shows it).
 pub const RESYNC_NEEDED: &str = "edgesync: resync needed";
-/// The feed's replication slot on the cloud.
-pub const FEED_SLOT: &str = "edgesync_feed";
 /// The channel the feed worker notifies when it wrote new transactions;
 /// realtime edges listen on it instead of asking every second.
 pub const FEED_CHANNEL: &str = "edgesync_feed";
@@ -301,6 +299,8 @@ fn _pull_batch(node: &str, after: i64, max_rows: i32, max_bytes: i64) -> Option<
         );
     }
     super::edges::require_edge_login(node);
+    // before serving: a pull refused for resync shows where the edge stands
+    super::edge_activity::record(node, crate::model::sync::edge_activity::Event::Pull { position: after as u64 });
     let limits = PullLimits { max_rows: max_rows as u64, max_bytes: (max_bytes as u64).min(guc::max_batch_size() as u64) };
     as_extension_owner(|| serve_pull(node, after as u64, limits))
 }

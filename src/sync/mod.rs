@@ -12,6 +12,10 @@
 //!  skipped.rs keeps the transactions a DBA set aside (skip_transaction).
 //! ```
 //!
+//! On the receiving node, `edges.rs` checks which login may push and pull
+//! as which edge, and `edge_activity.rs` remembers when each last did
+//! (`edgesync.edges`).
+//!
 //! The pure halves live in `model/sync/` under the same names (`capture`
 //! reads pgoutput messages into transactions, `pack`, `batch` the wire
 //! format, `forwarder` the state machine). The pull side (a cloud's feed of
@@ -21,6 +25,7 @@
 
 pub mod apply;
 pub mod capture;
+pub mod edge_activity;
 pub mod edges;
 pub mod feed;
 pub mod forwarder;

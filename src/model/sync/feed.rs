@@ -16,6 +16,10 @@
 
 use crate::model::node::{is_node_name, OBJECT_PREFIX};
 
+/// The feed's replication slot on the cloud (one per cluster: the feed
+/// worker runs in the database named by `edgesync.database`).
+pub const FEED_SLOT: &str = "edgesync_feed";
+
 /// One feed transaction as a pull sees it (its changes stay in the table
 /// until it is chosen).
 #[derive(Clone, Debug, PartialEq, Eq)]

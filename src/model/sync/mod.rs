@@ -3,12 +3,14 @@
 //! cuts them into batches, `batch` is the wire format, `forwarder` is the
 //! worker's state machine, `blocked` finds a transaction the peer refuses
 //! and reads one set aside; `feed` decides what a pull from the cloud's
-//! feed hands over; `lsn` and `secrets` are
+//! feed hands over, `edge_activity` what the cloud remembers of each
+//! edge's pushes and pulls; `lsn` and `secrets` are
 //! shared helpers, and `length_limit` tells which column refused a value on apply.
 
 pub mod batch;
 pub mod blocked;
 pub mod capture;
+pub mod edge_activity;
 pub mod feed;
 pub mod forwarder;
 pub mod length_limit;
