@@ -40,6 +40,8 @@ pub static MAX_BATCH_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(256 * 102
 pub static FEED_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 24 * 3600);
 /// The most the feed may hold, in kB (compressed; 1 GB).
 pub static FEED_MAX_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+/// Seconds an edge may go unheard on the cloud before edgesync.health warns (an hour).
+pub static EDGE_SILENCE_WARNING: GucSetting<i32> = GucSetting::<i32>::new(3600);
 
 /// Define every `edgesync.*` setting (at library load).
 pub fn define() {
@@ -216,7 +218,8 @@ fn define_clock_drift_bound() {
 }
 
 /// The feed's retention, read by the feed worker (`SIGHUP`): an edge
-/// offline longer than it, or behind by more than the size, resyncs.
+/// offline longer than it, or behind by more than the size, resyncs; and
+/// how long the cloud lets an edge go unheard before health warns.
 fn define_feed_settings() {
     GucRegistry::define_int_guc(
         c"edgesync.feed_retention",
@@ -237,6 +240,18 @@ fn define_feed_settings() {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_KB,
+    );
+    // the same for every reader: how long an edge may be away is the
+    // site's decision, not one monitoring session's
+    GucRegistry::define_int_guc(
+        c"edgesync.edge_silence_warning",
+        c"How long the cloud may go without hearing from an edge (push, pull or hello) before edgesync.health warns.",
+        c"Four times this is critical. Set it above the longest quiet spell of edges that sync in batch or on demand.",
+        &EDGE_SILENCE_WARNING,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
 }
 

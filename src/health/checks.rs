@@ -3,7 +3,7 @@
 //! and `edgesync.thresholds()`, the levels it judges against.
 //!
 //! Rows come out in the order of the reads below (standbys, remembered
-//! downstreams, WAL receiver, slots, subscriptions, peers, pending
+//! downstreams, WAL receiver, slots, subscriptions, peers, edges, pending
 //! conflicts), each read sorted by name.
 
 use pgrx::prelude::*;
@@ -15,6 +15,7 @@ use crate::error::raise;
 use crate::guc;
 use crate::model::directory::node_label;
 use crate::model::health::checks::{self as health, Check};
+use crate::model::health::edges::{self, Edge, Server};
 
 /// The warning and critical lag levels in force in this session
 /// (`edgesync.lag_*` settings), in bytes and seconds.
@@ -67,6 +68,7 @@ fn collect_checks() -> Vec<Check> {
         let max_skew = guc::MAX_CLOCK_SKEW_MS.get() as f64 / 1000.0;
         checks.extend(peers.iter().flat_map(|p| health::peer_checks(p, &t, max_skew)));
         checks.extend(read_blocked_peers(client).iter().map(health::blocked_peer_check));
+        checks.extend(edge_checks(client));
         let pending = read_pending_conflicts(client);
         checks.extend(pending.iter().map(|p| health::pending_conflicts_check(&p.relation, p.pending, p.oldest_seconds)));
         checks.extend(read_clock_drift(client));
@@ -114,6 +116,8 @@ fn read_slots(client: &SpiClient<'_>) -> Vec<health::Slot> {
         "SELECT s.slot_name::text, s.slot_type, s.active, s.retained_wal_bytes::float8, s.wal_status,
                 extract(epoch FROM now() - s.inactive_since)::float8,
                 EXISTS (SELECT FROM edgesync.peers p WHERE p.slot_name = s.slot_name)
+                -- the feed worker reads its slot in rounds while edges are registered
+                OR (s.slot_name = 'edgesync_feed' AND s.database = current_database() AND EXISTS (SELECT FROM edgesync.edge))
            FROM edgesync.replication_slots s ORDER BY 1",
         |r| {
             Ok(health::Slot {
@@ -190,6 +194,45 @@ fn read_blocked_peers(client: &SpiClient<'_>) -> Vec<health::BlockedPeer> {
             })
         },
     )
+}
+
+/// The registered edges (on a cloud), judged against
+/// `edgesync.edge_silence_warning`.
+fn edge_checks(client: &SpiClient<'_>) -> Vec<Check> {
+    let silence_warning = guc::EDGE_SILENCE_WARNING.get() as f64;
+    let table_full = crate::sync::edge_activity::activity_table_full();
+    let (registered, in_recovery) = read_edges(client, table_full);
+    let server = if in_recovery { Server::Standby } else { Server::Primary };
+    registered.iter().flat_map(|e| edges::edge_checks(e, silence_warning, server)).collect()
+}
+
+/// `edgesync.edges`, with how long each edge has been unheard and whether
+/// this node is a standby (the same on every row).
+fn read_edges(client: &SpiClient<'_>, table_full: bool) -> (Vec<Edge>, bool) {
+    let rows = read_rows(
+        client,
+        "SELECT e.name, extract(epoch FROM now() - greatest(e.last_push, e.last_pull, e.last_hello))::float8,
+                extract(epoch FROM now() - greatest(pg_postmaster_start_time(), e.registered_at))::float8,
+                e.pull_position::text, m.purged_through::text, coalesce(e.beyond_retention, false), e.behind_bytes::float8,
+                pg_is_in_recovery()
+           FROM edgesync.edges e, edgesync.feed_mark m ORDER BY 1",
+        |r| {
+            let heard_seconds_ago: Option<f64> = r.get(2)?;
+            let edge = Edge {
+                name: r.get(1)?.unwrap_or_default(),
+                heard_seconds_ago,
+                watched_seconds: r.get(3)?.unwrap_or(0.0),
+                untracked: table_full && heard_seconds_ago.is_none(),
+                pull_position: r.get(4)?,
+                purged_through: r.get(5)?.unwrap_or_default(),
+                beyond_retention: r.get(6)?.unwrap_or(false),
+                behind_bytes: r.get(7)?,
+            };
+            Ok((edge, r.get::<bool>(8)?.unwrap_or(false)))
+        },
+    );
+    let in_recovery = rows.first().is_some_and(|(_, standby)| *standby);
+    (rows.into_iter().map(|(e, _)| e).collect(), in_recovery)
 }
 
 /// One table's conflicts waiting for a DBA.

@@ -7,7 +7,7 @@ use pgrx::PgSqlErrorCode;
 
 use super::read_rows;
 use crate::error::raise;
-use crate::model::health::diagnose::{self as model, NodeSnapshot, SlotSnapshot, SubscriptionSnapshot};
+use crate::model::health::diagnose::{self as model, FeedSnapshot, NodeSnapshot, SlotSnapshot, SubscriptionSnapshot};
 
 /// Check this node's replication settings and objects; one row per finding,
 /// most severe first, each with the SQL that fixes it.
@@ -27,12 +27,13 @@ fn snapshot() -> NodeSnapshot {
         let settings = read_settings(client);
         let slots = read_slots(client);
         let subscriptions = read_subscriptions(client);
-        NodeSnapshot { slots, subscriptions, ..settings }
+        let feed = read_feed(client);
+        NodeSnapshot { slots, subscriptions, feed, ..settings }
     })
 }
 
-/// The settings and usage counts, in one row; slots and subscriptions are
-/// left empty for their own reads.
+/// The settings and usage counts, in one row; slots, subscriptions and
+/// the feed are left empty for their own reads.
 fn read_settings(client: &SpiClient<'_>) -> NodeSnapshot {
     read_rows(
         client,
@@ -69,11 +70,38 @@ fn read_settings(client: &SpiClient<'_>) -> NodeSnapshot {
                 inactive_slot_warning_bytes: r.get(14)?.unwrap_or(0),
                 slots: Vec::new(),
                 subscriptions: Vec::new(),
+                feed: FeedSnapshot::default(),
             })
         },
     )
     .pop()
     .unwrap_or_else(|| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "edgesync: reading settings returned no row"))
+}
+
+/// The cloud's feed: edges registered, its worker and its slot (the
+/// worker runs in the database `edgesync.database` names, so this one's).
+fn read_feed(client: &SpiClient<'_>) -> FeedSnapshot {
+    read_rows(
+        client,
+        "SELECT pg_is_in_recovery(),
+                (SELECT count(*) FROM edgesync.edge),
+                EXISTS (SELECT FROM pg_catalog.pg_stat_activity WHERE backend_type = 'edgesync feed' AND datname = current_database()),
+                EXISTS (SELECT FROM pg_catalog.pg_replication_slots WHERE slot_name = 'edgesync_feed' AND database = current_database()),
+                current_setting('edgesync.database', true),
+                current_database()::text",
+        |r| {
+            Ok(FeedSnapshot {
+                in_recovery: r.get(1)?.unwrap_or(false),
+                edges_registered: r.get(2)?.unwrap_or(0),
+                worker_running: r.get(3)?.unwrap_or(false),
+                slot_here: r.get(4)?.unwrap_or(false),
+                edgesync_database: r.get(5)?,
+                current_database: r.get(6)?.unwrap_or_default(),
+            })
+        },
+    )
+    .pop()
+    .unwrap_or_default()
 }
 
 fn read_slots(client: &SpiClient<'_>) -> Vec<SlotSnapshot> {

@@ -113,6 +113,7 @@ mod tests {
             "edgesync.diagnose()",
             "edgesync.peers",
             "edgesync.downstream",
+            "edgesync.edges",
         ] {
             let can = Spi::get_one_with_args::<bool>("SELECT public.es_can_read($1)", &[readable.into()]).unwrap();
             assert_eq!(can, Some(true), "pg_monitor reads {readable}");
@@ -166,5 +167,105 @@ mod tests {
         )
         .unwrap();
         assert!(pinned.unwrap() >= 20, "{pinned:?} functions pin search_path");
+    }
+
+    /// The column names and types of a view, in order.
+    fn columns_of(view: &str) -> String {
+        Spi::get_one_with_args::<String>(
+            "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
+               FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0",
+            &[view.into()],
+        )
+        .unwrap()
+        .unwrap_or_default()
+    }
+
+    #[pg_test]
+    fn the_edges_view_shows_each_registered_edge_and_is_for_monitoring() {
+        assert_eq!(
+            columns_of("edgesync.edges"),
+            "name text, login name, system_identifier bigint, registered_at timestamp with time zone, \
+             first_contact_at timestamp with time zone, last_hello timestamp with time zone, last_push timestamp with time zone, \
+             pushed_position pg_lsn, last_pull timestamp with time zone, pull_position pg_lsn, feed_head pg_lsn, behind_bytes bigint, \
+             behind_transactions bigint, beyond_retention boolean"
+        );
+        let grants = Spi::get_one::<bool>(
+            "SELECT has_table_privilege('pg_monitor', 'edgesync.edges', 'SELECT')
+                AND has_table_privilege('edgesync_admin', 'edgesync.edges', 'SELECT')
+                AND NOT has_table_privilege('public', 'edgesync.edges', 'SELECT')
+                AND has_function_privilege('pg_monitor', 'edgesync._edge_activity()', 'EXECUTE')
+                AND NOT has_function_privilege('public', 'edgesync._edge_activity()', 'EXECUTE')
+                AND NOT has_function_privilege('public', 'edgesync._note_edge_hello(text)', 'EXECUTE')
+                AND NOT has_function_privilege('edgesync_peer', 'edgesync._note_edge_hello(text)', 'EXECUTE')
+                AND NOT has_function_privilege('public', 'edgesync._forget_edge_activity_at_commit(text)', 'EXECUTE')",
+        )
+        .unwrap();
+        assert_eq!(grants, Some(true));
+        Spi::run("CREATE ROLE es_view_login LOGIN; SELECT edgesync.register_edge('es_view_edge', 'es_view_login')").unwrap();
+        let row = Spi::get_one::<String>(
+            "SELECT concat_ws(' ', name, login, last_push IS NULL, last_pull IS NULL, feed_head, behind_bytes IS NULL, beyond_retention IS NULL)
+               FROM edgesync.edges",
+        )
+        .unwrap();
+        assert_eq!(row.as_deref(), Some("es_view_edge es_view_login t t 0/0 t t"), "registered, nothing heard yet, an empty feed");
+    }
+
+    /// Activity lives in shared memory, which a rolled-back test leaves
+    /// behind: this edge's name is its own.
+    #[pg_test]
+    fn the_edges_view_and_health_follow_an_edges_hello_and_pull() {
+        Spi::run(
+            "SELECT edgesync.create_node('es_cloud', 90);
+             CREATE ROLE es_pull_login LOGIN; SELECT edgesync.register_edge('es_pulling_edge', 'es_pull_login');
+             SELECT * FROM edgesync.hello('es_pulling_edge');
+             SELECT * FROM edgesync.pull_batch('es_pulling_edge', '0/100');",
+        )
+        .unwrap();
+        let seen = Spi::get_one::<String>(
+            "SELECT concat_ws(' ', last_hello IS NOT NULL, last_pull >= now(), pull_position, behind_bytes, behind_transactions, beyond_retention)
+               FROM edgesync.edges WHERE name = 'es_pulling_edge'",
+        )
+        .unwrap();
+        assert_eq!(seen.as_deref(), Some("t t 0/100 0 0 f"), "the pull's position, at the feed's head");
+        let health = |metric: &str| {
+            Spi::get_two_with_args::<String, String>(
+                "SELECT status, detail FROM edgesync.health WHERE component = 'edge' AND object = 'es_pulling_edge' AND metric = $1",
+                &[metric.into()],
+            )
+            .unwrap()
+        };
+        let (status, detail) = health("silent_seconds");
+        assert_eq!(status.as_deref(), Some("ok"));
+        assert!(detail.unwrap_or_default().contains("edgesync.edge_silence_warning 3600 s, critical at 14400 s"), "the default levels");
+        assert_eq!(health("feed_position").0.as_deref(), Some("ok"));
+        // retention purges past the edge's position: resync needed
+        Spi::run("UPDATE edgesync.feed_mark SET purged_through = '0/200'").unwrap();
+        let beyond = Spi::get_one::<bool>("SELECT beyond_retention FROM edgesync.edges WHERE name = 'es_pulling_edge'").unwrap();
+        assert_eq!(beyond, Some(true));
+        let (status, detail) = health("feed_position");
+        assert_eq!(status.as_deref(), Some("critical"));
+        assert!(detail.unwrap_or_default().starts_with("resync needed: it pulls from 0/100, but the feed keeps only what follows 0/200"));
+    }
+
+    #[pg_test]
+    fn edgesync_edge_silence_warning_is_a_server_wide_setting() {
+        let (setting, context) = Spi::get_two::<String, String>(
+            "SELECT setting || unit, context FROM pg_settings WHERE name = 'edgesync.edge_silence_warning'",
+        )
+        .unwrap();
+        assert_eq!((setting.as_deref(), context.as_deref()), (Some("3600s"), Some("sighup")));
+    }
+
+    #[pg_test]
+    fn diagnose_says_edges_need_the_feed_worker_in_this_database() {
+        // the test server preloads edgesync with edgesync.database left at postgres
+        Spi::run("CREATE ROLE es_diag_login LOGIN; SELECT edgesync.register_edge('es_diag_edge', 'es_diag_login')").unwrap();
+        let (finding, fix) =
+            Spi::get_two::<String, String>("SELECT finding, fix FROM edgesync.diagnose() WHERE subject = 'feed'").unwrap();
+        let finding = finding.unwrap_or_default();
+        assert!(finding.starts_with("1 edge(s) are registered but no feed worker runs for this database"), "{finding}");
+        assert!(finding.contains("edgesync.database (postgres), not in this one"), "{finding}");
+        let database = Spi::get_one::<String>("SELECT current_database()::text").unwrap().unwrap();
+        assert_eq!(fix, Some(format!("ALTER SYSTEM SET edgesync.database = '{database}';")));
     }
 }

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::model::sync::feed::FEED_SLOT;
+
 /// Outcome of one check. Ordered: `Ok < Warning < Critical`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Status {
@@ -104,7 +106,8 @@ fn metric_check(
     }
 }
 
-fn show(v: f64) -> String {
+/// A number as a detail shows it: whole numbers without decimals.
+pub(super) fn show(v: f64) -> String {
     if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.3}") }
 }
 
@@ -179,8 +182,10 @@ pub struct Slot {
     pub retained_wal_bytes: Option<f64>,
     pub wal_status: Option<String>,
     pub inactive_seconds: Option<f64>,
-    /// The slot of one of this node's peers: its forwarder reads it in
-    /// rounds, so it is inactive between them (the peer checks judge it).
+    /// Read in rounds by one of edgesync's own workers, so inactive
+    /// between them: a peer's slot (its forwarder's; the peer checks judge
+    /// it), or the cloud's feed slot while edges are registered (the feed
+    /// worker's; the edge checks and `diagnose()` judge it).
     pub peer_slot: bool,
 }
 
@@ -202,9 +207,15 @@ pub fn slot_checks(s: &Slot, t: &Thresholds) -> Vec<Check> {
     vec![connected, retained, wal_status_check(s)]
 }
 
-/// A peer's slot is read by its forwarder, a peek at a time: being
-/// inactive between peeks is its normal state, not a downstream gone.
+/// A peer's slot is read by its forwarder, and the feed slot by the feed
+/// worker, a peek at a time: being inactive between peeks is their normal
+/// state, not a downstream gone.
 fn peer_slot_check(s: &Slot) -> Check {
+    let detail = if s.name == FEED_SLOT {
+        "read by edgesync's feed worker in rounds: the edge checks say whether edges keep up, edgesync.diagnose() whether the worker runs"
+    } else {
+        "read by edgesync's forwarder in rounds: its peer's checks say whether it keeps up"
+    };
     Check {
         component: "replication_slot",
         object: s.name.clone(),
@@ -212,7 +223,7 @@ fn peer_slot_check(s: &Slot) -> Check {
         metric: "inactive_seconds",
         value: if s.active { Some(0.0) } else { s.inactive_seconds },
         threshold: None,
-        detail: "read by edgesync's forwarder in rounds: its peer's checks say whether it keeps up".to_string(),
+        detail: detail.to_string(),
     }
 }
 
@@ -591,6 +602,26 @@ mod tests {
         assert_eq!(status_of(&c, "retained_wal_bytes"), Status::Critical);
         assert!(!c[1].detail.contains("disk is at risk"));
         assert_eq!(status_of(&c, "wal_status"), Status::Critical);
+        s.peer_slot = false;
+        assert_eq!(status_of(&slot_checks(&s, &t()), "inactive_seconds"), Status::Critical);
+    }
+
+    #[test]
+    fn the_feed_slot_between_the_feed_workers_reads_is_not_a_downstream_gone() {
+        let mut s = Slot {
+            name: FEED_SLOT.into(),
+            slot_type: "logical".into(),
+            active: false,
+            retained_wal_bytes: Some(10.0),
+            wal_status: Some("reserved".into()),
+            inactive_seconds: Some(0.2),
+            peer_slot: true,
+        };
+        let c = slot_checks(&s, &t());
+        assert!(c.iter().all(|c| c.status == Status::Ok), "{c:?}");
+        assert!(c[0].detail.starts_with("read by edgesync's feed worker in rounds"), "{}", c[0].detail);
+        // with no edge registered it is judged as any slot (the glue says
+        // so): nobody reads it
         s.peer_slot = false;
         assert_eq!(status_of(&slot_checks(&s, &t()), "inactive_seconds"), Status::Critical);
     }

@@ -3,6 +3,7 @@
 //! snapshot of the node; this module only reasons about it.
 
 use crate::model::sql_text::{quote_ident, quote_literal};
+use crate::model::sync::feed::FEED_SLOT;
 
 /// What `diagnose()` looks at, read from the server in one go.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -26,6 +27,26 @@ pub struct NodeSnapshot {
     pub subscriptions: Vec<SubscriptionSnapshot>,
     /// Retained WAL above which an inactive slot is reported (`edgesync.lag_warning_bytes`).
     pub inactive_slot_warning_bytes: i64,
+    /// The cloud's feed, read in the same go.
+    pub feed: FeedSnapshot,
+}
+
+/// What the cloud's feed needs (`sync/feed.rs`): edges registered here
+/// make this node a cloud, whose feed worker decodes its WAL into the feed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FeedSnapshot {
+    /// The node is a hot standby: it keeps no feed (its primary does).
+    pub in_recovery: bool,
+    /// Rows of `edgesync.edge`.
+    pub edges_registered: i64,
+    /// A process of backend type `edgesync feed` runs in this database.
+    pub worker_running: bool,
+    /// The feed's slot (`edgesync_feed`) exists for this database.
+    pub slot_here: bool,
+    /// `edgesync.database`; None where edgesync is not preloaded (the
+    /// setting is only defined then).
+    pub edgesync_database: Option<String>,
+    pub current_database: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -123,6 +144,7 @@ pub fn diagnose(n: &NodeSnapshot) -> Vec<Finding> {
     out.extend(slot_retention_findings(n));
     out.extend(inactive_slot_findings(n));
     out.extend(subscription_findings(n));
+    out.extend(feed_findings(n));
     out.sort_by_key(|f| f.severity);
     out
 }
@@ -141,24 +163,30 @@ fn wal_level_finding(n: &NodeSnapshot) -> Option<Finding> {
     })
 }
 
-/// The fix extends the list already set: other preloaded libraries stay.
 fn preload_finding(n: &NodeSnapshot) -> Option<Finding> {
-    let preloaded = n
-        .shared_preload_libraries
-        .split(',')
-        .map(|l| l.trim().trim_matches('"'))
-        .any(|l| l == "edgesync" || l.ends_with("/edgesync") || l == "edgesync.so");
-    if preloaded {
+    if preloaded(n) {
         return None;
     }
-    let mut libs: Vec<&str> = n.shared_preload_libraries.split(',').map(str::trim).filter(|l| !l.is_empty()).collect();
-    libs.push("edgesync");
     Some(finding(
         Severity::Warning,
         "shared_preload_libraries",
         "edgesync is not in shared_preload_libraries: its background workers and shared clock cannot start (restart required after the fix)",
-        alter_system("shared_preload_libraries", &libs.join(",")),
+        preload_fix(n),
     ))
+}
+
+fn preloaded(n: &NodeSnapshot) -> bool {
+    n.shared_preload_libraries
+        .split(',')
+        .map(|l| l.trim().trim_matches('"'))
+        .any(|l| l == "edgesync" || l.ends_with("/edgesync") || l == "edgesync.so")
+}
+
+/// The fix extends the list already set: other preloaded libraries stay.
+fn preload_fix(n: &NodeSnapshot) -> String {
+    let mut libs: Vec<&str> = n.shared_preload_libraries.split(',').map(str::trim).filter(|l| !l.is_empty()).collect();
+    libs.push("edgesync");
+    alter_system("shared_preload_libraries", &libs.join(","))
 }
 
 /// A warning from 18 on, where the subscriber's own conflict detection needs
@@ -241,11 +269,14 @@ fn slot_retention_findings(n: &NodeSnapshot) -> Vec<Finding> {
     out
 }
 
-/// Inactive slots holding at least the warning level of WAL.
+/// Inactive slots holding at least the warning level of WAL. The feed's
+/// slot is left to the feed rules: it is inactive between the feed
+/// worker's reads, and dropping it while edges are registered would lose
+/// their changes.
 fn inactive_slot_findings(n: &NodeSnapshot) -> Vec<Finding> {
     n.slots
         .iter()
-        .filter(|s| !s.active)
+        .filter(|s| !s.active && s.name != FEED_SLOT)
         .filter_map(|slot| {
             let retained = slot.retained_wal_bytes.unwrap_or(0);
             (retained >= n.inactive_slot_warning_bytes).then(|| {
@@ -306,6 +337,76 @@ fn subscription_errors_finding(sub: &SubscriptionSnapshot) -> Option<Finding> {
     })
 }
 
+/// The cloud's feed: with edges registered, a feed worker must run and
+/// decode this node's WAL; with none, its slot must not stay behind. A
+/// standby has no feed of its own: its primary's `diagnose()` judges it.
+fn feed_findings(n: &NodeSnapshot) -> Vec<Finding> {
+    let feed = &n.feed;
+    if feed.in_recovery {
+        return Vec::new();
+    }
+    if feed.edges_registered == 0 {
+        return left_feed_slot_finding(feed).into_iter().collect();
+    }
+    let mut out = Vec::new();
+    if n.wal_level != "logical" {
+        out.push(finding(
+            Severity::Critical,
+            "feed",
+            format!(
+                "{} edge(s) are registered but wal_level is {:?}: the feed worker cannot decode this node's WAL, so edges pull nothing (restart required after the fix)",
+                feed.edges_registered, n.wal_level
+            ),
+            alter_system("wal_level", "logical"),
+        ));
+    }
+    out.extend(feed_worker_finding(n));
+    out
+}
+
+/// Edges are registered and no feed worker runs: say why, from what is
+/// known (not preloaded, another database named, or the server log).
+fn feed_worker_finding(n: &NodeSnapshot) -> Option<Finding> {
+    let feed = &n.feed;
+    if feed.worker_running {
+        return None;
+    }
+    let edges = format!("{} edge(s) are registered but no feed worker runs for this database, so edges pull nothing", feed.edges_registered);
+    let (why, fix) = if !preloaded(n) {
+        ("edgesync is not in shared_preload_libraries".to_string(), preload_fix(n))
+    } else if feed.edgesync_database.as_deref() != Some(feed.current_database.as_str()) {
+        (
+            format!(
+                "the feed worker runs in the database named by edgesync.database ({}), not in this one ({})",
+                feed.edgesync_database.as_deref().unwrap_or("unset"),
+                feed.current_database
+            ),
+            alter_system("edgesync.database", &feed.current_database),
+        )
+    } else {
+        (
+            "the launcher starts it within seconds of a registration, so the server log says why it did not: most often no background worker slot was free".to_string(),
+            alter_system("max_worker_processes", &(n.max_worker_processes + 8).to_string()),
+        )
+    };
+    Some(finding(Severity::Critical, "feed", format!("{edges}: {why} (restart required after the fix)"), fix))
+}
+
+/// The feed worker drops its slot once no edge is registered; a slot left
+/// while it does not run holds WAL for nobody.
+fn left_feed_slot_finding(feed: &FeedSnapshot) -> Option<Finding> {
+    (feed.slot_here && !feed.worker_running).then(|| {
+        finding(
+            Severity::Warning,
+            format!("slot:{FEED_SLOT}"),
+            format!(
+                "the feed's replication slot {FEED_SLOT:?} is left with no edge registered: it holds WAL for nobody (the feed worker drops it after the last edge goes, and did not run since)"
+            ),
+            format!("SELECT pg_drop_replication_slot({});", quote_literal(FEED_SLOT)),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,7 +429,23 @@ mod tests {
             slots: vec![SlotSnapshot { name: "s".into(), active: true, retained_wal_bytes: Some(100) }],
             subscriptions: vec![SubscriptionSnapshot { name: "sub".into(), enabled: true, worker_running: true, error_count: 0 }],
             inactive_slot_warning_bytes: 1024,
+            feed: FeedSnapshot::default(),
         }
+    }
+
+    /// A cloud with its feed running.
+    fn cloud() -> NodeSnapshot {
+        let feed = FeedSnapshot {
+            in_recovery: false,
+            edges_registered: 2,
+            worker_running: true,
+            slot_here: true,
+            edgesync_database: Some("iot".into()),
+            current_database: "iot".into(),
+        };
+        let mut n = NodeSnapshot { feed, ..healthy() };
+        n.slots.push(SlotSnapshot { name: FEED_SLOT.into(), active: false, retained_wal_bytes: Some(1 << 30) });
+        n
     }
 
     fn subjects(n: &NodeSnapshot) -> Vec<String> {
@@ -447,5 +564,78 @@ mod tests {
         assert_eq!(f[0].subject, "subscription:down");
         assert!(f.iter().any(|f| f.fix == "ALTER SUBSCRIPTION \"Off\" ENABLE;"));
         assert!(f.iter().any(|f| f.fix.contains("pg_stat_reset_subscription_stats") && f.fix.contains("'down'")));
+    }
+
+    #[test]
+    fn a_cloud_with_its_feed_running_has_no_findings() {
+        assert!(diagnose(&cloud()).is_empty(), "{:?}", diagnose(&cloud()));
+    }
+
+    #[test]
+    fn the_feed_slot_inactive_between_reads_is_not_an_inactive_slot() {
+        let n = cloud();
+        assert!(n.slots.iter().any(|s| s.name == FEED_SLOT && !s.active && s.retained_wal_bytes > Some(n.inactive_slot_warning_bytes)));
+        assert!(!subjects(&n).contains(&format!("slot:{FEED_SLOT}")), "never a fix that drops it while edges are registered");
+    }
+
+    #[test]
+    fn edges_without_logical_wal_are_a_feed_finding() {
+        let n = NodeSnapshot { wal_level: "replica".into(), ..cloud() };
+        let f: Vec<_> = diagnose(&n).into_iter().filter(|f| f.subject == "feed").collect();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].severity, f[0].fix.as_str()), (Severity::Critical, "ALTER SYSTEM SET wal_level = 'logical';"));
+        assert!(f[0].finding.starts_with("2 edge(s) are registered but wal_level is \"replica\""), "{}", f[0].finding);
+    }
+
+    #[test]
+    fn edges_without_a_feed_worker_say_why() {
+        let stopped = |n: NodeSnapshot| NodeSnapshot { feed: FeedSnapshot { worker_running: false, ..n.feed.clone() }, ..n };
+        let feed_finding = |n: &NodeSnapshot| diagnose(n).into_iter().find(|f| f.subject == "feed").expect("a feed finding");
+        // not preloaded: the preload fix, keeping the other libraries
+        let n = stopped(NodeSnapshot { shared_preload_libraries: "pg_stat_statements".into(), ..cloud() });
+        let f = feed_finding(&n);
+        assert_eq!(f.severity, Severity::Critical);
+        assert_eq!(f.fix, "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements,edgesync';");
+        assert!(f.finding.contains("edgesync is not in shared_preload_libraries"), "{}", f.finding);
+        // preloaded for another database
+        let mut n = stopped(cloud());
+        n.feed.edgesync_database = Some("postgres".into());
+        let f = feed_finding(&n);
+        assert_eq!(f.fix, "ALTER SYSTEM SET edgesync.database = 'iot';");
+        assert!(f.finding.contains("edgesync.database (postgres), not in this one (iot)"), "{}", f.finding);
+        n.feed.edgesync_database = None;
+        assert!(feed_finding(&n).finding.contains("edgesync.database (unset)"));
+        // the right database: the log says why, most often no worker slot
+        let f = feed_finding(&stopped(cloud()));
+        assert_eq!(f.fix, "ALTER SYSTEM SET max_worker_processes = '16';");
+        assert!(f.finding.starts_with("2 edge(s) are registered but no feed worker runs for this database"), "{}", f.finding);
+        assert!(f.finding.ends_with("(restart required after the fix)"), "{}", f.finding);
+    }
+
+    #[test]
+    fn a_feed_slot_left_without_edges_is_dropped_when_no_worker_will() {
+        let left = |worker_running: bool, slot_here: bool| {
+            let feed = FeedSnapshot { edges_registered: 0, worker_running, slot_here, ..cloud().feed };
+            let n = NodeSnapshot { feed, ..cloud() };
+            diagnose(&n).into_iter().filter(|f| f.subject == format!("slot:{FEED_SLOT}")).collect::<Vec<_>>()
+        };
+        let f = left(false, true);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].severity, f[0].fix.as_str()), (Severity::Warning, "SELECT pg_drop_replication_slot('edgesync_feed');"));
+        assert!(left(true, true).is_empty(), "the running worker is about to drop it");
+        assert!(left(false, false).is_empty(), "the slot is another database's, or gone");
+        // without edges, no worker is wanted
+        let n = NodeSnapshot { feed: FeedSnapshot { edges_registered: 0, worker_running: false, slot_here: false, ..cloud().feed }, ..cloud() };
+        assert!(diagnose(&n).iter().all(|f| f.subject != "feed"));
+    }
+
+    #[test]
+    fn a_standby_leaves_the_feed_to_its_primary() {
+        let mut n = NodeSnapshot { wal_level: "replica".into(), ..cloud() };
+        n.feed.in_recovery = true;
+        n.feed.worker_running = false;
+        assert!(diagnose(&n).iter().all(|f| f.subject != "feed"), "{:?}", diagnose(&n));
+        n.feed.edges_registered = 0;
+        assert!(diagnose(&n).iter().all(|f| !f.subject.ends_with(FEED_SLOT)));
     }
 }

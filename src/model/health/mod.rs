@@ -3,3 +3,4 @@
 pub mod checks;
 pub mod diagnose;
 pub mod downstreams;
+pub mod edges;
