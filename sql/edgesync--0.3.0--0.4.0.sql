@@ -619,3 +619,147 @@ COMMENT ON FUNCTION edgesync.hello(text, bigint, integer) IS
     'For pushing peers: how far this node applied the sender''s changes, its clock, batch format and node directory; the sender says which database it is and its node id';
 REVOKE EXECUTE ON FUNCTION edgesync.hello(text, bigint, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION edgesync.hello(text, bigint, integer) TO edgesync_peer;
+
+-- == the cloud's view of its edges ==
+-- What each edge last did (hello, push, pull) is kept in shared memory
+-- (src/sync/edge_activity.rs; the server must restart with the new
+-- library to have it) and shown, with each edge's place in the feed, by
+-- the new view edgesync.edges. hello records the edge's connection;
+-- drop_edge and reset_edge forget what was recorded.
+CREATE  FUNCTION "_edge_activity"() RETURNS TABLE (
+	"name" TEXT,  /* String */
+	"last_hello" bigint,  /* i64 */
+	"last_push" bigint,  /* i64 */
+	"pushed_position" bigint,  /* i64 */
+	"last_pull" bigint,  /* i64 */
+	"pull_position" bigint  /* i64 */
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_edge_activity_wrapper';
+
+CREATE  FUNCTION "_note_edge_hello"(
+	"sender" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_note_edge_hello_wrapper';
+
+CREATE  FUNCTION "_forget_edge_activity_at_commit"(
+	"name" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_forget_edge_activity_at_commit_wrapper';
+
+CREATE OR REPLACE FUNCTION edgesync.hello(sender text, system_identifier bigint DEFAULT NULL, node_id integer DEFAULT NULL,
+                               OUT confirmed_lsn pg_lsn, OUT clock_ms bigint, OUT batch_format integer, OUT directory jsonb)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF sender IS NULL OR NOT edgesync._is_node_name(sender) THEN
+        RAISE EXCEPTION 'edgesync: sender % is not a node name', coalesce(quote_literal(sender), 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- only the node's own login learns its progress (and names its id)
+    PERFORM edgesync._require_edge_login(sender);
+    IF hello.system_identifier IS NOT NULL THEN
+        PERFORM edgesync._check_edge_identity(sender, hello.system_identifier);
+    END IF;
+    IF hello.node_id IS NOT NULL THEN
+        IF hello.node_id <= 0 THEN
+            RAISE EXCEPTION 'edgesync: node_id must be positive, not %', hello.node_id USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        PERFORM edgesync._learn_node(hello.node_id, sender, now());
+    END IF;
+    -- last_hello in edgesync.edges (shared memory, not this transaction)
+    PERFORM edgesync._note_edge_hello(sender);
+    IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(sender)) THEN
+        confirmed_lsn := pg_replication_origin_progress(edgesync._origin_name(sender), true);
+    END IF;
+    clock_ms := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+    batch_format := edgesync._batch_format();
+    directory := edgesync._node_directory();
+END
+$$;
+COMMENT ON FUNCTION edgesync.hello(text, bigint, integer) IS
+    'For pushing peers: how far this node applied the sender''s changes, its clock, batch format and node directory; the sender says which database it is and its node id';
+
+CREATE OR REPLACE FUNCTION edgesync.drop_edge(name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM edgesync.edge e WHERE e.name = drop_edge.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'edgesync: no edge named % is registered', coalesce(quote_literal(drop_edge.name), 'NULL')
+          USING ERRCODE = 'undefined_object';
+    END IF;
+    IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(drop_edge.name)) THEN
+        PERFORM pg_replication_origin_drop(edgesync._origin_name(drop_edge.name));
+    END IF;
+    PERFORM edgesync._forget_edge_activity_at_commit(drop_edge.name);
+END
+$$;
+COMMENT ON FUNCTION edgesync.drop_edge(text) IS
+    'Forget a node that pushed here: its registration, its replication origin and its activity (edgesync.edges)';
+
+CREATE OR REPLACE FUNCTION edgesync.reset_edge(name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE edgesync.edge e SET system_identifier = NULL, first_contact_at = NULL WHERE e.name = reset_edge.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'edgesync: no edge named % is registered', coalesce(quote_literal(reset_edge.name), 'NULL')
+          USING ERRCODE = 'undefined_object';
+    END IF;
+    IF EXISTS (SELECT FROM pg_replication_origin WHERE roname = edgesync._origin_name(reset_edge.name)) THEN
+        PERFORM pg_replication_origin_drop(edgesync._origin_name(reset_edge.name));
+    END IF;
+    -- the positions recorded were the old database's
+    PERFORM edgesync._forget_edge_activity_at_commit(reset_edge.name);
+END
+$$;
+COMMENT ON FUNCTION edgesync.reset_edge(text) IS
+    'Take back a node rebuilt under the same name: forget its old database and its progress (its login stays)';
+
+REVOKE EXECUTE ON FUNCTION edgesync._note_edge_hello(text), edgesync._forget_edge_activity_at_commit(text) FROM PUBLIC;
+
+-- The cloud's view of its edges: each registered edge (edgesync.edge),
+-- what it last did here (shared memory, src/sync/edge_activity.rs: lost at
+-- a restart, and on a standby only the pulls it served) and where it
+-- stands in the feed (edgesync.feed, edgesync.feed_mark). On an edge
+-- nothing is registered: the view is empty.
+CREATE VIEW edgesync.edges AS
+WITH since_epoch(t0) AS (SELECT timestamptz '2000-01-01 00:00:00+00'),
+     feed_state(head, purged_through) AS (
+         SELECT greatest((SELECT max(f.position) FROM edgesync.feed f), m.purged_through), m.purged_through
+           FROM edgesync.feed_mark m)
+SELECT e.name,
+       e.login,
+       e.system_identifier,
+       e.registered_at,
+       e.first_contact_at,
+       CASE WHEN a.last_hello > 0 THEN t0 + make_interval(secs => a.last_hello / 1e6) END AS last_hello,
+       CASE WHEN a.last_push > 0 THEN t0 + make_interval(secs => a.last_push / 1e6) END AS last_push,
+       CASE WHEN a.last_push > 0 THEN pg_lsn '0/0' + a.pushed_position END AS pushed_position,
+       CASE WHEN a.last_pull > 0 THEN t0 + make_interval(secs => a.last_pull / 1e6) END AS last_pull,
+       CASE WHEN a.last_pull > 0 THEN pg_lsn '0/0' + a.pull_position END AS pull_position,
+       feed_state.head AS feed_head,
+       CASE WHEN a.last_pull > 0
+            THEN greatest(pg_wal_lsn_diff(feed_state.head, pg_lsn '0/0' + a.pull_position), 0)::bigint END AS behind_bytes,
+       -- the edge's own transactions among them: its position moves past those too
+       CASE WHEN a.last_pull > 0
+            THEN (SELECT count(*) FROM edgesync.feed f WHERE f.position > pg_lsn '0/0' + a.pull_position) END AS behind_transactions,
+       CASE WHEN a.last_pull > 0 THEN pg_lsn '0/0' + a.pull_position < feed_state.purged_through END AS beyond_retention
+  FROM since_epoch, feed_state, edgesync.edge e
+  LEFT JOIN edgesync._edge_activity() a ON a.name = e.name;
+COMMENT ON VIEW edgesync.edges IS
+    'On the cloud, each registered edge: its login and database, when it last said hello, pushed and pulled (since the server started), its pushed and pull positions, how far behind the feed head it is and whether retention purged past it (resync needed)';
+
+REVOKE ALL ON edgesync.edges FROM PUBLIC;
+GRANT SELECT ON edgesync.edges TO pg_monitor, edgesync_admin;
+-- called by the view as its reader
+REVOKE EXECUTE ON FUNCTION edgesync._edge_activity() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION edgesync._edge_activity() TO pg_monitor, edgesync_admin;
