@@ -64,7 +64,7 @@ install-pg15: setup
 
 test-integration: install-pg18
 	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \
-		cargo test --features integration --test health --test conflicts --test forwarder --test upgrade --test roles --test relay --test chaos --test names --test harness -- --test-threads=1
+		cargo test --features integration --test health --test conflicts --test forwarder --test upgrade --test roles --test relay --test chaos --test names --test edges --test harness -- --test-threads=1
 
 test-integration-pg15: install-pg15
 	EDGESYNC_PG_CONFIG=$(PG15_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \
