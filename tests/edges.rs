@@ -1,4 +1,4 @@
-//! The cloud's view of its edges, on real clusters (a cloud and an edge):
+//! The cloud's view of its edges, on real clusters (a cloud and its edges):
 //! `edgesync.edges` follows the edge's pushes and pulls, `edgesync.health`
 //! judges its silence and its place in the feed, `diagnose()` finds
 //! nothing wrong with a running feed, and `drop_edge` / `reset_edge`
@@ -8,40 +8,16 @@ mod common;
 
 use std::time::Duration;
 
+use common::star::star;
 use common::{Cluster, Node, DEADLINE};
 
-const CONFIG: &str = "CREATE TABLE public.config (key text PRIMARY KEY, value text NOT NULL)";
-const INVENTORY: &str = "CREATE TABLE public.inventory (sku text PRIMARY KEY, qty int NOT NULL)";
-
-/// A cloud and one edge (`edge1`, logging in as `edge1_login`); `config`
-/// goes down, `inventory` both ways. Returns once the edge has pulled once.
+/// The star's cloud and its first edge (`edge1`, logging in as
+/// `edge1_login`), once each edge has pulled once; the second edge keeps
+/// the feed wanted while the first is dropped.
 fn cloud_and_edge(test: &str) -> (Cluster, Node, Node) {
-    let mut c = Cluster::new(test);
-    let cloud = c.add_node("cloud", &[]);
-    cloud.execute(&format!(
-        "CREATE EXTENSION edgesync; SELECT edgesync.create_node('cloud', 100); {CONFIG}; {INVENTORY};
-         SELECT edgesync.add_table('public.config', sync => 'down');
-         SELECT edgesync.add_table('public.inventory', sync => 'both');
-         CREATE ROLE edge1_login LOGIN IN ROLE edgesync_peer;
-         SELECT edgesync.register_edge('edge1', 'edge1_login');"
-    ));
-    let edge = c.add_node("edge1", &[]);
-    edge.execute(&format!(
-        "CREATE EXTENSION edgesync; SELECT edgesync.create_node('edge1', 1); {CONFIG}; {INVENTORY};
-         SELECT edgesync.add_table('public.config', sync => 'down');
-         SELECT edgesync.add_table('public.inventory', sync => 'both');"
-    ));
-    c.wait_for("the cloud's feed slot", DEADLINE, || {
-        Ok(cloud.try_query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'edgesync_feed'")?.len() == 1)
-    });
-    edge.execute(&format!(
-        "SELECT edgesync.add_peer('cloud', 'host=127.0.0.1 port={} dbname=postgres user=edge1_login connect_timeout=5')",
-        cloud.port
-    ));
-    c.wait_for("edge1's first pull", DEADLINE, || {
-        Ok(edge.try_query("SELECT 1 FROM edgesync.peers WHERE direction = 'pull' AND position IS NOT NULL")?.len() == 1)
-    });
-    (c, cloud, edge)
+    let (c, cloud, mut edges) = star(test);
+    let edge1 = edges.remove(0);
+    (c, cloud, edge1)
 }
 
 /// A condition on edge `name`'s row of the cloud's `edgesync.edges`.
@@ -116,7 +92,9 @@ fn an_edge_never_heard_from_turns_silent_and_drop_or_reset_forget_what_was_recor
         Ok(edge_health(&cloud, "ghost", "silent_seconds")?.is_some_and(|s| s != "ok"))
     });
     c.wait_for("the ghost edge critical (at 20 s)", DEADLINE, || Ok(edge_health(&cloud, "ghost", "silent_seconds")?.as_deref() == Some("critical")));
-    assert_eq!(edge_health(&cloud, "edge1", "silent_seconds").unwrap().as_deref(), Some("ok"), "edge1 pulls every second");
+    // an idle realtime edge asks the feed every 30 s: news on the cloud makes it pull at once
+    cloud.execute("INSERT INTO public.config VALUES ('currency', 'EUR')");
+    c.wait_for("edge1 heard again: ok", DEADLINE, || Ok(edge_health(&cloud, "edge1", "silent_seconds")?.as_deref() == Some("ok")));
     let detail: String = cloud.scalar("SELECT detail FROM edgesync.health WHERE object = 'ghost' AND metric = 'silent_seconds'");
     assert!(detail.starts_with("not heard from in "), "{detail}");
     cloud.execute("SELECT edgesync.drop_edge('ghost')");
