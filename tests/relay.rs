@@ -75,6 +75,8 @@ fn a_position_older_than_the_feed_keeps_is_refused_until_resync() {
     assert!(rows_of(&edges[1], "public.config").unwrap().is_empty(), "nothing was skipped silently");
     let state: String = edges[1].scalar("SELECT state FROM edgesync.peers WHERE direction = 'pull'");
     assert_eq!(state, "resync_needed");
+    let health: String = edges[1].scalar("SELECT status || ': ' || detail FROM edgesync.health WHERE component = 'peer' AND metric = 'forwarder'");
+    assert!(health.starts_with("critical: resync needed"), "{health}");
     // an edge at the mark is not refused: edge1 has seen everything purged
     edges[0].execute("SELECT edgesync.sync_now('cloud')");
     let error: String = edges[0].scalar("SELECT coalesce(last_error, '') FROM edgesync.peers WHERE direction = 'pull'");

@@ -161,9 +161,13 @@ fn read_subscriptions(client: &SpiClient<'_>) -> Vec<health::Subscription> {
 fn read_peers(client: &SpiClient<'_>) -> Vec<health::Peer> {
     read_rows(
         client,
-        "SELECT peer, state, consecutive_failures::bigint, extract(epoch FROM now() - last_success)::float8, last_error,
-                pending_bytes::float8, lag_seconds, clock_skew_seconds::float8
-           FROM edgesync.peers WHERE direction = 'push' ORDER BY 1",
+        // one row per peer: the push row, whose state a pull refused for good overrides
+        "SELECT p.peer, CASE WHEN EXISTS (SELECT FROM edgesync.peers q WHERE q.peer = p.peer AND q.direction = 'pull'
+                                                                         AND q.state = 'resync_needed')
+                             THEN 'resync_needed' ELSE p.state END,
+                p.consecutive_failures::bigint, extract(epoch FROM now() - p.last_success)::float8, p.last_error,
+                p.pending_bytes::float8, p.lag_seconds, p.clock_skew_seconds::float8
+           FROM edgesync.peers p WHERE p.direction = 'push' ORDER BY 1",
         |r| {
             Ok(health::Peer {
                 name: r.get(1)?.unwrap_or_default(),

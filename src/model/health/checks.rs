@@ -414,6 +414,10 @@ pub fn peer_checks(p: &Peer, t: &Thresholds, max_skew_seconds: f64) -> Vec<Check
             Status::Critical,
             "no forwarder runs: is edgesync in shared_preload_libraries and edgesync.database this database? see the server log".to_string(),
         ),
+        "resync_needed" => (
+            Status::Critical,
+            "resync needed: the peer's feed no longer holds this node's position (retention purged it); nothing more arrives from the peer until this node is copied again".to_string(),
+        ),
         state => (Status::Ok, format!("forwarder {state}")),
     };
     checks.push(Check { component: "peer", object: p.name.clone(), status, metric: "forwarder", value: None, threshold: None, detail });
@@ -691,6 +695,14 @@ mod tests {
         let c = wal_receiver_checks(&w, &t());
         assert_eq!(status_of(&c, "status"), Status::Ok);
         assert_eq!(status_of(&c, "replay_delay_seconds"), Status::Warning);
+    }
+
+    #[test]
+    fn a_peer_whose_feed_purged_this_nodes_position_is_critical() {
+        let p = Peer { name: "cloud".into(), state: "resync_needed".into(), ..Peer::default() };
+        let c = &peer_checks(&p, &Thresholds::default(), 30.0)[0];
+        assert_eq!((c.status, c.metric), (Status::Critical, "forwarder"));
+        assert!(c.detail.starts_with("resync needed"), "{}", c.detail);
     }
 
     #[test]
