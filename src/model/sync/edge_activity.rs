@@ -280,6 +280,43 @@ mod tests {
         }
     }
 
+    /// `count` names whose probe starts at slot `home` of a table of 8.
+    fn names_at_home(home: usize, count: usize) -> Vec<String> {
+        let found: Vec<String> =
+            (0..10_000).map(|i| format!("k{i}")).filter(|k| home_slot::<8>(1, k.as_bytes()) == home).take(count).collect();
+        assert_eq!(found.len(), count, "names spread over every slot");
+        found
+    }
+
+    /// A table of 8 with `keys` recorded in order (database 1).
+    fn table_of(keys: &[String]) -> ActivityTable<8> {
+        let mut t = ActivityTable::<8>::EMPTY;
+        for k in keys {
+            t.record(1, k, Event::Hello, 1);
+        }
+        t
+    }
+
+    #[test]
+    fn forgetting_moves_back_what_wrapped_past_the_end_and_only_that() {
+        // a run from the last slot around to the first: home 7 at 7, 0, 1
+        let at_end = names_at_home(7, 3);
+        let mut t = table_of(&at_end);
+        assert!(t.forget(1, &at_end[0]));
+        for k in &at_end[1..] {
+            assert!(t.get(1, k).is_some(), "{k}: moved back to the end, still found");
+        }
+        // a run from slot 5 around to 0: one edge at home 5, three at home 6
+        // (6, 7, then 0): forgetting the first leaves the others where they are
+        let mut keys = names_at_home(5, 1);
+        keys.extend(names_at_home(6, 3));
+        let mut t = table_of(&keys);
+        assert!(t.forget(1, &keys[0]));
+        for k in &keys[1..] {
+            assert!(t.get(1, k).is_some(), "{k}: its home is past the hole, it stays");
+        }
+    }
+
     #[test]
     fn forgetting_in_any_order_empties_the_table() {
         const N: usize = 8;
