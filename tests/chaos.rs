@@ -5,6 +5,13 @@
 //! `sync_now` rounds, the three nodes hold the same rows with the same
 //! versions, and every conflict was settled and logged.
 //!
+//! "Logged" is checked write by write: each node audits its local writes
+//! (an ordinary trigger, which apply does not fire). A write that is not
+//! in the final rows was either seen by the write or delete that replaced
+//! it (it is that write's previous version, or the version a local delete
+//! removed), or it was overwritten by a change made without seeing it: a
+//! concurrent one, which some node's `conflict_log` must name.
+//!
 //! The seeds run are printed; `EDGESYNC_CHAOS_SEED=n` replays one.
 
 mod common;
@@ -22,6 +29,46 @@ const TRANSACTIONS: usize = 1_200;
 const KEYS: u64 = 12;
 /// How long the final rounds may take to converge.
 const CONVERGE: Duration = Duration::from_secs(180);
+
+/// Each node's audit of its local writes: the version each insert or
+/// update wrote (which holds the version it replaced), and the version
+/// each delete removed.
+const AUDIT: &str = "CREATE TABLE public.chaos_audit (kind text NOT NULL, version bytea NOT NULL);
+    CREATE FUNCTION public.chaos_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            INSERT INTO public.chaos_audit VALUES ('deleted', OLD.edgesync_version);
+        ELSE
+            INSERT INTO public.chaos_audit VALUES ('written', NEW.edgesync_version);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER chaos_audit AFTER INSERT OR UPDATE OR DELETE ON public.inventory
+        FOR EACH ROW EXECUTE FUNCTION public.chaos_audit();";
+
+/// One column of hex strings from every node: a version's own part (its
+/// clock reading and node, the first 12 bytes) unless the query says otherwise.
+fn versions(nodes: &[&Node], sql: &str) -> std::collections::BTreeSet<String> {
+    nodes.iter().flat_map(|n| n.query(sql).into_iter().map(|r| r.get::<_, String>(0))).collect()
+}
+
+/// The local writes that were overwritten without being seen and that no
+/// node's conflict_log names (empty when every concurrent change was logged),
+/// and how many were overwritten so.
+fn concurrent_writes_not_logged(nodes: &[&Node]) -> (Vec<String>, usize) {
+    let written = versions(nodes, "SELECT encode(substr(version, 1, 12), 'hex') FROM public.chaos_audit WHERE kind = 'written'");
+    let mut seen = versions(nodes, "SELECT encode(substr(version, 13, 12), 'hex') FROM public.chaos_audit WHERE kind = 'written'");
+    seen.extend(versions(nodes, "SELECT encode(substr(version, 1, 12), 'hex') FROM public.chaos_audit WHERE kind = 'deleted'"));
+    seen.extend(versions(nodes, "SELECT encode(substr(edgesync_version, 1, 12), 'hex') FROM public.inventory"));
+    let logged = versions(
+        nodes,
+        "SELECT encode(int8send(v[1]) || int4send(v[2]::int), 'hex')
+           FROM edgesync.conflict_log, LATERAL (VALUES (local_version), (remote_version)) AS x(v) WHERE v IS NOT NULL",
+    );
+    let overwritten: Vec<&String> = written.difference(&seen).collect();
+    let missing = overwritten.iter().filter(|w| !logged.contains(**w)).map(|w| w.to_string()).collect();
+    (missing, overwritten.len())
+}
 
 /// splitmix64: a small, seedable generator; the same seed gives the same run.
 struct Rng(u64);
@@ -136,6 +183,9 @@ fn converged(cloud: &Node, edges: &[Node]) -> Result<bool, String> {
 fn chaos(seed: u64) {
     println!("chaos seed {seed} (replay: EDGESYNC_CHAOS_SEED={seed})");
     let (c, cloud, edges, links) = star_via(&format!("chaos{seed}"), true);
+    for n in [&cloud, &edges[0], &edges[1]] {
+        n.execute(AUDIT);
+    }
     let mut rng = Rng(seed);
     let mut cloud_restarted = false;
     let mut sessions = Sessions((0..3).map(|_| None).collect(), 0, 0);
@@ -160,7 +210,9 @@ fn chaos(seed: u64) {
     c.wait_for(&format!("seed {seed}: the three nodes converge"), CONVERGE, || converged(&cloud, &edges));
     let nodes = [&cloud, &edges[0], &edges[1]];
     let logged: i64 = nodes.iter().map(|n| n.scalar::<i64>("SELECT count(*) FROM edgesync.conflict_log")).sum();
-    assert!(logged > 0, "seed {seed}: concurrent writes to {KEYS} keys on three nodes were logged as conflicts");
+    let (not_logged, overwritten) = concurrent_writes_not_logged(&nodes);
+    assert!(overwritten > 0, "seed {seed}: writes to {KEYS} keys on three nodes were overwritten concurrently");
+    assert!(not_logged.is_empty(), "seed {seed}: {} of {overwritten} writes overwritten unseen are in no conflict_log: {not_logged:?}", not_logged.len());
     for n in nodes {
         let pending: i64 = n.scalar("SELECT count(*) FROM edgesync.conflict_log WHERE status <> 'resolved'");
         assert_eq!(pending, 0, "seed {seed}: last writer wins settles every conflict on {}", n.name);
@@ -170,7 +222,7 @@ fn chaos(seed: u64) {
     let rows: i64 = cloud.scalar("SELECT count(*) FROM public.inventory");
     println!(
         "seed {seed}: {committed} transactions committed ({failed} refused by a restarting node), converged on {rows} rows, \
-         {logged} conflicts logged, {} bytes through the links; {upsets:?}",
+         {overwritten} writes overwritten unseen, each in a conflict_log ({logged} conflicts logged), {} bytes through the links; {upsets:?}",
         links.iter().map(Link::bytes).sum::<u64>()
     );
     assert!(upsets.get("link cut").is_some_and(|&n| n > 0) && upsets.contains_key("forwarder killed"), "seed {seed}: {upsets:?}");
