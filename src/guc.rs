@@ -298,6 +298,11 @@ pub fn set_for(scope: Scope, name: &std::ffi::CStr, value: &std::ffi::CStr) {
     }
 }
 
+/// Whether `edgesync.fault_point` names `point` (fault-injection tests).
+pub fn fault_point_is(point: &str) -> bool {
+    FAULT_POINT.get().is_some_and(|p| p.to_bytes() == point.as_bytes())
+}
+
 /// `edgesync.max_batch_size` in bytes.
 pub fn max_batch_size() -> usize {
     MAX_BATCH_SIZE_KB.get().max(1) as usize * 1024

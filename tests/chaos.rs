@@ -19,7 +19,7 @@ mod common;
 use std::time::Duration;
 
 use common::star::star_via;
-use common::{kill9_pid, Client, Cluster, Link, Node, DEADLINE};
+use common::{kill9_worker, Client, Cluster, Link, Node};
 
 /// Seeds `make test` runs (each a fresh cluster).
 const SEEDS: [u64; 3] = [1, 2, 3];
@@ -115,8 +115,7 @@ fn upset(rng: &mut Rng, c: &Cluster, cloud: &Node, edges: &[Node], links: &[Link
             let e = &edges[rng.below(edges.len() as u64) as usize];
             let rows = e.try_query("SELECT worker_pid FROM edgesync.peers WHERE direction = 'push' AND worker_pid IS NOT NULL").ok()?;
             let pid = rows.first().map(|r| r.get::<_, i32>(0))?;
-            kill9_pid(pid);
-            wait_up(c, e);
+            kill9_worker(c, e, pid, "chaos");
             Some("forwarder killed")
         }
         5 if !*cloud_restarted => {
@@ -126,11 +125,6 @@ fn upset(rng: &mut Rng, c: &Cluster, cloud: &Node, edges: &[Node], links: &[Link
         }
         _ => None,
     }
-}
-
-/// Wait until `n` takes queries again (after a crash of one of its workers).
-fn wait_up(c: &Cluster, n: &Node) {
-    c.wait_for(&format!("{} back", n.name), DEADLINE, || Ok(n.try_query("SELECT 1").is_ok_and(|r| r.len() == 1)));
 }
 
 /// A session per node, opened again after the node restarted, and how many

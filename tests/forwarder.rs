@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{kill9_pid, set_fault_point, Cluster, Node, DEADLINE};
+use common::{kill9_worker, set_fault_point, Cluster, Node, DEADLINE};
 
 /// A generous deadline for draining 100k-row backlogs on a slow machine.
 const DRAIN: Duration = Duration::from_secs(240);
@@ -194,14 +194,7 @@ fn kill9_at_every_point_of_a_push_loses_and_doubles_nothing() {
             match victim {
                 Victim::Forwarder => {
                     let pid: i32 = peer_field(e, "worker_pid").unwrap().parse().unwrap();
-                    let launcher = || -> Result<i32, String> {
-                        let r = e.try_query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'edgesync launcher'")?;
-                        r.first().map(|row| row.get(0)).ok_or_else(|| "no launcher".to_string())
-                    };
-                    let before = launcher().unwrap();
-                    kill9_pid(pid);
-                    // a crashed worker makes the postmaster restart every backend
-                    c.wait_for(&format!("{what}: edge restarted after the crash"), DEADLINE, || Ok(launcher()? != before));
+                    kill9_worker(&c, e, pid, &what);
                 }
                 Victim::EdgeServer => {
                     c.kill9(e);

@@ -6,7 +6,7 @@
 mod common;
 
 use common::star::{rows_of, star, CONFIG};
-use common::{kill9_pid, set_fault_point, Cluster, Node, DEADLINE};
+use common::{kill9_worker, set_fault_point, Cluster, Node, DEADLINE};
 
 fn pulled(e: &Node, column: &str) -> i64 {
     e.scalar(&format!("SELECT {column} FROM edgesync.peers WHERE direction = 'pull'"))
@@ -134,14 +134,7 @@ fn kill(c: &Cluster, holder: &Node, other: &Node, victim: Victim, worker_pid: &s
     match victim {
         Victim::Worker => {
             let pid: i32 = holder.scalar(worker_pid);
-            let launcher = || -> Result<i32, String> {
-                let r = holder.try_query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'edgesync launcher'")?;
-                r.first().map(|row| row.get(0)).ok_or_else(|| "no launcher".to_string())
-            };
-            let before = launcher().unwrap();
-            kill9_pid(pid);
-            // a crashed worker makes the postmaster restart every backend
-            c.wait_for("the server restarted after the crash", DEADLINE, || Ok(launcher()? != before));
+            kill9_worker(c, holder, pid, "the held worker");
         }
         Victim::ItsServer => {
             c.kill9(holder);

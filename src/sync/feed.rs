@@ -145,7 +145,7 @@ impl FeedWorker {
 /// Hold still while `edgesync.fault_point` names `point` (fault-injection
 /// tests), showing it in `pg_stat_activity.query`.
 fn hold_at(point: &str) {
-    let armed = || guc::FAULT_POINT.get().is_some_and(|p| p.to_bytes() == point.as_bytes());
+    let armed = || guc::fault_point_is(point);
     if !armed() {
         return;
     }

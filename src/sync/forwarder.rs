@@ -458,7 +458,7 @@ impl Forwarder {
 
     /// Hold still while `edgesync.fault_point` names `point`.
     fn hold_at(&self, point: &str) {
-        let armed = || guc::FAULT_POINT.get().is_some_and(|p| p.to_bytes() == point.as_bytes());
+        let armed = || guc::fault_point_is(point);
         if !armed() {
             return;
         }

@@ -55,6 +55,18 @@ pub fn kill9_pid(pid: i32) {
     assert!(ok, "kill -9 {pid}");
 }
 
+/// kill -9 the worker `pid` of `n` and wait until the postmaster has
+/// restarted every backend after the crash (the launcher is a new process).
+pub fn kill9_worker(c: &Cluster, n: &Node, pid: i32, what: &str) {
+    let launcher = || -> Result<i32, String> {
+        let r = n.try_query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'edgesync launcher'")?;
+        r.first().map(|row| row.get(0)).ok_or_else(|| "no launcher".to_string())
+    };
+    let before = launcher().unwrap();
+    kill9_pid(pid);
+    c.wait_for(&format!("{what}: {} restarted after the crash", n.name), DEADLINE, || Ok(launcher()? != before));
+}
+
 /// Make edgesync's workers on `n` hold at `point` (`edgesync.fault_point`), or no longer.
 pub fn set_fault_point(n: &Node, point: Option<&str>) {
     match point {
