@@ -48,6 +48,8 @@ pub const PGRES_POLLING_OK: c_int = 3;
 // ExecStatusType
 pub const PGRES_COMMAND_OK: c_int = 1;
 pub const PGRES_TUPLES_OK: c_int = 2;
+/// A replication stream started (`START_REPLICATION`): copy both ways.
+pub const PGRES_COPY_BOTH: c_int = 8;
 
 /// The `format` of a parameter or of a result: text or binary.
 pub const FORMAT_TEXT: c_int = 0;
@@ -93,4 +95,8 @@ unsafe extern "C" {
     pub fn PQconninfoFree(options: *mut PQconninfoOption);
     pub fn PQfreemem(ptr: *mut c_void);
     pub fn PQnotifies(conn: *mut PGconn) -> *mut PGnotify;
+    pub fn PQsendQuery(conn: *mut PGconn, command: *const c_char) -> c_int;
+    pub fn PQgetCopyData(conn: *mut PGconn, buffer: *mut *mut c_char, is_async: c_int) -> c_int;
+    pub fn PQputCopyData(conn: *mut PGconn, buffer: *const c_char, nbytes: c_int) -> c_int;
+    pub fn PQputCopyEnd(conn: *mut PGconn, errormsg: *const c_char) -> c_int;
 }
