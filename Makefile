@@ -17,7 +17,7 @@ PG_USER ?= $(call from_setup,PG_USER)
 PGTEST_DATA_18 ?= /tmp/edgesync-pgtest-18
 PGTEST_DATA_15 ?= /tmp/edgesync-pgtest-15
 
-.PHONY: setup test test-unit test-fuzz test-pg18 test-pg15 test-integration test-integration-pg15 install-pg18 install-pg15 install-pg18-release bench demo demo-stop mutants clean
+.PHONY: setup test test-unit test-fuzz test-pg18 test-pg15 test-integration test-integration-pg15 install-pg18 install-pg15 install-pg18-release bench bench-apply demo demo-stop mutants clean
 
 setup:
 	@bash scripts/setup.sh
@@ -77,6 +77,12 @@ install-pg18-release: setup
 bench: setup
 	@$(MAKE) --no-print-directory install-pg18-release
 	@PG_CONFIG=$(PG18_CONFIG) PG_USER=$(PG_USER) bash bench/bench.sh
+
+# The cloud's apply alone: apply_batch of captured 10k-row batches, timed
+# (PROFILE=lww.update: profiled instead; bench/apply.sh says more).
+bench-apply: setup
+	@$(MAKE) --no-print-directory install-pg18-release
+	@PG_CONFIG=$(PG18_CONFIG) PG_USER=$(PG_USER) bash bench/apply.sh
 
 demo: setup
 	@$(MAKE) --no-print-directory install-pg18
