@@ -64,11 +64,11 @@ install-pg15: setup
 
 test-integration: install-pg18
 	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \
-		cargo test --features integration --test health --test conflicts --test forwarder --test upgrade --test roles --test relay --test chaos --test names --test edges --test harness -- --test-threads=1
+		cargo test --features integration --test health --test conflicts --test forwarder --test apply --test upgrade --test roles --test relay --test chaos --test names --test edges --test harness -- --test-threads=1
 
 test-integration-pg15: install-pg15
 	EDGESYNC_PG_CONFIG=$(PG15_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \
-		cargo test --no-default-features --features "pg15 integration" --test forwarder --test relay -- --test-threads=1
+		cargo test --no-default-features --features "pg15 integration" --test forwarder --test apply --test relay -- --test-threads=1
 
 # Benchmarks: a release build, ratios against baselines measured in the same run.
 install-pg18-release: setup

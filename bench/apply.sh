@@ -10,7 +10,8 @@
 #     cloud keeps every batch it is sent, labelled plain|lww . insert|update|delete.
 #   replay: a fresh node applies them in order, ROUNDS times (each round
 #     from empty tables and a new origin), and prints the median ms per
-#     label, commit included.
+#     label, commit included: wall-clock time, and the CPU time of the
+#     applying backend (what a busy machine disturbs least).
 #
 #   PROFILE=lww.update (a label): instead of timing, applies that label's
 #     batches PROFILE_ROUNDS times under `perf record` (software clock) of
@@ -123,16 +124,25 @@ RESET_SQL="TRUNCATE es_plain, es_lww, edgesync.tombstone, edgesync.conflict_log;
 # psql script lines applying every batch of `label`, each in its own transaction.
 apply_lines() { # label
     for n in $(val "$PORT_CLOUD" "SELECT n FROM bench_batch WHERE label = '$1' ORDER BY n"); do
-        echo "\\echo $1"
         echo "SELECT edgesync.apply_batch(b) IS NOT NULL AS applied FROM bench_batch WHERE n = $n;"
     done
 }
 
-# One round over both tables: reset, then every label in order, timed.
+# The CPU time this backend has used, in ns (the kernel's schedstat): a
+# batch's apply on a busy machine is told by it better than by the clock.
+CPU_NOW="pg_catalog.split_part(pg_catalog.pg_read_file('/proc/self/schedstat'), ' ', 1)::bigint"
+
+# One round over both tables: reset, then every label in order; per batch
+# a line "label|wall ms|cpu ms" (commit included in both).
 round_script() {
     echo "$RESET_SQL"
-    echo "\\timing on"
-    for l in $LABELS; do apply_lines "$l"; done
+    for l in $LABELS; do
+        apply_lines "$l" | while read -r apply; do
+            echo "SELECT $CPU_NOW AS cpu0, pg_catalog.clock_timestamp() AS t0 \\gset"
+            echo "$apply"
+            echo "SELECT '$l', round(extract(epoch FROM pg_catalog.clock_timestamp() - :'t0') * 1000, 3), round(($CPU_NOW - :cpu0) / 1e6, 3);"
+        done
+    done
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
@@ -143,13 +153,15 @@ replay() {
     round_script > "$script"
     : > "$out"
     for r in $(seq "$ROUNDS"); do
-        # "label" then "Time: x ms" per batch: summed per label and round
-        q "$PORT_CLOUD" -t -f "$script" | awk -v r="$r" '
-            /^(plain|lww)\./ { l = $1 } /^Time: / { t[l] += $2 } END { for (l in t) print l, r, t[l] }' >> "$out"
+        # summed per label and round: "label round wall cpu"
+        q "$PORT_CLOUD" -t -A -F ' ' -f "$script" | awk -v r="$r" '
+            /^(plain|lww)\./ { w[$1] += $2; c[$1] += $3 } END { for (l in w) print l, r, w[l], c[l] }' >> "$out"
     done
-    echo "apply_batch, ms per label (median of $ROUNDS rounds; $ROWS single-row transactions each):"
+    echo "apply_batch, ms per label, median of $ROUNDS rounds ($ROWS single-row transactions each; commit included):"
+    printf '  %-14s %8s %8s\n' label wall cpu
     for l in $LABELS; do
-        printf '  %-14s %8.1f\n' "$l" "$(awk -v l="$l" '$1 == l { print $3 }' "$out" | median)"
+        printf '  %-14s %8.1f %8.1f\n' "$l" "$(awk -v l="$l" '$1 == l { print $3 }' "$out" | median)" \
+            "$(awk -v l="$l" '$1 == l { print $4 }' "$out" | median)"
     done
 }
 

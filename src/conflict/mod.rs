@@ -27,10 +27,10 @@ mod table;
 mod tombstone;
 pub mod trigger;
 
-pub(crate) use crate::plan_cache::plan_for;
 pub(crate) use flags::{RemoteDeleteStamp, ResolutionWrite, TableFlag};
 pub(crate) use key::key_of;
 pub(crate) use log::{applying_from, done_applying, log_conflict, ConflictRecord};
+pub(crate) use probe::{find_by_key, RowLock};
 pub(crate) use row::row_by_key;
 pub(crate) use stamp::VERSION_COLUMN;
 pub(crate) use tombstone::missing_row_deleted;

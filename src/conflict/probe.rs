@@ -173,3 +173,102 @@ unsafe fn look_up(trigger: &PgTrigger<'_>, rel: pg_sys::Relation, probe: &KeyPro
         stamp.transpose()
     }
 }
+
+/// How `find_by_key` leaves the row it finds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowLock {
+    /// Read only (is the key taken?).
+    None,
+    /// Locked for the update or delete that follows, until commit.
+    Exclusive,
+}
+
+/// Find the row of `rel` whose primary key is the key the row in `search`
+/// holds, as PostgreSQL's apply finds the row a change names
+/// (`RelationFindReplTupleByIndex`): in a dirty snapshot, so a row written
+/// earlier in this transaction or by one still in progress is seen; the
+/// latter is waited for and the search made again. The row found is left
+/// in `found`, locked when `lock` says so.
+///
+/// # Safety
+/// `rel` must be open; `search` and `found` must be slots of its row type
+/// (`found` one that can hold its stored rows); in a transaction.
+pub(crate) unsafe fn find_by_key(
+    rel: pg_sys::Relation,
+    search: *mut pg_sys::TupleTableSlot,
+    found: *mut pg_sys::TupleTableSlot,
+    lock: RowLock,
+) -> Result<bool, ConflictError> {
+    // SAFETY: the caller keeps `rel` open.
+    let probe = unsafe { key_probe(rel) }?;
+    // SAFETY: `search` holds a row of `rel`, the table the probe was made for.
+    let Some(mut keys) = (unsafe { scan_keys(&probe, search) }) else {
+        return Ok(false); // a NULL key names no row
+    };
+    let n = keys.len() as i32;
+    // SAFETY: a zeroed SnapshotData with its type set is what InitDirtySnapshot makes.
+    let mut dirty: pg_sys::SnapshotData = unsafe { std::mem::zeroed() };
+    dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+    // SAFETY: the index of an open table, locked as PostgreSQL's apply locks
+    // it (kept until commit); the scan reads `dirty`, alive until it ends
+    // below, and fills `found`, a slot of `rel`.
+    unsafe {
+        let idxrel = pg_sys::index_open(probe.index, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let scan = crate::compat::index_beginscan(rel, idxrel, &mut dirty, n);
+        let result = loop {
+            pg_sys::index_rescan(scan, keys.as_mut_ptr(), n, std::ptr::null_mut(), 0);
+            if !pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, found) {
+                break Ok(false);
+            }
+            pg_sys::ExecMaterializeSlot(found);
+            // the dirty snapshot names a transaction that holds the row in progress
+            let holder = if dirty.xmin != pg_sys::InvalidTransactionId { dirty.xmin } else { dirty.xmax };
+            if holder != pg_sys::InvalidTransactionId {
+                pg_sys::XactLockTableWait(holder, std::ptr::null_mut(), std::ptr::null_mut(), pg_sys::XLTW_Oper::XLTW_None);
+                continue;
+            }
+            match lock {
+                RowLock::None => break Ok(true),
+                RowLock::Exclusive => match lock_row(rel, found) {
+                    Ok(true) => break Ok(true),
+                    Ok(false) => continue, // changed under us: look again
+                    Err(e) => break Err(e),
+                },
+            }
+        };
+        pg_sys::index_endscan(scan);
+        pg_sys::index_close(idxrel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        result
+    }
+}
+
+/// Lock the row in `slot` exclusively; false when another transaction
+/// updated or deleted it since it was read (the caller looks again).
+///
+/// # Safety
+/// `rel` must be open and `slot` hold a row of it just read from it.
+unsafe fn lock_row(rel: pg_sys::Relation, slot: *mut pg_sys::TupleTableSlot) -> Result<bool, ConflictError> {
+    // SAFETY: the caller's guarantees; the snapshot pushed here is popped
+    // before returning, and `failure` is a plain struct the call fills.
+    unsafe {
+        let mut failure: pg_sys::TM_FailureData = std::mem::zeroed();
+        pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+        let result = pg_sys::table_tuple_lock(
+            rel,
+            &mut (*slot).tts_tid,
+            pg_sys::GetLatestSnapshot(),
+            slot,
+            pg_sys::GetCurrentCommandId(false),
+            pg_sys::LockTupleMode::LockTupleExclusive,
+            pg_sys::LockWaitPolicy::LockWaitBlock,
+            0, // the row read, not a newer version of it
+            &mut failure,
+        );
+        pg_sys::PopActiveSnapshot();
+        match result {
+            pg_sys::TM_Result::TM_Ok => Ok(true),
+            pg_sys::TM_Result::TM_Updated | pg_sys::TM_Result::TM_Deleted => Ok(false),
+            other => Err(fail(format!("unexpected result {other} locking a row to apply a change to"))),
+        }
+    }
+}
