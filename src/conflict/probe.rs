@@ -16,8 +16,8 @@ use crate::model::conflict::version::RowStamp;
 /// How to look a table's primary key up: found once per table from the
 /// catalogs, rebuilt when the primary-key index changes.
 #[derive(Clone)]
-struct KeyProbe {
-    index: pg_sys::Oid,
+pub(super) struct KeyProbe {
+    pub(super) index: pg_sys::Oid,
     heap_attnums: Vec<i16>,
     procs: Vec<pg_sys::RegProcedure>,
     collations: Vec<pg_sys::Oid>,
@@ -54,7 +54,7 @@ pub(super) fn probe_existing(trigger: &PgTrigger<'_>) -> Result<Option<RowStamp>
 ///
 /// # Safety
 /// `rel` must be an open relation.
-unsafe fn key_probe(rel: pg_sys::Relation) -> Result<KeyProbe, ConflictError> {
+pub(super) unsafe fn key_probe(rel: pg_sys::Relation) -> Result<KeyProbe, ConflictError> {
     // SAFETY: the caller keeps `rel` open.
     let (relid, index) = unsafe { ((*rel).rd_id, crate::compat::primary_key_index(rel)) };
     if index == pg_sys::InvalidOid {
@@ -119,33 +119,53 @@ unsafe fn add_key_column(probe: &mut KeyProbe, idxrel: pg_sys::Relation, i: usiz
 /// # Safety
 /// `slot` must hold a row of the table `probe` was made for.
 unsafe fn scan_keys(probe: &KeyProbe, slot: *mut pg_sys::TupleTableSlot) -> Option<Vec<pg_sys::ScanKeyData>> {
-    let n = probe.heap_attnums.len();
-    // SAFETY: ScanKeyData is a plain C struct; every entry is initialized
-    // by ScanKeyEntryInitialize below before use.
-    let mut keys: Vec<pg_sys::ScanKeyData> = vec![unsafe { std::mem::zeroed() }; n];
-    for (i, key) in keys.iter_mut().enumerate() {
-        let mut isnull = false;
-        // SAFETY: the caller vouches for `slot`; the attribute numbers are its table's.
-        let value = unsafe { pg_sys::slot_getattr(slot, probe.heap_attnums[i] as i32, &mut isnull) };
-        if isnull {
-            return None;
-        }
-        // SAFETY: `key` is a valid ScanKeyData to fill; the function and
-        // collation come from the index's catalog entries.
-        unsafe {
-            pg_sys::ScanKeyEntryInitialize(
-                key,
-                0,
-                (i + 1) as pg_sys::AttrNumber,
-                BT_EQUAL_STRATEGY,
-                pg_sys::InvalidOid,
-                probe.collations[i],
-                probe.procs[i],
-                value,
-            )
-        };
+    let mut keys = probe.scan_keys();
+    // SAFETY: the caller's guarantee.
+    unsafe { probe.set_key_values(&mut keys, slot) }.then_some(keys)
+}
+
+impl KeyProbe {
+    /// One equality scan key per key column, their values still to set.
+    pub(super) fn scan_keys(&self) -> Vec<pg_sys::ScanKeyData> {
+        (0..self.heap_attnums.len())
+            .map(|i| {
+                // SAFETY: ScanKeyData is a plain C struct, filled whole by
+                // ScanKeyEntryInitialize; the function and collation come
+                // from the index's catalog entries.
+                unsafe {
+                    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+                    pg_sys::ScanKeyEntryInitialize(
+                        &mut key,
+                        0,
+                        (i + 1) as pg_sys::AttrNumber,
+                        BT_EQUAL_STRATEGY,
+                        pg_sys::InvalidOid,
+                        self.collations[i],
+                        self.procs[i],
+                        pg_sys::Datum::from(0),
+                    );
+                    key
+                }
+            })
+            .collect()
     }
-    Some(keys)
+
+    /// Set `keys` (from `scan_keys`) to the key of the row in `slot`; false
+    /// when a key column is NULL (a NULL key names no row).
+    ///
+    /// # Safety
+    /// `slot` must hold a row of the table this probe was made for.
+    pub(super) unsafe fn set_key_values(&self, keys: &mut [pg_sys::ScanKeyData], slot: *mut pg_sys::TupleTableSlot) -> bool {
+        for (key, &attnum) in keys.iter_mut().zip(&self.heap_attnums) {
+            let mut isnull = false;
+            // SAFETY: the caller vouches for `slot`; the attribute numbers are its table's.
+            key.sk_argument = unsafe { pg_sys::slot_getattr(slot, attnum as i32, &mut isnull) };
+            if isnull {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// Look `keys` up in the primary-key index of `rel`, in the active (or
@@ -174,101 +194,3 @@ unsafe fn look_up(trigger: &PgTrigger<'_>, rel: pg_sys::Relation, probe: &KeyPro
     }
 }
 
-/// How `find_by_key` leaves the row it finds.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RowLock {
-    /// Read only (is the key taken?).
-    None,
-    /// Locked for the update or delete that follows, until commit.
-    Exclusive,
-}
-
-/// Find the row of `rel` whose primary key is the key the row in `search`
-/// holds, as PostgreSQL's apply finds the row a change names
-/// (`RelationFindReplTupleByIndex`): in a dirty snapshot, so a row written
-/// earlier in this transaction or by one still in progress is seen; the
-/// latter is waited for and the search made again. The row found is left
-/// in `found`, locked when `lock` says so.
-///
-/// # Safety
-/// `rel` must be open; `search` and `found` must be slots of its row type
-/// (`found` one that can hold its stored rows); in a transaction.
-pub(crate) unsafe fn find_by_key(
-    rel: pg_sys::Relation,
-    search: *mut pg_sys::TupleTableSlot,
-    found: *mut pg_sys::TupleTableSlot,
-    lock: RowLock,
-) -> Result<bool, ConflictError> {
-    // SAFETY: the caller keeps `rel` open.
-    let probe = unsafe { key_probe(rel) }?;
-    // SAFETY: `search` holds a row of `rel`, the table the probe was made for.
-    let Some(mut keys) = (unsafe { scan_keys(&probe, search) }) else {
-        return Ok(false); // a NULL key names no row
-    };
-    let n = keys.len() as i32;
-    // SAFETY: a zeroed SnapshotData with its type set is what InitDirtySnapshot makes.
-    let mut dirty: pg_sys::SnapshotData = unsafe { std::mem::zeroed() };
-    dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
-    // SAFETY: the index of an open table, locked as PostgreSQL's apply locks
-    // it (kept until commit); the scan reads `dirty`, alive until it ends
-    // below, and fills `found`, a slot of `rel`.
-    unsafe {
-        let idxrel = pg_sys::index_open(probe.index, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        let scan = crate::compat::index_beginscan(rel, idxrel, &mut dirty, n);
-        let result = loop {
-            pg_sys::index_rescan(scan, keys.as_mut_ptr(), n, std::ptr::null_mut(), 0);
-            if !pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, found) {
-                break Ok(false);
-            }
-            pg_sys::ExecMaterializeSlot(found);
-            // the dirty snapshot names a transaction that holds the row in progress
-            let holder = if dirty.xmin != pg_sys::InvalidTransactionId { dirty.xmin } else { dirty.xmax };
-            if holder != pg_sys::InvalidTransactionId {
-                pg_sys::XactLockTableWait(holder, std::ptr::null_mut(), std::ptr::null_mut(), pg_sys::XLTW_Oper::XLTW_None);
-                continue;
-            }
-            match lock {
-                RowLock::None => break Ok(true),
-                RowLock::Exclusive => match lock_row(rel, found) {
-                    Ok(true) => break Ok(true),
-                    Ok(false) => continue, // changed under us: look again
-                    Err(e) => break Err(e),
-                },
-            }
-        };
-        pg_sys::index_endscan(scan);
-        pg_sys::index_close(idxrel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        result
-    }
-}
-
-/// Lock the row in `slot` exclusively; false when another transaction
-/// updated or deleted it since it was read (the caller looks again).
-///
-/// # Safety
-/// `rel` must be open and `slot` hold a row of it just read from it.
-unsafe fn lock_row(rel: pg_sys::Relation, slot: *mut pg_sys::TupleTableSlot) -> Result<bool, ConflictError> {
-    // SAFETY: the caller's guarantees; the snapshot pushed here is popped
-    // before returning, and `failure` is a plain struct the call fills.
-    unsafe {
-        let mut failure: pg_sys::TM_FailureData = std::mem::zeroed();
-        pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
-        let result = pg_sys::table_tuple_lock(
-            rel,
-            &mut (*slot).tts_tid,
-            pg_sys::GetLatestSnapshot(),
-            slot,
-            pg_sys::GetCurrentCommandId(false),
-            pg_sys::LockTupleMode::LockTupleExclusive,
-            pg_sys::LockWaitPolicy::LockWaitBlock,
-            0, // the row read, not a newer version of it
-            &mut failure,
-        );
-        pg_sys::PopActiveSnapshot();
-        match result {
-            pg_sys::TM_Result::TM_Ok => Ok(true),
-            pg_sys::TM_Result::TM_Updated | pg_sys::TM_Result::TM_Deleted => Ok(false),
-            other => Err(fail(format!("unexpected result {other} locking a row to apply a change to"))),
-        }
-    }
-}

@@ -23,7 +23,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 use super::target::Target;
-use crate::conflict::{find_by_key, RemoteDeleteStamp, RowLock};
+use crate::conflict::{KeyFinder, RemoteDeleteStamp, RowLock};
 use crate::error::raise;
 use crate::model::conflict::delete_stamp::DeleteStamp;
 use crate::model::sync::pgoutput::Value;
@@ -102,6 +102,8 @@ pub(super) struct TableWriter<'t> {
     remote: *mut pg_sys::TupleTableSlot,
     /// The row found here.
     local: *mut pg_sys::TupleTableSlot,
+    /// The primary-key scan rows are found with.
+    finder: KeyFinder,
     /// Per sender column: how its values are read (None: not written here).
     inputs: Vec<Option<Input>>,
     /// Attributes the sender has no column for, with their default.
@@ -136,6 +138,7 @@ impl<'t> TableWriter<'t> {
             let local = pg_sys::table_slot_create(rel, &mut (*estate).es_tupleTable);
             let inputs = target.columns.iter().map(|c| c.as_ref().map(|c| input_for(c.type_oid, c.typmod))).collect();
             let defaults = defaults_of(target, rel);
+            let finder = KeyFinder::open(rel).unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: applying to {}: {e}", target.qualified)));
             pg_sys::MemoryContextSwitchTo(outer);
             pg_sys::AfterTriggerBeginQuery();
             TableWriter {
@@ -146,6 +149,7 @@ impl<'t> TableWriter<'t> {
                 recheck,
                 remote,
                 local,
+                finder,
                 inputs,
                 defaults,
                 checked: 0,
@@ -159,6 +163,7 @@ impl<'t> TableWriter<'t> {
     /// end of a statement), and the executor state is freed; the table
     /// stays locked until commit.
     pub(super) fn close(mut self) {
+        self.finder.close();
         // SAFETY: everything here was set up by `open`, and is released once.
         unsafe {
             pg_sys::EvalPlanQualEnd(&mut *self.recheck);
@@ -284,7 +289,7 @@ impl<'t> TableWriter<'t> {
     /// CONFLICT DO NOTHING needs none).
     fn find(&mut self, lock: RowLock) -> bool {
         // SAFETY: both slots are of the open table's row type.
-        unsafe { find_by_key(self.rel, self.remote, self.local, lock) }
+        unsafe { self.finder.find(self.remote, self.local, lock) }
             .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: applying to {}: {e}", self.target.qualified)))
     }
 
