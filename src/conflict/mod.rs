@@ -29,7 +29,7 @@ mod table;
 mod tombstone;
 pub mod trigger;
 
-pub(crate) use flags::{RemoteDeleteStamp, ResolutionWrite, TableFlag};
+pub(crate) use flags::{KeyAbsent, RemoteDeleteStamp, ResolutionWrite, TableFlag};
 pub(crate) use key::key_of;
 pub(crate) use log::{applying_from, done_applying, log_conflict, ConflictRecord};
 pub(crate) use find::{KeyFinder, RowLock};

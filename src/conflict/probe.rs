@@ -189,7 +189,9 @@ unsafe fn look_up(trigger: &PgTrigger<'_>, rel: pg_sys::Relation, probe: &KeyPro
         let stamp = if found { Some(stamp_in_slot(trigger, out)) } else { None };
         pg_sys::index_endscan(scan);
         pg_sys::ExecDropSingleTupleTableSlot(out);
-        pg_sys::index_close(idxrel, LOCK);
+        // the lock is kept until commit, as the executor keeps its own: the
+        // insert that fired the trigger holds a stronger one on the index anyway
+        pg_sys::index_close(idxrel, pg_sys::NoLock as pg_sys::LOCKMODE);
         stamp.transpose()
     }
 }

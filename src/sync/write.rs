@@ -23,7 +23,7 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 use super::target::Target;
-use crate::conflict::{KeyFinder, RemoteDeleteStamp, RowLock};
+use crate::conflict::{KeyAbsent, KeyFinder, RemoteDeleteStamp, RowLock};
 use crate::error::raise;
 use crate::model::conflict::delete_stamp::DeleteStamp;
 use crate::model::sync::pgoutput::Value;
@@ -52,10 +52,15 @@ impl RowWrites for TableWriter<'_> {
 
     fn insert(&mut self, new: &[Value]) -> bool {
         self.store_row(new);
-        // the trigger of a table under a policy probes the key itself
-        if !self.target.has_policy && self.find(RowLock::None) {
-            return false;
+        let taken = self.find(RowLock::None);
+        if !self.target.has_policy {
+            if !taken {
+                self.insert_stored();
+            }
+            return !taken;
         }
+        // the conflict trigger judges the insert; it need not look for the key again
+        let _absent = (!taken).then(|| KeyAbsent::set(self.target.relid));
         self.insert_stored();
         true
     }
