@@ -38,7 +38,7 @@ use crate::model::conflict::delete_stamp::{self, DeleteStamp};
 use crate::model::conflict::lww::{ConflictType, Resolution};
 use crate::model::directory::source_of_transaction;
 use crate::model::sync::batch::{self, Decoded, TransactionView};
-use crate::model::sync::pgoutput::{self, Message, Relation, Value};
+use crate::model::sync::pgoutput::{self, Change, Field, Message, Relation};
 use crate::privilege::{as_extension_owner, as_role};
 
 
@@ -221,15 +221,16 @@ struct BatchApply<'b> {
     definitions: HashMap<u32, Relation>,
     /// The local tables they were matched to, on their first change.
     targets: HashMap<u32, Target>,
-    /// Consecutive changes to one relation, not yet written.
-    run: Vec<Message>,
+    /// Consecutive changes to one relation, not yet written (read in
+    /// place: they borrow the batch's bytes).
+    run: Vec<Queued<'b>>,
     /// The relation `run` changes.
     run_relation: u32,
     /// The end LSN and commit time of the last transaction applied.
     last_applied: Option<(u64, i64)>,
-    /// The sender's delete stamp just read (its relation, and the message),
+    /// The sender's delete stamp just read (its relation, and its content),
     /// for the change right after it if that is a delete of that relation.
-    pending_stamp: Option<(u32, Message)>,
+    pending_stamp: Option<(u32, Vec<u8>)>,
     /// The node the transaction being applied came from, as the conflict
     /// log names it (None before the first; Some(None): no node it can name).
     source: Option<Option<String>>,
@@ -252,15 +253,22 @@ impl<'b> BatchApply<'b> {
 
     /// Apply one source transaction, unless it was applied before (`done`
     /// is the origin's committed progress).
-    fn apply_transaction(&mut self, t: &TransactionView<'_>, done: u64) {
+    fn apply_transaction(&mut self, t: &TransactionView<'b>, done: u64) {
         // relation messages count even in a transaction applied before: later ones need them
         let applied_before = t.end_lsn <= done;
         self.pending_stamp = None;
         self.came_from(source_of_transaction(t.origin, self.sender));
+        let refuse = |e: String| -> ! { raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")) };
         for raw in t.messages() {
-            let msg = pgoutput::parse(raw)
-                .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")));
-            self.dispatch(msg, applied_before);
+            // rows are read in place, every other message into its own values
+            if pgoutput::is_row_change(raw) {
+                let change = pgoutput::change(raw).unwrap_or_else(|e| refuse(e));
+                if !applied_before {
+                    self.handle_change(change);
+                }
+            } else {
+                self.dispatch(pgoutput::parse(raw).unwrap_or_else(|e| refuse(e)), applied_before);
+            }
         }
         if !applied_before {
             self.last_applied = Some((t.end_lsn, t.commit_time));
@@ -279,19 +287,15 @@ impl<'b> BatchApply<'b> {
         self.source = Some(source);
     }
 
-    /// Hand each kind of message to its handler; begin, commit, origin and
-    /// other messages need nothing (the batch carries transaction bounds).
+    /// Hand each kind of message but row changes to its handler; begin,
+    /// commit, origin and other messages need nothing (the batch carries
+    /// transaction bounds).
     fn dispatch(&mut self, msg: Message, applied_before: bool) {
         match msg {
             Message::Relation(r) => self.handle_relation(r),
-            Message::Insert { relation, .. } | Message::Update { relation, .. } | Message::Delete { relation, .. }
-                if !applied_before =>
-            {
-                self.handle_change(relation, msg)
-            }
             Message::Truncate { .. } if !applied_before => refuse_truncate(),
-            Message::Logical { ref prefix, ref content } if !applied_before && prefix == delete_stamp::PREFIX => {
-                self.pending_stamp = Some((read_delete_stamp(content).0.relation, msg));
+            Message::Logical { prefix, content } if !applied_before && prefix == delete_stamp::PREFIX => {
+                self.pending_stamp = Some((read_delete_stamp(&content).0.relation, content));
             }
             _ => {}
         }
@@ -310,7 +314,8 @@ impl<'b> BatchApply<'b> {
 
     /// An insert, update or delete: checked against its table, then added to
     /// the run (a change to another table writes the run first).
-    fn handle_change(&mut self, relation: u32, change: Message) {
+    fn handle_change(&mut self, change: Change<'b>) {
+        let relation = change.relation();
         let width = self.target(relation).columns.len();
         if !row_fits(&change, width) {
             raise(
@@ -324,10 +329,12 @@ impl<'b> BatchApply<'b> {
         self.run_relation = relation;
         // a delete's versions travel just before it, in its run
         match self.pending_stamp.take() {
-            Some((stamped, stamp)) if stamped == relation && matches!(change, Message::Delete { .. }) => self.run.push(stamp),
+            Some((stamped, stamp)) if stamped == relation && matches!(change, Change::Delete { .. }) => {
+                self.run.push(Queued::DeleteStamp(stamp))
+            }
             _ => {}
         }
-        self.run.push(change);
+        self.run.push(Queued::Change(change));
         // parsed rows take more memory than their bytes: write them in
         // bounded runs, not a whole batch's worth at once
         if self.run.len() >= MAX_RUN_ROWS {
@@ -376,12 +383,28 @@ fn check_relation_limits(r: &Relation, described: usize, known: bool) {
 }
 
 /// Does each row of a change have the width of its relation's description?
-fn row_fits(change: &Message, width: usize) -> bool {
+fn row_fits(change: &Change<'_>, width: usize) -> bool {
     match change {
-        Message::Insert { new, .. } => new.len() == width,
-        Message::Update { old, new, .. } => new.len() == width && old.as_ref().is_none_or(|o| o.len() == width),
-        Message::Delete { old, .. } => old.len() == width,
-        _ => true,
+        Change::Insert { new, .. } => new.len() == width,
+        Change::Update { old, new, .. } => new.len() == width && old.as_ref().is_none_or(|o| o.len() == width),
+        Change::Delete { old, .. } => old.len() == width,
+    }
+}
+
+/// What a run holds: a change to write, or the versions the sender sent
+/// for the delete after it.
+pub(super) enum Queued<'a> {
+    Change(Change<'a>),
+    DeleteStamp(Vec<u8>),
+}
+
+impl Queued<'_> {
+    /// The row it writes (a delete writes none).
+    pub(super) fn written_row(&self) -> Option<&[Field<'_>]> {
+        match self {
+            Queued::Change(Change::Insert { new, .. } | Change::Update { new, .. }) => Some(new),
+            _ => None,
+        }
     }
 }
 
@@ -503,7 +526,7 @@ const MAX_RELATIONS: usize = 10_000;
 /// Apply a run of changes to one table, as its owner, row by row as
 /// PostgreSQL's own apply does ([`TableWriter`]); a table whose row-level
 /// security binds its owner with SQL statements ([`SqlWriter`]).
-fn write_run(changes: Vec<Message>, target: &Target) {
+fn write_run(changes: Vec<Queued<'_>>, target: &Target) {
     target.naming_refused_values(&changes, || {
         as_role(target.owner, || {
             if write_sql::binds_the_owner(target.relid) {
@@ -517,7 +540,7 @@ fn write_run(changes: Vec<Message>, target: &Target) {
     });
 }
 
-fn apply_changes(w: &mut impl RowWrites, t: &Target, changes: &[Message]) {
+fn apply_changes(w: &mut impl RowWrites, t: &Target, changes: &[Queued<'_>]) {
     let mut stamp = None;
     for change in changes {
         apply_change(w, t, change, &mut stamp);
@@ -525,19 +548,18 @@ fn apply_changes(w: &mut impl RowWrites, t: &Target, changes: &[Message]) {
 }
 
 /// Apply one change; a delete stamp is kept in `stamp` for the delete after it.
-fn apply_change(w: &mut impl RowWrites, t: &Target, change: &Message, stamp: &mut Option<(serde_json::Value, DeleteStamp)>) {
+fn apply_change(w: &mut impl RowWrites, t: &Target, change: &Queued<'_>, stamp: &mut Option<(serde_json::Value, DeleteStamp)>) {
     match change {
-        Message::Insert { new, .. } => w.row(|w| insert(w, t, new)),
-        Message::Update { old, new, .. } => w.row(|w| update(w, t, old.as_deref(), new)),
-        Message::Delete { old, .. } => {
+        Queued::Change(Change::Insert { new, .. }) => w.row(|w| insert(w, t, new)),
+        Queued::Change(Change::Update { old, new, .. }) => w.row(|w| update(w, t, old.as_deref(), new)),
+        Queued::Change(Change::Delete { old, .. }) => {
             let mut stamp = stamp.take();
             w.row(|w| delete(w, t, old, &mut stamp))
         }
-        Message::Logical { content, .. } => {
+        Queued::DeleteStamp(content) => {
             let (s, key) = read_delete_stamp(content);
             *stamp = Some((key, s));
         }
-        _ => {}
     }
 }
 
@@ -555,7 +577,7 @@ fn read_delete_stamp(content: &[u8]) -> (DeleteStamp, serde_json::Value) {
 /// here keeps its row (logged as insert_exists): a duplicate key would
 /// otherwise stop the sender's batches for good. Under a policy the
 /// conflict trigger settles it.
-fn insert(w: &mut impl RowWrites, t: &Target, new: &[Value]) {
+fn insert(w: &mut impl RowWrites, t: &Target, new: &[Field<'_>]) {
     if !w.insert(new) {
         log_if_kept_existing(t, new);
     }
@@ -564,7 +586,7 @@ fn insert(w: &mut impl RowWrites, t: &Target, new: &[Value]) {
 /// Update the row its old key, or else its new row, names: the columns the
 /// update sent (TOASTed ones it left unchanged keep their value here). Under
 /// a conflict policy the trigger judges it (and may keep the row here).
-fn update(w: &mut impl RowWrites, t: &Target, old: Option<&[Value]>, new: &[Value]) {
+fn update(w: &mut impl RowWrites, t: &Target, old: Option<&[Field<'_>]>, new: &[Field<'_>]) {
     if !w.update(old.unwrap_or(new), new) {
         update_of_missing_row(w, t, new);
     }
@@ -574,7 +596,7 @@ fn update(w: &mut impl RowWrites, t: &Target, old: Option<&[Value]>, new: &[Valu
 /// the sender sent them) to the conflict trigger. A row already gone is
 /// logged (delete_missing); under a conflict policy the delete's tombstone
 /// is recorded all the same.
-fn delete(w: &mut impl RowWrites, t: &Target, old: &[Value], stamp: &mut Option<(serde_json::Value, DeleteStamp)>) {
+fn delete(w: &mut impl RowWrites, t: &Target, old: &[Field<'_>], stamp: &mut Option<(serde_json::Value, DeleteStamp)>) {
     if w.delete(old, stamp) {
         return;
     }
@@ -588,8 +610,8 @@ fn delete(w: &mut impl RowWrites, t: &Target, old: &[Value], stamp: &mut Option<
 /// The row a remote update names is not here. Under a conflict policy the
 /// trigger judges the row as that update (a tombstone newer than it wins:
 /// update_deleted); otherwise the remote row is put back and logged.
-fn update_of_missing_row(w: &mut impl RowWrites, t: &Target, new: &[Value]) {
-    if new.contains(&Value::Unchanged) {
+fn update_of_missing_row(w: &mut impl RowWrites, t: &Target, new: &[Field<'_>]) {
+    if new.contains(&Field::Unchanged) {
         let note = "the update left TOASTed columns unchanged; their values are not here, so the row was not recreated";
         log(t, ConflictType::UpdateMissing, Resolution::KeepLocal, new, Some(new), Some(note));
         return;
@@ -605,7 +627,7 @@ fn update_of_missing_row(w: &mut impl RowWrites, t: &Target, new: &[Value]) {
 /// After an insert met a row with `new`'s key: if that row was not written
 /// by this transaction, log insert_exists with both rows (the row here
 /// stays); one this batch wrote is its own earlier change.
-fn log_if_kept_existing(t: &Target, new: &[Value]) {
+fn log_if_kept_existing(t: &Target, new: &[Field<'_>]) {
     let key = t.key_json(new);
     let key_column = |&k: &usize| &t.columns[k].as_ref().expect("key columns are written").quoted;
     let cond = t.key.iter().map(key_column).map(|k| format!("t.{k} = r.{k}")).collect::<Vec<_>>().join(" AND ");
@@ -624,7 +646,7 @@ fn log_if_kept_existing(t: &Target, new: &[Value]) {
     }
 }
 
-fn log_insert_exists(t: &Target, new: &[Value], local: pgrx::JsonB) {
+fn log_insert_exists(t: &Target, new: &[Field<'_>], local: pgrx::JsonB) {
     log_conflict(ConflictRecord {
         table_schema: &t.schema,
         table_name: &t.name,
@@ -641,7 +663,7 @@ fn log_insert_exists(t: &Target, new: &[Value], local: pgrx::JsonB) {
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
 }
 
-fn log(t: &Target, conflict: ConflictType, resolution: Resolution, key_row: &[Value], remote: Option<&[Value]>, note: Option<&str>) {
+fn log(t: &Target, conflict: ConflictType, resolution: Resolution, key_row: &[Field<'_>], remote: Option<&[Field<'_>]>, note: Option<&str>) {
     let remote_row = remote.map(|r| t.row_json(r));
     let kept_row = if resolution == Resolution::ApplyRemote { remote.map(|r| t.row_json(r)) } else { None };
     log_conflict(ConflictRecord {

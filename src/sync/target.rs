@@ -19,11 +19,11 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{JsonB, PgSqlErrorCode};
 
-use super::apply::Direction;
+use super::apply::{Direction, Queued};
 use crate::conflict::key_of;
 use crate::error::{raise, raise_with_hint};
 use crate::model::sync::length_limit::LengthLimit;
-use crate::model::sync::pgoutput::{Message, Relation, Value};
+use crate::model::sync::pgoutput::{Field, Relation};
 use crate::privilege::as_extension_owner;
 use crate::quote::quote_ident;
 
@@ -121,16 +121,16 @@ impl Target {
     }
 
     /// The key of a sender row, as the conflict log records keys.
-    pub(super) fn key_json(&self, row: &[Value]) -> JsonB {
+    pub(super) fn key_json(&self, row: &[Field<'_>]) -> JsonB {
         key_of(&self.row_json(row), &self.key_names)
     }
 
     /// The columns of a sender row written here (TOASTed columns it left
     /// unchanged are not in it), as jsonb.
-    pub(super) fn row_json(&self, row: &[Value]) -> JsonB {
+    pub(super) fn row_json(&self, row: &[Field<'_>]) -> JsonB {
         let mut m = serde_json::Map::new();
         for (c, v) in self.columns.iter().zip(row) {
-            if let (Some(c), false) = (c, *v == Value::Unchanged) {
+            if let (Some(c), false) = (c, *v == Field::Unchanged) {
                 m.insert(c.name.clone(), text_json(v));
             }
         }
@@ -143,11 +143,11 @@ impl Target {
     /// PostgreSQL refuses (a data exception, SQLSTATE class 22) is reported
     /// naming this table and, for a value beyond the length its column
     /// allows, the column; other errors pass unchanged.
-    pub(super) fn naming_refused_values<R>(&self, changes: &[Message], write: impl FnOnce() -> R) -> R {
+    pub(super) fn naming_refused_values<R>(&self, changes: &[Queued<'_>], write: impl FnOnce() -> R) -> R {
         PgTryBuilder::new(AssertUnwindSafe(write)).catch_others(|e| self.refuse_value(e, changes)).execute()
     }
 
-    fn refuse_value(&self, caught: CaughtError, changes: &[Message]) -> ! {
+    fn refuse_value(&self, caught: CaughtError, changes: &[Queued<'_>]) -> ! {
         let CaughtError::PostgresError(report) = &caught else { caught.rethrow() };
         let code = report.sql_error_code();
         if !is_data_exception(code) {
@@ -169,10 +169,10 @@ impl Target {
 
     /// The first written column holding, in the first of `changes` that
     /// has one, a value beyond the length its type allows.
-    fn column_refusing(&self, changes: &[Message]) -> Option<&Column> {
-        changes.iter().filter_map(written_row).find_map(|row| {
+    fn column_refusing(&self, changes: &[Queued<'_>]) -> Option<&Column> {
+        changes.iter().filter_map(Queued::written_row).find_map(|row| {
             self.columns.iter().zip(row).find_map(|(column, value)| match (column, value) {
-                (Some(c @ Column { limit: Some(limit), .. }), Value::Text(text)) if limit.refuses(text) => Some(c),
+                (Some(c @ Column { limit: Some(limit), .. }), Field::Text(text)) if limit.refuses(text) => Some(c),
                 _ => None,
             })
         })
@@ -224,23 +224,15 @@ fn length_limit(base: pg_sys::Oid, typmod: i32) -> Option<LengthLimit> {
     }
 }
 
-/// The row a change writes (a delete writes none).
-fn written_row(change: &Message) -> Option<&[Value]> {
-    match change {
-        Message::Insert { new, .. } | Message::Update { new, .. } => Some(new),
-        _ => None,
-    }
-}
-
 /// Is `code` in SQLSTATE class 22, data exception (`ERRCODE_TO_CATEGORY`)?
 fn is_data_exception(code: PgSqlErrorCode) -> bool {
     const CLASS_BITS: isize = (1 << 12) - 1;
     (code as isize & CLASS_BITS) == (PgSqlErrorCode::ERRCODE_DATA_EXCEPTION as isize & CLASS_BITS)
 }
 
-fn text_json(v: &Value) -> serde_json::Value {
+fn text_json(v: &Field<'_>) -> serde_json::Value {
     match v {
-        Value::Text(s) => serde_json::Value::String(s.clone()),
+        Field::Text(s) => serde_json::Value::String(s.to_string()),
         _ => serde_json::Value::Null,
     }
 }

@@ -26,7 +26,7 @@ use super::target::Target;
 use crate::conflict::{KeyAbsent, KeyFinder, RemoteDeleteStamp, RowLock};
 use crate::error::raise;
 use crate::model::conflict::delete_stamp::DeleteStamp;
-use crate::model::sync::pgoutput::Value;
+use crate::model::sync::pgoutput::Field;
 
 /// The writes a run of changes makes to its table, whichever way the
 /// table is written; what they mean for conflicts is the caller's.
@@ -35,14 +35,14 @@ pub(super) trait RowWrites {
     fn row<R>(&mut self, write: impl FnOnce(&mut Self) -> R) -> R;
     /// Insert `new`; false when the table has no conflict policy and
     /// already holds a row with its key (which stays).
-    fn insert(&mut self, new: &[Value]) -> bool;
+    fn insert(&mut self, new: &[Field<'_>]) -> bool;
     /// Update the row whose key `key_row` holds with the columns `new`
     /// sends; false when no such row is here.
-    fn update(&mut self, key_row: &[Value], new: &[Value]) -> bool;
+    fn update(&mut self, key_row: &[Field<'_>], new: &[Field<'_>]) -> bool;
     /// Delete the row whose key `old` holds, handing the conflict trigger
     /// the delete's versions from `stamp` (taken when the row is met);
     /// false when no such row is here.
-    fn delete(&mut self, old: &[Value], stamp: &mut Option<(serde_json::Value, DeleteStamp)>) -> bool;
+    fn delete(&mut self, old: &[Field<'_>], stamp: &mut Option<(serde_json::Value, DeleteStamp)>) -> bool;
 }
 
 impl RowWrites for TableWriter<'_> {
@@ -50,7 +50,7 @@ impl RowWrites for TableWriter<'_> {
         self.in_own_command(write)
     }
 
-    fn insert(&mut self, new: &[Value]) -> bool {
+    fn insert(&mut self, new: &[Field<'_>]) -> bool {
         self.store_row(new);
         let taken = self.find(RowLock::None);
         if !self.target.has_policy {
@@ -65,7 +65,7 @@ impl RowWrites for TableWriter<'_> {
         true
     }
 
-    fn update(&mut self, key_row: &[Value], new: &[Value]) -> bool {
+    fn update(&mut self, key_row: &[Field<'_>], new: &[Field<'_>]) -> bool {
         self.require(pg_sys::ACL_SELECT);
         self.store_key(key_row);
         let found = self.find(RowLock::Exclusive);
@@ -75,7 +75,7 @@ impl RowWrites for TableWriter<'_> {
         found
     }
 
-    fn delete(&mut self, old: &[Value], stamp: &mut Option<(serde_json::Value, DeleteStamp)>) -> bool {
+    fn delete(&mut self, old: &[Field<'_>], stamp: &mut Option<(serde_json::Value, DeleteStamp)>) -> bool {
         self.require(pg_sys::ACL_SELECT);
         self.store_key(old);
         let found = self.find(RowLock::Exclusive);
@@ -218,16 +218,16 @@ impl<'t> TableWriter<'t> {
 
     /// Put `row` in the remote slot, whole: the columns it sends, and the
     /// defaults of those it has none for (what an insert writes).
-    fn store_row(&mut self, row: &[Value]) {
+    fn store_row(&mut self, row: &[Field<'_>]) {
         self.store(row, StoreWhat::Row);
     }
 
     /// Put the key of `row` in the remote slot (what a row is found by).
-    fn store_key(&mut self, row: &[Value]) {
+    fn store_key(&mut self, row: &[Field<'_>]) {
         self.store(row, StoreWhat::Key);
     }
 
-    fn store(&mut self, row: &[Value], what: StoreWhat) {
+    fn store(&mut self, row: &[Field<'_>], what: StoreWhat) {
         let econtext = self.per_row_context();
         // SAFETY: `remote` has the table's row type, whose attribute numbers
         // the target's columns and the defaults name; values are read into
@@ -264,11 +264,11 @@ impl<'t> TableWriter<'t> {
     /// Read sender column `i`'s value into the attribute it is written to
     /// (none: not written here). A TOASTed value left unchanged is NULL in
     /// a row stored whole; an update keeps the value here instead.
-    fn read_into(&mut self, i: usize, value: &Value, values: &mut [pg_sys::Datum], nulls: &mut [bool]) {
+    fn read_into(&mut self, i: usize, value: &Field<'_>, values: &mut [pg_sys::Datum], nulls: &mut [bool]) {
         let (Some(column), Some(input)) = (&self.target.columns[i], &mut self.inputs[i]) else { return };
         let at = column.attnum as usize - 1;
         let text = match value {
-            Value::Text(s) => {
+            Field::Text(s) => {
                 if s.as_bytes().contains(&0) {
                     raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "edgesync: refused batch: a value holds a NUL byte".to_string());
                 }
@@ -279,7 +279,7 @@ impl<'t> TableWriter<'t> {
             }
             // NULL goes through the input function too: a domain's NOT NULL
             // refuses it there (a plain type's input, strict, is not called)
-            Value::Null | Value::Unchanged => std::ptr::null_mut(),
+            Field::Null | Field::Unchanged => std::ptr::null_mut(),
         };
         // SAFETY: `text` is NUL-terminated (or NULL) and outlives the call;
         // the function, its I/O parameter and modifier are the column's.
@@ -308,7 +308,7 @@ impl<'t> TableWriter<'t> {
 
     /// Update the row found (locked) with the columns `new` sends; the
     /// others, and TOASTed ones it left unchanged, keep their value here.
-    fn update_found(&mut self, new: &[Value]) {
+    fn update_found(&mut self, new: &[Field<'_>]) {
         self.require(pg_sys::ACL_UPDATE);
         self.set_updated_columns(new);
         let econtext = self.per_row_context();
@@ -326,7 +326,7 @@ impl<'t> TableWriter<'t> {
             let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
             let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
             for (i, value) in new.iter().enumerate() {
-                if *value != Value::Unchanged {
+                if *value != Field::Unchanged {
                     self.read_into(i, value, values, nulls);
                 }
             }
@@ -349,8 +349,8 @@ impl<'t> TableWriter<'t> {
 
     /// Tell the executor which columns an update sets (column triggers
     /// fire by them), when they differ from the last update's.
-    fn set_updated_columns(&mut self, new: &[Value]) {
-        let sets = |i: usize| self.target.columns[i].is_some() && new[i] != Value::Unchanged;
+    fn set_updated_columns(&mut self, new: &[Field<'_>]) {
+        let sets = |i: usize| self.target.columns[i].is_some() && new[i] != Field::Unchanged;
         if self.updated.len() == new.len() && (0..new.len()).all(|i| self.updated[i] == sets(i)) {
             return;
         }

@@ -23,7 +23,7 @@ use super::write::RowWrites;
 use crate::conflict::RemoteDeleteStamp;
 use crate::error::raise;
 use crate::model::conflict::delete_stamp::DeleteStamp;
-use crate::model::sync::pgoutput::Value;
+use crate::model::sync::pgoutput::Field;
 use crate::plan_cache::plan_for;
 
 /// Does row-level security apply to the current user (the table's owner)
@@ -56,7 +56,7 @@ impl<'a, 'c> SqlWriter<'a, 'c> {
     }
 
     /// Run `sql` with the texts of `values`; the number of rows it wrote.
-    fn run(&mut self, sql: &str, values: Vec<&Value>) -> usize {
+    fn run(&mut self, sql: &str, values: Vec<&Field<'_>>) -> usize {
         let written = plan_for(self.client, sql, &vec![PgOid::from(pg_sys::TEXTOID); values.len()], true).and_then(|plan| {
             let args: Vec<DatumWithOid<'_>> = values.into_iter().map(text_arg).collect();
             self.client.update(&*plan, None, &args).map(|written| written.len())
@@ -65,7 +65,7 @@ impl<'a, 'c> SqlWriter<'a, 'c> {
     }
 
     /// Is there a row with the key `key_row` holds (one the policies let this user see)?
-    fn row_is_here(&mut self, key_row: &[Value]) -> bool {
+    fn row_is_here(&mut self, key_row: &[Field<'_>]) -> bool {
         let sql = format!("SELECT 1 FROM {} WHERE {}", self.t.qualified, self.assignments(&self.t.key, 1, " AND "));
         let types = vec![PgOid::from(pg_sys::TEXTOID); self.t.key.len()];
         let found = plan_for(self.client, &sql, &types, false).and_then(|plan| {
@@ -81,7 +81,7 @@ impl RowWrites for SqlWriter<'_, '_> {
         write(self)
     }
 
-    fn insert(&mut self, new: &[Value]) -> bool {
+    fn insert(&mut self, new: &[Field<'_>]) -> bool {
         let written: Vec<usize> = (0..new.len()).filter(|&i| self.t.columns[i].is_some()).collect();
         let names: Vec<&str> = written.iter().map(|&i| self.t.columns[i].as_ref().map_or("", |c| c.quoted.as_str())).collect();
         let values: Vec<String> = written.iter().enumerate().map(|(n, &i)| format!("${}::{}", n + 1, self.casts[i])).collect();
@@ -96,8 +96,8 @@ impl RowWrites for SqlWriter<'_, '_> {
         self.run(&sql, written.iter().map(|&i| &new[i]).collect()) > 0 || self.t.has_policy
     }
 
-    fn update(&mut self, key_row: &[Value], new: &[Value]) -> bool {
-        let set: Vec<usize> = (0..new.len()).filter(|&i| self.t.columns[i].is_some() && new[i] != Value::Unchanged).collect();
+    fn update(&mut self, key_row: &[Field<'_>], new: &[Field<'_>]) -> bool {
+        let set: Vec<usize> = (0..new.len()).filter(|&i| self.t.columns[i].is_some() && new[i] != Field::Unchanged).collect();
         let sql = format!(
             "UPDATE {} SET {} WHERE {}",
             self.t.qualified,
@@ -109,7 +109,7 @@ impl RowWrites for SqlWriter<'_, '_> {
         self.run(&sql, values) > 0 || (self.t.has_policy && self.row_is_here(key_row))
     }
 
-    fn delete(&mut self, old: &[Value], stamp: &mut Option<(serde_json::Value, DeleteStamp)>) -> bool {
+    fn delete(&mut self, old: &[Field<'_>], stamp: &mut Option<(serde_json::Value, DeleteStamp)>) -> bool {
         let sql = format!("DELETE FROM {} WHERE {}", self.t.qualified, self.assignments(&self.t.key, 1, " AND "));
         let versions = stamp.as_ref().map(|(key, s)| RemoteDeleteStamp::set(self.t.relid, key.clone(), s.stamp));
         // a delete the trigger skipped (an older delete) deletes nothing either, but the row is there
@@ -122,9 +122,9 @@ impl RowWrites for SqlWriter<'_, '_> {
     }
 }
 
-fn text_arg(v: &Value) -> DatumWithOid<'_> {
+fn text_arg<'a>(v: &Field<'a>) -> DatumWithOid<'a> {
     match v {
-        Value::Text(s) => s.as_str().into(),
+        Field::Text(s) => (*s).into(),
         _ => Option::<&str>::None.into(),
     }
 }
