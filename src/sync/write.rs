@@ -26,6 +26,7 @@ use super::target::Target;
 use crate::conflict::{KeyAbsent, KeyFinder, RemoteDeleteStamp, RowLock};
 use crate::error::raise;
 use crate::model::conflict::delete_stamp::DeleteStamp;
+use crate::model::sync::canonical;
 use crate::model::sync::pgoutput::Field;
 
 /// The writes a run of changes makes to its table, whichever way the
@@ -93,6 +94,58 @@ struct Input {
     function: pg_sys::FmgrInfo,
     ioparam: pg_sys::Oid,
     typmod: i32,
+    /// The column's type when its printed form is read without the input
+    /// function ([`canonical`]).
+    canonical: Option<Canonical>,
+}
+
+/// The types whose values [`canonical`] reads, as plain columns (not a
+/// domain, no modifier): the same value the input function would return.
+#[derive(Clone, Copy)]
+pub(super) enum Canonical {
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Date,
+    Timestamp,
+    TimestampTz,
+}
+
+impl Canonical {
+    pub(super) fn of(type_oid: pg_sys::Oid, typmod: i32) -> Option<Canonical> {
+        if typmod != -1 {
+            return None;
+        }
+        Some(match type_oid {
+            pg_sys::INT2OID => Canonical::Int2,
+            pg_sys::INT4OID => Canonical::Int4,
+            pg_sys::INT8OID => Canonical::Int8,
+            pg_sys::FLOAT4OID => Canonical::Float4,
+            pg_sys::FLOAT8OID => Canonical::Float8,
+            pg_sys::DATEOID => Canonical::Date,
+            pg_sys::TIMESTAMPOID => Canonical::Timestamp,
+            pg_sys::TIMESTAMPTZOID => Canonical::TimestampTz,
+            _ => return None,
+        })
+    }
+
+    /// The datum of `text`, when it is in the type's printed form (these
+    /// types are passed by value: the datum is the number, made as
+    /// PostgreSQL's Int16GetDatum and the like make it).
+    pub(super) fn read(self, text: &str) -> Option<pg_sys::Datum> {
+        Some(match self {
+            Canonical::Int2 => pg_sys::Datum::from(canonical::integer(text, 16)? as i16),
+            Canonical::Int4 => pg_sys::Datum::from(canonical::integer(text, 32)? as i32),
+            Canonical::Int8 => pg_sys::Datum::from(canonical::integer(text, 64)?),
+            Canonical::Float4 => pg_sys::Datum::from(canonical::float4(text)?.to_bits() as i32),
+            Canonical::Float8 => pg_sys::Datum::from(canonical::float8(text)?.to_bits() as usize),
+            Canonical::Date => pg_sys::Datum::from(canonical::date(text)?),
+            Canonical::Timestamp => pg_sys::Datum::from(canonical::timestamp(text)?),
+            Canonical::TimestampTz => pg_sys::Datum::from(canonical::timestamptz(text)?),
+        })
+    }
 }
 
 /// The open table a run writes, and the executor state that writes it.
@@ -267,6 +320,12 @@ impl<'t> TableWriter<'t> {
     fn read_into(&mut self, i: usize, value: &Field<'_>, values: &mut [pg_sys::Datum], nulls: &mut [bool]) {
         let (Some(column), Some(input)) = (&self.target.columns[i], &mut self.inputs[i]) else { return };
         let at = column.attnum as usize - 1;
+        if let (Some(canonical), Field::Text(text)) = (input.canonical, value) {
+            if let Some(datum) = canonical.read(text) {
+                (values[at], nulls[at]) = (datum, false);
+                return;
+            }
+        }
         let text = match value {
             Field::Text(s) => {
                 if s.as_bytes().contains(&0) {
@@ -409,7 +468,7 @@ unsafe fn input_for(type_oid: pg_sys::Oid, typmod: i32) -> Input {
         pg_sys::getTypeInputInfo(type_oid, &mut function_oid, &mut ioparam);
         let mut function: pg_sys::FmgrInfo = std::mem::zeroed();
         pg_sys::fmgr_info_cxt(function_oid, &mut function, pg_sys::CurrentMemoryContext);
-        Input { function, ioparam, typmod }
+        Input { function, ioparam, typmod, canonical: Canonical::of(type_oid, typmod) }
     }
 }
 

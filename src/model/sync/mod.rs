@@ -5,10 +5,12 @@
 //! and reads one set aside; `feed` decides what a pull from the cloud's
 //! feed hands over, `edge_activity` what the cloud remembers of each
 //! edge's pushes and pulls; `lsn` and `secrets` are
-//! shared helpers, and `length_limit` tells which column refused a value on apply.
+//! shared helpers, `length_limit` tells which column refused a value on
+//! apply, and `canonical` reads the commonest values' printed form there.
 
 pub mod batch;
 pub mod blocked;
+pub mod canonical;
 pub mod capture;
 pub mod edge_activity;
 pub mod feed;

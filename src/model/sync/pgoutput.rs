@@ -5,7 +5,10 @@
 //! network client or async runtime: a plain, stateless parser that returns
 //! errors, never panics, for protocol versions 1 to 4). This module keeps
 //! what edgesync needs from each message and nothing from that crate leaks
-//! out of it. Protocol version 1 is what edgesync asks for: it is what
+//! out of it. The one exception is apply's hot path: inserts, updates and
+//! deletes are read in place by [`change`] (their layout is three lines of
+//! the protocol), each value a slice of the batch rather than a copy; the
+//! tests hold it to what `parse` reads, and it is fuzzed with it. Protocol version 1 is what edgesync asks for: it is what
 //! every supported server speaks, and whole transactions need nothing newer.
 
 use pg_walstream::{ColumnData, LogicalReplicationMessage as Wire, LogicalReplicationParser, TupleData};
