@@ -3,7 +3,9 @@
 //! which sender columns are written here (to which attribute, of which
 //! type) and which hold the key. Every mismatch refuses the whole batch,
 //! saying which table and column. The table is locked as it is matched, so
-//! that what was read of it holds until the batch commits.
+//! that what was read of it holds until the batch commits; what it is read
+//! from is the relation cache, and its enrolment one query planned once
+//! per backend, so that a small batch costs little more than its rows.
 //!
 //! Values arrive as text and are read with the column's type input
 //! function under the column's modifier, as PostgreSQL's own apply reads
@@ -12,11 +14,12 @@
 //! where it can be told, the column.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::panic::AssertUnwindSafe;
 
 use pgrx::pg_sys::panic::CaughtError;
+use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
 use pgrx::{JsonB, PgSqlErrorCode};
 
 use super::apply::{Direction, Queued};
@@ -24,6 +27,7 @@ use crate::conflict::key_of;
 use crate::error::{raise, raise_with_hint};
 use crate::model::sync::length_limit::LengthLimit;
 use crate::model::sync::pgoutput::{Field, Relation};
+use crate::plan_cache::plan_for;
 use crate::privilege::as_extension_owner;
 use crate::quote::quote_ident;
 
@@ -64,8 +68,6 @@ struct LocalTable {
     relid: pg_sys::Oid,
     owner: pg_sys::Oid,
     qualified: String,
-    /// Its `sync_table` direction (None: not enrolled).
-    enrolled: Option<String>,
     has_policy: bool,
 }
 
@@ -80,20 +82,18 @@ struct LocalColumn {
 
 impl Target {
     /// Match the sender's relation `def` to the local table of the same
-    /// name, or refuse the batch saying why.
+    /// name, or refuse the batch saying why. The table, its columns and its
+    /// key are read from the relation cache (no SQL); its enrolment with
+    /// one planned-once query.
     pub(super) fn resolve(sender: &str, def: &Relation, direction: Direction) -> Target {
         let what = format!("{}.{}", def.namespace, def.name);
-        let (table, local_columns, primary_key) = as_extension_owner(|| {
-            Spi::connect(|client| {
-                let table = find_table(client, sender, def, &what)?;
-                check_enrolled(sender, &what, &table, direction);
-                lock_for_apply(table.relid);
-                let local_columns = read_columns(client, table.relid, &what)?;
-                let primary_key = read_primary_key(client, table.relid, &what)?;
-                Ok::<_, pgrx::spi::Error>((table, local_columns, primary_key))
-            })
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: reading table {what}: {e}")))
-        });
+        let relid = find_table(sender, def, &what);
+        let qualified = format!("{}.{}", quote_ident(&def.namespace), quote_ident(&def.name));
+        let (enrolled, has_policy) = read_enrolment(relid, &what);
+        check_enrolled(sender, &what, &qualified, enrolled.as_deref(), direction);
+        lock_for_apply(relid);
+        let (owner, local_columns, primary_key) = read_relation(relid);
+        let table = LocalTable { relid, owner, qualified, has_policy };
         let columns = match_columns(sender, &what, def, &local_columns);
         let key = key_positions(sender, &what, &table.qualified, def, &primary_key, &columns);
         Target::compose(def, table, columns, primary_key, key)
@@ -237,43 +237,48 @@ fn text_json(v: &Field<'_>) -> serde_json::Value {
     }
 }
 
-/// A catalog column that is never NULL: a NULL means the read went wrong.
-fn not_null<T>(value: Option<T>, what: &str, column: &str) -> T {
-    value.unwrap_or_else(|| {
-        raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: reading table {what}: {column} is NULL"))
-    })
+/// The oid of the table (relkind r) named as the sender names it, or the
+/// batch is refused.
+fn find_table(sender: &str, def: &Relation, what: &str) -> pg_sys::Oid {
+    let missing = || -> ! {
+        raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("edgesync: refused batch from {sender}: table {what} does not exist here"))
+    };
+    let (Ok(namespace), Ok(name)) = (CString::new(def.namespace.as_str()), CString::new(def.name.as_str())) else { missing() };
+    // SAFETY: syscache lookups by NUL-terminated names alive for the calls,
+    // in a transaction; a missing name is InvalidOid (missing_ok).
+    let relid = unsafe {
+        let namespace = pg_sys::get_namespace_oid(namespace.as_ptr(), true);
+        if namespace == pg_sys::InvalidOid {
+            missing();
+        }
+        pg_sys::get_relname_relid(name.as_ptr(), namespace)
+    };
+    // SAFETY: a syscache lookup by oid (0 for a relation gone meanwhile).
+    if relid == pg_sys::InvalidOid || unsafe { pg_sys::get_rel_relkind(relid) } != pg_sys::RELKIND_RELATION as std::ffi::c_char {
+        missing();
+    }
+    relid
 }
 
-/// The local table named as the sender names it, with its enrolment.
-fn find_table(client: &SpiClient<'_>, sender: &str, def: &Relation, what: &str) -> pgrx::spi::Result<LocalTable> {
-    let found = client.select(
-        "SELECT c.oid, c.relowner, format('%I.%I', n.nspname, c.relname), s.direction, ct.relid IS NOT NULL
-           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-           LEFT JOIN edgesync.sync_table s ON s.relid = c.oid
-           LEFT JOIN edgesync.conflict_table ct ON ct.relid = c.oid
-          WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'r'",
-        None,
-        &[def.namespace.as_str().into(), def.name.as_str().into()],
-    )?;
-    if found.is_empty() {
-        raise(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!("edgesync: refused batch from {sender}: table {what} does not exist here"),
-        );
-    }
-    let row = found.first();
-    Ok(LocalTable {
-        relid: not_null(row.get::<pg_sys::Oid>(1)?, what, "its oid"),
-        owner: not_null(row.get::<pg_sys::Oid>(2)?, what, "its owner"),
-        qualified: not_null(row.get::<String>(3)?, what, "its name"),
-        enrolled: row.get::<String>(4)?,
-        has_policy: not_null(row.get::<bool>(5)?, what, "whether it has a conflict policy"),
+/// The table's `sync_table` direction (None: not enrolled) and whether it
+/// has a conflict policy, read as the extension owner.
+fn read_enrolment(relid: pg_sys::Oid, what: &str) -> (Option<String>, bool) {
+    const SQL: &str = "SELECT (SELECT direction FROM edgesync.sync_table WHERE relid = $1),
+                              EXISTS (SELECT FROM edgesync.conflict_table WHERE relid = $1)";
+    as_extension_owner(|| {
+        Spi::connect(|client| {
+            let plan = plan_for(client, SQL, &[PgOid::from(pg_sys::OIDOID)], false)?;
+            let found = client.select(&*plan, Some(1), &[relid.into()])?;
+            let row = found.first();
+            Ok::<_, pgrx::spi::Error>((row.get::<String>(1)?, row.get::<bool>(2)?.unwrap_or(false)))
+        })
+        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: reading table {what}: {e}")))
     })
 }
 
 /// Refuse the batch unless the table is enrolled for the way it travels.
-fn check_enrolled(sender: &str, what: &str, table: &LocalTable, direction: Direction) {
-    if table.enrolled.as_deref().is_some_and(|e| direction.accepts(e)) {
+fn check_enrolled(sender: &str, what: &str, qualified: &str, enrolled: Option<&str>, direction: Direction) {
+    if enrolled.is_some_and(|e| direction.accepts(e)) {
         return;
     }
     let wanted = match direction {
@@ -283,42 +288,40 @@ fn check_enrolled(sender: &str, what: &str, table: &LocalTable, direction: Direc
     raise_with_hint(
         PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         format!("edgesync: refused batch from {sender}: table {what} is not enrolled here to receive these changes"),
-        &format!("Enrol it on this node with edgesync.add_table('{}', sync => ...) as {wanted}.", table.qualified),
+        &format!("Enrol it on this node with edgesync.add_table('{qualified}', sync => ...) as {wanted}."),
     );
 }
 
-/// The local table's columns, by name.
-fn read_columns(client: &SpiClient<'_>, relid: pg_sys::Oid, what: &str) -> pgrx::spi::Result<HashMap<String, LocalColumn>> {
-    let mut local = HashMap::new();
-    for c in client.select(
-        "SELECT attname::text, attnum, atttypid, atttypmod, attgenerated <> ''
-           FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
-        None,
-        &[relid.into()],
-    )? {
-        let name = not_null(c.get::<String>(1)?, what, "a column name");
-        let attnum = not_null(c.get::<i16>(2)?, what, "the number of a column");
-        let type_oid = not_null(c.get::<pg_sys::Oid>(3)?, what, "the type of a column");
-        let typmod = not_null(c.get::<i32>(4)?, what, "the type modifier of a column");
-        let generated = not_null(c.get::<bool>(5)?, what, "whether a column is generated");
-        local.insert(name, LocalColumn { attnum, type_oid, typmod, generated });
+/// The locked table's owner, its columns by name, and the names of its
+/// primary key's columns (empty: it has none), from the relation cache.
+fn read_relation(relid: pg_sys::Oid) -> (pg_sys::Oid, HashMap<String, LocalColumn>, Vec<String>) {
+    // SAFETY: the table is locked (lock_for_apply) and, found a moment ago,
+    // opened without another lock; its descriptor and its primary-key
+    // index's key columns are read while it is open, and closed after.
+    unsafe {
+        let rel = pg_sys::relation_open(relid, pg_sys::NoLock as pg_sys::LOCKMODE);
+        let owner = (*(*rel).rd_rel).relowner;
+        let tupdesc = pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att);
+        let name_of = |att: &pg_sys::FormData_pg_attribute| std::ffi::CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy().into_owned();
+        let mut columns = HashMap::new();
+        for (i, att) in tupdesc.iter().enumerate().filter(|(_, a)| !a.attisdropped) {
+            let column = LocalColumn { attnum: (i + 1) as i16, type_oid: att.atttypid, typmod: att.atttypmod, generated: att.attgenerated != 0 };
+            columns.insert(name_of(att), column);
+        }
+        let mut primary_key = Vec::new();
+        let index = crate::compat::primary_key_index(rel);
+        if index != pg_sys::InvalidOid {
+            let idxrel = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            let nkeys = (*(*idxrel).rd_index).indnkeyatts as usize;
+            for i in 0..nkeys {
+                let attnum = *(*(*idxrel).rd_index).indkey.values.as_ptr().add(i);
+                primary_key.extend(tupdesc.get(attnum as usize - 1).map(name_of));
+            }
+            pg_sys::index_close(idxrel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        }
+        pg_sys::relation_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        (owner, columns, primary_key)
     }
-    Ok(local)
-}
-
-/// The names of the local primary key's columns (empty: it has none).
-fn read_primary_key(client: &SpiClient<'_>, relid: pg_sys::Oid, what: &str) -> pgrx::spi::Result<Vec<String>> {
-    let mut pk = Vec::new();
-    for k in client.select(
-        "SELECT a.attname::text FROM pg_catalog.pg_index i
-           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])
-          WHERE i.indrelid = $1 AND i.indisprimary",
-        None,
-        &[relid.into()],
-    )? {
-        pk.push(not_null(k.get::<String>(1)?, what, "a primary key column name"));
-    }
-    Ok(pk)
 }
 
 /// Per sender column, the local column it is written to and its type (None:
