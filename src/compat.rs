@@ -117,3 +117,20 @@ pub fn emit_transactional_message(prefix: &std::ffi::CStr, content: &[u8]) {
         pg_sys::ffi::pg_guard_ffi_boundary(|| LogLogicalMessage(prefix.as_ptr(), message, content.len(), true, false))
     };
 }
+
+/// A wait event set for `n` events, owned by the caller (freed with
+/// `FreeWaitEventSet`). 15 allocates it in a memory context, 17 on tracks
+/// it in a resource owner: here, neither can free it behind the caller's back.
+pub fn create_wait_event_set(n: i32) -> *mut pg_sys::WaitEventSet {
+    // SAFETY: TopMemoryContext lives as long as the process; the set is
+    // freed by its owner with FreeWaitEventSet.
+    #[cfg(feature = "pg15")]
+    unsafe {
+        pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, n)
+    }
+    // SAFETY: with no resource owner the set lives until FreeWaitEventSet.
+    #[cfg(not(feature = "pg15"))]
+    unsafe {
+        pg_sys::CreateWaitEventSet(std::ptr::null_mut(), n)
+    }
+}
