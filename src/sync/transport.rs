@@ -209,6 +209,7 @@ impl Connection {
 
     /// Start connecting, with edgesync's defaults under the conninfo.
     fn start(conninfo: &str, application_name: &str) -> Result<Connection, String> {
+        check_libpq_is_known()?;
         // defaults first: the conninfo (expanded from dbname) overrides them
         let pairs: [(&CStr, CString); 6] = [
             (c"keepalives", c"1".into()),
