@@ -2,11 +2,11 @@
 -- (a replication connection to its own node) instead of peeking at it.
 -- One section per concern; each says what it changes.
 
--- == a forwarder's own stream is not a downstream ==
--- The walsender that serves a forwarder's read of its peer's slot shows in
--- pg_stat_replication; edgesync.peers shows it, so the health views leave
--- it out (else every on-demand round would look like a downstream that
--- came and went).
+-- == edgesync's own streams are not downstreams ==
+-- The walsenders that serve a forwarder's read of its peer's slot and the
+-- feed worker's read of edgesync_feed show in pg_stat_replication; the
+-- health views leave them out (else every on-demand round would look like
+-- a downstream that came and went).
 CREATE OR REPLACE VIEW edgesync.streaming_replication AS
 SELECT r.application_name                                   AS name,
        r.pid,
@@ -30,7 +30,8 @@ SELECT r.application_name                                   AS name,
 FROM pg_catalog.pg_stat_replication r
 LEFT JOIN pg_catalog.pg_replication_slots s ON s.active_pid = r.pid
 CROSS JOIN (SELECT edgesync.current_wal_lsn() AS lsn) cur
--- a forwarder reading its peer's slot is shown in edgesync.peers, not here
-WHERE s.slot_name IS NULL OR s.slot_name NOT IN (SELECT p.slot_name FROM edgesync.peer p);
+-- edgesync's own reads of its slots (a forwarder's, shown in edgesync.peers;
+-- the feed worker's) are not downstreams
+WHERE s.slot_name IS NULL OR s.slot_name NOT IN (SELECT p.slot_name FROM edgesync.peer p UNION ALL SELECT 'edgesync_feed');
 COMMENT ON VIEW edgesync.streaming_replication IS
-    'WAL senders of this node (standbys and logical subscribers; not the forwarders'' own reads of their slots) with lag in bytes and seconds';
+    'WAL senders of this node (standbys and logical subscribers; not edgesync''s own reads of its slots) with lag in bytes and seconds';

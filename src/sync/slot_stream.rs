@@ -45,6 +45,9 @@ pub struct SlotStream {
     skip_upto: u64,
     /// Answer every keepalive (a round waits to learn the walsender's position).
     answer_keepalives: bool,
+    /// Keep transactions that came from a peer (the feed relays them; a
+    /// push leaves them out where pgoutput could not).
+    keep_relayed: bool,
     timeout: Duration,
 }
 
@@ -92,7 +95,7 @@ impl SlotStream {
         loop {
             let mut conn = Connection::open(conninfo, application_name, timeout)?;
             match conn.start_copy_both(&command, timeout) {
-                Ok(()) => return Ok(SlotStream::over(conn, timeout)),
+                Ok(()) => return Ok(SlotStream::over(conn, timeout, reading == Reading::Feed)),
                 // the walsender of a stream closed a moment ago may still hold the slot
                 Err(e) if e.contains("is active for PID") && Instant::now() < patience => {
                     crate::sync::status::wait_on_latch(SLOT_BUSY_RETRY);
@@ -102,7 +105,7 @@ impl SlotStream {
         }
     }
 
-    fn over(conn: Connection, timeout: Duration) -> SlotStream {
+    fn over(conn: Connection, timeout: Duration, keep_relayed: bool) -> SlotStream {
         SlotStream {
             conn,
             reader: Reader::default(),
@@ -113,6 +116,7 @@ impl SlotStream {
             confirmed: 0,
             skip_upto: 0,
             answer_keepalives: false,
+            keep_relayed,
             timeout,
         }
     }
@@ -197,10 +201,11 @@ impl SlotStream {
         self.confirm(self.read_upto)
     }
 
-    /// Keep a transaction read, unless it is not to be sent: it came from a
-    /// peer (where pgoutput could not leave it out) or the peer has it.
+    /// Keep a transaction read, unless it is not to be sent: a push's that
+    /// came from a peer (where pgoutput could not leave it out), or one the
+    /// peer has.
     fn keep(&mut self, t: SourceTxn) {
-        if t.origin.is_some() || t.end_lsn <= self.skip_upto {
+        if (t.origin.is_some() && !self.keep_relayed) || t.end_lsn <= self.skip_upto {
             return;
         }
         self.ready_bytes += t.bytes;
