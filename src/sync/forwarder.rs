@@ -372,10 +372,7 @@ impl Forwarder {
                 }
             };
             match self.step(Event::Wake, &wake.peer, &wake.observed) {
-                Action::Wait(d) => {
-                    self.keep_stream_alive();
-                    status::wait_on_latch(d)
-                }
+                Action::Wait(d) => self.wait_idle(d),
                 Action::Disconnect => self.disconnect(),
                 Action::RunRound => self.run_round(&wake),
             }

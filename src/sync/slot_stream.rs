@@ -254,6 +254,11 @@ impl SlotStream {
         (0..n).filter_map(|_| self.pop()).collect()
     }
 
+    /// Wait until the walsender sends something, the latch is set, or `d` passed.
+    pub fn nap(&self, d: Duration) {
+        self.conn.nap(d)
+    }
+
     /// Wait until the walsender sends something, at most until `deadline`.
     pub fn wait(&self, deadline: Instant) -> Result<(), String> {
         self.conn.wait_readable(deadline, "waiting for this node's walsender")

@@ -511,6 +511,22 @@ impl Connection {
     pub fn wait_readable(&self, deadline: Instant, what: &str) -> Result<(), String> {
         wait_socket(self.socket(), false, deadline, what)
     }
+
+    /// Sleep until the socket has something to read, the latch is set (a
+    /// set latch is reset and answered by checking for interrupts) or `d`
+    /// passed, whichever comes first.
+    pub fn nap(&self, d: Duration) {
+        let timeout = d.as_millis().clamp(0, i32::MAX as u128) as i64;
+        let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH | pg_sys::WL_SOCKET_READABLE) as c_int;
+        // SAFETY: MyLatch is this process's own latch; the socket is this
+        // connection's, open while we wait on it.
+        let rc = unsafe { pg_sys::WaitLatchOrSocket(pg_sys::MyLatch, events, self.socket() as pg_sys::pgsocket, timeout as _, pg_sys::PG_WAIT_EXTENSION) };
+        if rc & pg_sys::WL_LATCH_SET as c_int != 0 {
+            // SAFETY: as above, this process's own latch.
+            unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+            pgrx::check_for_interrupts!();
+        }
+    }
 }
 
 /// A copy message libpq received, freed when dropped.

@@ -19,6 +19,9 @@ use std::time::Instant;
 use pgrx::prelude::*;
 
 use super::{Forwarder, PeerConfig, Pushed, STREAM_RETRY, READ_AHEAD_BATCHES};
+
+/// How long an idle wait lasts when the stream already holds transactions to send.
+const IDLE_WITH_WORK: std::time::Duration = std::time::Duration::from_millis(1);
 use crate::model::node::OBJECT_PREFIX;
 use crate::model::sync::capture::SourceTxn;
 use crate::model::sync::pack::pack;
@@ -60,11 +63,21 @@ impl Forwarder {
         }
     }
 
-    /// Between rounds: answer the walsender when it asks, and read ahead.
-    pub(super) fn keep_stream_alive(&mut self) {
-        if let Some(Err(e)) = self.stream.as_mut().map(|s| s.read_available()) {
+    /// Between rounds, for at most `d`: with a stream open, wait on it too,
+    /// so that a commit the walsender sends wakes the forwarder at once
+    /// (answering the walsender when it asks, and reading ahead).
+    pub(super) fn wait_idle(&mut self, d: std::time::Duration) {
+        let Some(stream) = self.stream.as_mut() else { return status::wait_on_latch(d) };
+        if let Err(e) = stream.read_available() {
             log!("edgesync: peer {}: the slot's stream ended between rounds: {e}", self.peer_id);
             self.close_stream();
+            return;
+        }
+        match stream.waiting().0 {
+            0 => stream.nap(d),
+            // something to send already: look again almost at once (not at
+            // once, should the state machine have reasons to wait)
+            _ => status::wait_on_latch(d.min(IDLE_WITH_WORK)),
         }
     }
 
