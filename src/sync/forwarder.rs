@@ -298,7 +298,9 @@ struct Sent {
     raw_len: usize,
     compressed_len: usize,
     encoding: Duration,
-    /// From the end of the encoding to the peer's confirmation.
+    /// From the end of the encoding until the batch was all on the wire.
+    sending: Duration,
+    /// From then to the peer's confirmation: its apply and commit.
     peer: Duration,
 }
 
@@ -331,6 +333,9 @@ struct Forwarder {
     stream: Option<SlotStream>,
     /// Until when the slot is read by peek, after a stream could not open.
     peek_until: Option<Instant>,
+    /// Time spent waiting for the stream since the last batch was sent (the
+    /// walsender had not decoded the next batch yet).
+    read_wait: Duration,
 }
 
 impl Forwarder {
@@ -352,6 +357,7 @@ impl Forwarder {
             sources_checked: Default::default(),
             stream: None,
             peek_until: None,
+            read_wait: Duration::ZERO,
         }
     }
 
@@ -649,10 +655,12 @@ impl Forwarder {
             };
             let rows = rows_in(&part);
             debug1!(
-                "edgesync: batch of {rows} rows, {} bytes ({} compressed): encode {:?}, peer {:?}",
+                "edgesync: batch of {rows} rows, {} bytes ({} compressed): read {:?}, encode {:?}, send {:?}, peer {:?}",
                 measured.raw_len,
                 measured.compressed_len,
+                std::mem::take(&mut self.read_wait),
                 measured.encoding,
+                measured.sending,
                 measured.peer
             );
             pushed.confirmed_to = part.transactions.last().map(|t| t.end_lsn).unwrap_or(0);
@@ -722,9 +730,9 @@ impl Forwarder {
         // while the peer applies, the stream reads on (the walsender decodes meanwhile)
         let answer = match self.stream.as_mut() {
             Some(stream) => conn.query_beside(apply, &params, Self::timeout(), stream),
-            None => conn.query(apply, &params, Self::timeout()),
+            None => conn.query(apply, &params, Self::timeout()).map(|rows| (rows, Instant::now())),
         };
-        let answer = match answer {
+        let (answer, sent_at) = match answer {
             Ok(answer) => answer,
             // an ERROR leaves the session usable; a lost link or a timeout does not
             Err(e) if conn.query("SELECT 1", &[], Self::timeout()).is_ok() => return Ok(Err(e)),
@@ -737,7 +745,8 @@ impl Forwarder {
         if confirmed < last {
             return Err(format!("the peer confirmed {} but was sent up to {}", format_lsn(confirmed), format_lsn(last)));
         }
-        Ok(Ok(Sent { raw_len, compressed_len: encoded.len(), encoding: encoded_at - started, peer: encoded_at.elapsed() }))
+        let (encoding, sending, peer) = (encoded_at - started, sent_at.min(Instant::now()) - encoded_at, sent_at.elapsed());
+        Ok(Ok(Sent { raw_len, compressed_len: encoded.len(), encoding, sending, peer }))
     }
 
     /// Count a batch the peer confirmed in the status slot.

@@ -28,6 +28,11 @@ use crate::sync::transport::{Connection, ReadBeside};
 /// is still ending (the forwarder's previous stream, closed a moment ago).
 const SLOT_BUSY_PATIENCE: Duration = Duration::from_secs(10);
 const SLOT_BUSY_RETRY: Duration = Duration::from_millis(20);
+/// A read that found fewer messages than this waits `GATHER` before the
+/// next: the walsender sends a message at a time, and waking for each costs
+/// more than reading a socket's worth at once.
+const GATHER_BELOW: usize = 64;
+const GATHER: Duration = Duration::from_millis(1);
 
 pub struct SlotStream {
     conn: Connection,
@@ -35,6 +40,7 @@ pub struct SlotStream {
     /// Whole transactions read and not yet taken.
     ready: VecDeque<SourceTxn>,
     ready_bytes: usize,
+    ready_rows: usize,
     /// Read no further while `ready` holds this many bytes.
     window: usize,
     /// How far the walsender has read WAL, as it last said.
@@ -45,6 +51,8 @@ pub struct SlotStream {
     skip_upto: u64,
     /// Answer every keepalive (a round waits to learn the walsender's position).
     answer_keepalives: bool,
+    /// Not to be read again before this (the last read found little).
+    gather_until: Option<Instant>,
     /// Keep transactions that came from a peer (the feed relays them; a
     /// push leaves them out where pgoutput could not).
     keep_relayed: bool,
@@ -111,11 +119,13 @@ impl SlotStream {
             reader: Reader::default(),
             ready: VecDeque::new(),
             ready_bytes: 0,
+            ready_rows: 0,
             window: 64 << 20,
             read_upto: 0,
             confirmed: 0,
             skip_upto: 0,
             answer_keepalives: false,
+            gather_until: None,
             keep_relayed,
             timeout,
         }
@@ -170,10 +180,10 @@ impl SlotStream {
     /// Read what has arrived, without waiting, until the window is full.
     /// Returns whether anything arrived.
     pub fn read_available(&mut self) -> Result<bool, String> {
-        let mut any = false;
+        let mut read = 0usize;
         while self.ready_bytes < self.window {
-            let Some(message) = self.conn.next_copy()? else { return Ok(any) };
-            any = true;
+            let Some(message) = self.conn.next_copy()? else { break };
+            read += 1;
             match walstream::parse(&message)? {
                 ServerMessage::XLogData { data, .. } => {
                     if let Some(t) = self.reader.take(data.to_vec())? {
@@ -189,7 +199,8 @@ impl SlotStream {
                 }
             }
         }
-        Ok(any)
+        self.gather_until = (read < GATHER_BELOW).then(|| Instant::now() + GATHER);
+        Ok(read > 0)
     }
 
     /// Nothing waits and nothing is half read: the slot may move to where
@@ -209,18 +220,20 @@ impl SlotStream {
             return;
         }
         self.ready_bytes += t.bytes;
+        self.ready_rows += t.rows;
         self.ready.push_back(t);
     }
 
     fn pop(&mut self) -> Option<SourceTxn> {
         let t = self.ready.pop_front()?;
         self.ready_bytes -= t.bytes;
+        self.ready_rows -= t.rows;
         Some(t)
     }
 
     /// The transactions read and waiting, and their rows.
     pub fn waiting(&self) -> (usize, i64) {
-        (self.ready.len(), self.ready.iter().map(|t| t.rows as i64).sum())
+        (self.ready.len(), self.ready_rows as i64)
     }
 
     /// The commit time of the first transaction waiting (0: none).
@@ -233,6 +246,10 @@ impl SlotStream {
     /// up to it (nothing more is coming before it). None taken is empty;
     /// otherwise at least one transaction, however large.
     pub fn take_batch(&mut self, limits: Limits, upto: Option<u64>) -> Vec<SourceTxn> {
+        // called after every read: look through `ready` only when a batch may be taken
+        if upto.is_none() && self.ready_rows < limits.max_rows && self.ready_bytes < limits.max_bytes {
+            return Vec::new();
+        }
         let (mut rows, mut bytes, mut n) = (0usize, 0usize, 0usize);
         let mut full = false;
         for t in &self.ready {
@@ -259,8 +276,12 @@ impl SlotStream {
         self.conn.nap(d)
     }
 
-    /// Wait until the walsender sends something, at most until `deadline`.
+    /// Wait until the walsender sends something, at most until `deadline`
+    /// (after a read that found little, first let more gather).
     pub fn wait(&self, deadline: Instant) -> Result<(), String> {
+        if let Some(gather) = self.gather_until.filter(|g| *g < deadline) {
+            crate::sync::status::wait_on_latch(gather.saturating_duration_since(Instant::now()));
+        }
         self.conn.wait_readable(deadline, "waiting for this node's walsender")
     }
 
@@ -272,8 +293,9 @@ impl SlotStream {
 }
 
 impl ReadBeside for SlotStream {
-    fn socket(&self) -> Option<c_int> {
-        (self.ready_bytes < self.window).then(|| self.conn.raw_socket())
+    fn watch(&self) -> Option<(c_int, Instant)> {
+        let from = self.gather_until.unwrap_or_else(Instant::now);
+        (self.ready_bytes < self.window).then(|| (self.conn.raw_socket(), from))
     }
 
     fn readable(&mut self) -> Result<(), String> {

@@ -166,12 +166,20 @@ impl QueryResult {
 /// Sleep until the socket is ready (or the latch is set, which is reset and
 /// answered by checking for interrupts), at most until `deadline`.
 fn wait_socket(sock: c_int, write: bool, deadline: Instant, what: &str) -> Result<(), String> {
+    match wait_socket_until(sock, write, deadline)? {
+        true => Ok(()),
+        false => Err(format!("timed out {what}")),
+    }
+}
+
+/// As `wait_socket`; false when `until` came first.
+fn wait_socket_until(sock: c_int, write: bool, until: Instant) -> Result<bool, String> {
     loop {
         let now = Instant::now();
-        if now >= deadline {
-            return Err(format!("timed out {what}"));
+        if now >= until {
+            return Ok(false);
         }
-        let timeout = (deadline - now).as_millis().clamp(1, i32::MAX as u128) as i64;
+        let timeout = (until - now).as_millis().clamp(1, i32::MAX as u128) as i64;
         let socket_event = if write { pg_sys::WL_SOCKET_WRITEABLE } else { pg_sys::WL_SOCKET_READABLE };
         let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH | socket_event) as c_int;
         // SAFETY: MyLatch is this process's own latch, set up at its start;
@@ -183,7 +191,7 @@ fn wait_socket(sock: c_int, write: bool, deadline: Instant, what: &str) -> Resul
             pgrx::check_for_interrupts!();
         }
         if rc & socket_event as c_int != 0 {
-            return Ok(());
+            return Ok(true);
         }
     }
 }
@@ -396,11 +404,24 @@ impl Connection {
     /// Wait for the next result without blocking; None when there are no more.
     /// `beside` is read whenever its socket is readable meanwhile.
     fn next_result(&mut self, deadline: Instant, mut beside: Option<&mut dyn ReadBeside>) -> Result<Option<QueryResult>, String> {
+        // one wait set for as long as the other socket stays the same (each costs system calls)
+        let mut both: Option<(WaitSet, c_int)> = None;
         // SAFETY: a live connection owned by `self`.
         while unsafe { PQisBusy(self.conn) } != 0 {
-            match beside.as_deref_mut().and_then(|b| b.socket().map(|sock| (b, sock))) {
-                Some((other, sock)) => {
-                    let [mine, theirs] = wait_sockets([self.socket(), sock], deadline, "waiting for the peer's answer")?;
+            let watched = beside.as_deref_mut().and_then(|b| b.watch().map(|w| (b, w)));
+            match watched {
+                // not yet: the other is left to gather more first
+                Some((_, (_, from))) if from > Instant::now() => {
+                    if !wait_socket_until(self.socket(), false, from.min(deadline))? && from >= deadline {
+                        return Err("timed out waiting for the peer's answer".to_string());
+                    }
+                }
+                Some((other, (sock, _))) => {
+                    if both.as_ref().is_none_or(|(_, s)| *s != sock) {
+                        both = Some((WaitSet::new([self.socket(), sock]), sock));
+                    }
+                    let set = &both.as_ref().expect("just set").0;
+                    let [mine, theirs] = set.wait_until(deadline, "waiting for the peer's answer")?;
                     if theirs {
                         other.readable()?;
                     }
@@ -418,11 +439,13 @@ impl Connection {
     }
 
     /// Run one statement as `query` does, reading `beside` whenever its
-    /// socket has something while the peer works on the statement.
-    pub fn query_beside(&mut self, sql: &str, params: &[Param<'_>], timeout: Duration, beside: &mut dyn ReadBeside) -> Result<Rows, String> {
+    /// socket has something while the peer works on the statement. Returns
+    /// the rows and when the statement was all sent.
+    pub fn query_beside(&mut self, sql: &str, params: &[Param<'_>], timeout: Duration, beside: &mut dyn ReadBeside) -> Result<(Rows, Instant), String> {
         let deadline = Instant::now() + timeout;
         self.send(sql, params)?;
         self.flush(deadline)?;
+        let sent_at = Instant::now();
         let mut rows = Vec::new();
         let mut failure = None;
         while let Some(result) = self.next_result(deadline, Some(&mut *beside))? {
@@ -431,7 +454,7 @@ impl Connection {
                 Err(e) => failure = Some(e),
             }
         }
-        failure.map_or(Ok(rows), Err)
+        failure.map_or(Ok((rows, sent_at)), Err)
     }
 
     // ------------------------------------------------ a replication stream
@@ -553,26 +576,10 @@ impl Drop for CopyMessage {
 
 /// Another connection to read while waiting for a peer's answer.
 pub trait ReadBeside {
-    /// Its socket, when it is to be read now (None: leave it be).
-    fn socket(&self) -> Option<c_int>;
+    /// Its socket and from when on to watch it (None: leave it be).
+    fn watch(&self) -> Option<(c_int, Instant)>;
     /// Its socket is readable: read what it holds, without waiting.
     fn readable(&mut self) -> Result<(), String>;
-}
-
-/// Sleep until either socket is readable (or the latch is set), at most
-/// until `deadline`; returns which are readable.
-fn wait_sockets(sockets: [c_int; 2], deadline: Instant, what: &str) -> Result<[bool; 2], String> {
-    let set = WaitSet::new(sockets);
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(format!("timed out {what}"));
-        }
-        let ready = set.wait((deadline - now).as_millis().clamp(1, i32::MAX as u128) as i64);
-        if ready.iter().any(|&r| r) {
-            return Ok(ready);
-        }
-    }
 }
 
 /// PostgreSQL's wait event set over this process's latch, postmaster death
@@ -597,6 +604,21 @@ impl WaitSet {
             }
         }
         set
+    }
+
+    /// Sleep until either socket is readable (or the latch is set), at
+    /// most until `deadline`; returns which are readable.
+    fn wait_until(&self, deadline: Instant, what: &str) -> Result<[bool; 2], String> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!("timed out {what}"));
+            }
+            let ready = self.wait((deadline - now).as_millis().clamp(1, i32::MAX as u128) as i64);
+            if ready.iter().any(|&r| r) {
+                return Ok(ready);
+            }
+        }
     }
 
     /// Wait up to `timeout_ms`; which sockets are readable (a set latch is

@@ -55,6 +55,12 @@ impl Reader {
     /// Feed one message of a stream; returns the transaction it completes.
     /// A stream's transactions span reads: what is open stays open.
     pub fn take(&mut self, raw: Vec<u8>) -> Result<Option<SourceTxn>, String> {
+        // most messages are row changes: route them by their head, unparsed
+        // (the receiver parses every message whole before it applies any)
+        if let Some(relation) = pgoutput::row_change_relation(&raw) {
+            self.change(&[relation], raw)?;
+            return Ok(None);
+        }
         match pgoutput::parse(&raw)? {
             Message::Begin { commit_time, .. } => self.begin(commit_time)?,
             Message::Commit { end_lsn, commit_time } => {
@@ -72,7 +78,8 @@ impl Reader {
             Message::Relation(r) => self.relation(r.id, raw)?,
             Message::Logical { prefix, .. } if prefix == delete_stamp::PREFIX => self.stamp(raw)?,
             Message::Other { .. } | Message::Logical { .. } => {}
-            change => self.change(&change, raw)?,
+            Message::Truncate { relations } => self.change(&relations, raw)?,
+            change => self.change(&change.relation().into_iter().collect::<Vec<_>>(), raw)?,
         }
         Ok(None)
     }
@@ -120,13 +127,9 @@ impl Reader {
 
     /// A row change (or truncate): it needs its relations described first,
     /// earlier in this transaction or, remembered, in an earlier one.
-    fn change(&mut self, change: &Message, raw: Vec<u8>) -> Result<(), String> {
+    fn change(&mut self, relations: &[u32], raw: Vec<u8>) -> Result<(), String> {
         let t = self.open.as_mut().ok_or("a change outside a transaction")?;
-        let rels = match change {
-            Message::Truncate { relations } => relations.clone(),
-            other => other.relation().into_iter().collect(),
-        };
-        for rel in rels {
+        for &rel in relations {
             if !self.defined.contains(&rel) {
                 let def = self.relations.get(&rel).ok_or_else(|| format!("a change to relation {rel} before its Relation message"))?;
                 t.needs.push((rel, def.clone()));

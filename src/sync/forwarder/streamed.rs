@@ -104,7 +104,9 @@ impl Forwarder {
                 stream.confirm_all_read()?;
                 return Ok(sent);
             }
+            let waiting_since = Instant::now();
             stream.wait(quiet_until)?;
+            self.read_wait += waiting_since.elapsed();
         }
     }
 
