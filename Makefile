@@ -17,7 +17,7 @@ PG_USER ?= $(call from_setup,PG_USER)
 PGTEST_DATA_18 ?= /tmp/edgesync-pgtest-18
 PGTEST_DATA_15 ?= /tmp/edgesync-pgtest-15
 
-.PHONY: setup test test-unit test-fuzz test-pg18 test-pg15 test-integration test-integration-pg15 install-pg18 install-pg15 install-pg18-release bench bench-smoke demo demo-stop mutants clean
+.PHONY: setup test test-unit test-fuzz test-pg18 test-pg15 test-integration test-integration-pg15 install-pg18 install-pg15 install-pg18-release bench bench-smoke bench-apply demo demo-stop mutants clean
 
 setup:
 	@bash scripts/setup.sh
@@ -65,11 +65,11 @@ install-pg15: setup
 
 test-integration: install-pg18
 	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \
-		cargo test --features integration --test health --test conflicts --test forwarder --test upgrade --test roles --test relay --test chaos --test names --test edges --test harness -- --test-threads=1
+		cargo test --features integration --test health --test conflicts --test forwarder --test apply --test upgrade --test roles --test relay --test chaos --test names --test edges --test harness -- --test-threads=1
 
 test-integration-pg15: install-pg15
 	EDGESYNC_PG_CONFIG=$(PG15_CONFIG) EDGESYNC_PG_USER=$(PG_USER) \
-		cargo test --no-default-features --features "pg15 integration" --test forwarder --test relay -- --test-threads=1
+		cargo test --no-default-features --features "pg15 integration" --test forwarder --test apply --test relay -- --test-threads=1
 
 # Benchmarks: a release build, ratios against baselines measured in the same run.
 install-pg18-release: setup
@@ -85,6 +85,12 @@ bench: setup
 # and printed, no ratio is asserted.
 bench-smoke: setup
 	@PG_CONFIG=$(PG18_CONFIG) PG_USER=$(PG_USER) BENCH_SMOKE=1 bash bench/bench.sh
+
+# The cloud's apply alone: apply_batch of captured 10k-row batches, timed
+# (PROFILE=lww.update: profiled instead; bench/apply.sh says more).
+bench-apply: setup
+	@$(MAKE) --no-print-directory install-pg18-release
+	@PG_CONFIG=$(PG18_CONFIG) PG_USER=$(PG_USER) bash bench/apply.sh
 
 demo: setup
 	@$(MAKE) --no-print-directory install-pg18

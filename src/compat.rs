@@ -134,3 +134,76 @@ pub fn create_wait_event_set(n: i32) -> *mut pg_sys::WaitEventSet {
         pg_sys::CreateWaitEventSet(std::ptr::null_mut(), n)
     }
 }
+
+/// An executor state whose range table holds the open table `rel` alone
+/// (entry 1), for writing its rows outside a plan, as PostgreSQL's apply
+/// worker builds one (`create_edata_for_relation`).
+///
+/// # Safety
+/// `rel` must be open, and stay open while the state is used; in a transaction.
+pub unsafe fn executor_state_for(rel: pg_sys::Relation) -> *mut pg_sys::EState {
+    // SAFETY: the caller's guarantees; every node is palloc'd and filled
+    // before the range table takes it, as makeNode would.
+    unsafe {
+        let estate = pg_sys::CreateExecutorState();
+        let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>()).cast::<pg_sys::RangeTblEntry>();
+        (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
+        (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
+        (*rte).relid = (*rel).rd_id;
+        (*rte).relkind = (*(*rel).rd_rel).relkind;
+        (*rte).rellockmode = pg_sys::AccessShareLock as i32;
+        let range_table = pg_sys::lappend(std::ptr::null_mut(), rte.cast());
+        // 16 moved the privileges into their own list; 18 added the unpruned relations
+        #[cfg(feature = "pg15")]
+        pg_sys::ExecInitRangeTable(estate, range_table);
+        #[cfg(not(feature = "pg15"))]
+        {
+            let mut permissions = std::ptr::null_mut();
+            pg_sys::addRTEPermissionInfo(&mut permissions, rte);
+            pg_sys::ExecInitRangeTable(estate, range_table, permissions, pg_sys::bms_make_singleton(1));
+        }
+        estate
+    }
+}
+
+/// Record `columns` (attribute numbers offset by
+/// FirstLowInvalidHeapAttributeNumber) as the columns an update of range
+/// table entry 1 of `estate` sets: column triggers (`UPDATE OF`) and the
+/// indexes' "unchanged" hint go by them.
+///
+/// # Safety
+/// `estate` must come from `executor_state_for`; `columns` must be
+/// allocated in its query context.
+pub unsafe fn set_updated_columns(estate: *mut pg_sys::EState, columns: *mut pg_sys::Bitmapset) {
+    // SAFETY: entry 1 exists (executor_state_for made it); on 16 and later
+    // its privileges are the first (and only) entry of es_rteperminfos.
+    unsafe {
+        #[cfg(feature = "pg15")]
+        {
+            (*pg_sys::exec_rt_fetch(1, estate)).updatedCols = columns;
+        }
+        #[cfg(not(feature = "pg15"))]
+        {
+            let permissions = pg_sys::list_nth((*estate).es_rteperminfos, 0).cast::<pg_sys::RTEPermissionInfo>();
+            (*permissions).updatedCols = columns;
+        }
+    }
+}
+
+/// Set up `epq` for single-row writes of `estate` with no plan to recheck
+/// (the rows are locked before they are written).
+///
+/// # Safety
+/// `epq` must be writable and outlive its use; `estate` valid.
+pub unsafe fn eval_plan_qual_init(epq: *mut pg_sys::EPQState, estate: *mut pg_sys::EState) {
+    // SAFETY: the caller's guarantees; 16 added the result relations (NIL).
+    #[cfg(feature = "pg15")]
+    unsafe {
+        pg_sys::EvalPlanQualInit(epq, estate, std::ptr::null_mut(), std::ptr::null_mut(), -1)
+    };
+    // SAFETY: as above.
+    #[cfg(not(feature = "pg15"))]
+    unsafe {
+        pg_sys::EvalPlanQualInit(epq, estate, std::ptr::null_mut(), std::ptr::null_mut(), -1, std::ptr::null_mut())
+    };
+}

@@ -1,7 +1,7 @@
-//! Kept plans of the statements edgesync runs once per row (apply's
-//! per-table inserts, updates and deletes; the conflict trigger's key,
-//! tombstone and lookup queries): prepared on first use in a backend and
-//! kept for its life, so a row costs an execution, not a parse and plan.
+//! Kept plans of the statements edgesync runs once per row (the conflict
+//! trigger's key, tombstone and lookup queries): prepared on first use in a
+//! backend and kept for its life, so a row costs an execution, not a parse
+//! and plan.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -11,13 +11,13 @@ use pgrx::pg_sys::PgOid;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 
 thread_local! {
-    /// Plans of the per-table statements of the apply path, kept for the
-    /// backend's life (PostgreSQL revalidates them after DDL). Keyed by text.
+    /// Plans of the per-row statements of the conflict trigger, kept for
+    /// the backend's life (PostgreSQL revalidates them after DDL). Keyed by text.
     static PLANS: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
 }
 
 /// At most this many plans are kept per backend. The statement texts
-/// depend on what a peer sends (which columns it marks unchanged), so the
+/// depend on the tables written (one key statement per table), so the
 /// cache is bounded; when it is full it starts over (a handful of hot
 /// statements are prepared again at once).
 pub(crate) const MAX_PLANS: usize = 1024;

@@ -1,10 +1,10 @@
 //! Flags edgesync's own writes raise for the conflict trigger of this
 //! backend: "let this table's rows through" (a settling write that already
 //! carries its version), "judge this insert as an update of a missing row"
-//! (apply recreating a row), "stamp this resolution after that version"
-//! (a DBA's resolution), and "this delete came with these versions" (apply
-//! handing over what the deleting node sent). Each is set by a guard and
-//! cleared when it drops.
+//! (apply recreating a row), "no row has this insert's key" (apply looked),
+//! "stamp this resolution after that version" (a DBA's resolution), and
+//! "this delete came with these versions" (apply handing over what the
+//! deleting node sent). Each is set by a guard and cleared when it drops.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, Ordering};
@@ -21,6 +21,11 @@ static PASS_THROUGH: AtomicU32 = AtomicU32::new(0);
 /// remote update (0: none): the trigger judges that insert as the update it
 /// is (update_missing, or update_deleted against a tombstone).
 static MISSING_ROW_UPDATE: AtomicU32 = AtomicU32::new(0);
+
+/// The table and command whose insert apply has just looked for by key,
+/// finding no row (relid 0: none): the trigger need not look again.
+static KEY_ABSENT_RELID: AtomicU32 = AtomicU32::new(0);
+static KEY_ABSENT_COMMAND: AtomicU32 = AtomicU32::new(0);
 
 /// The table a DBA's resolution is being written to (0: none), and the
 /// previous version to put in its fresh stamp (the other node's version, so
@@ -54,6 +59,34 @@ impl Drop for TableFlag {
     fn drop(&mut self) {
         self.0.store(0, Ordering::Relaxed);
     }
+}
+
+/// While alive, the row apply inserts into `relid` in the current command
+/// is known to have a key no row here has (apply looked in a dirty
+/// snapshot, which sees more than the trigger's own look would). Bound to
+/// the command: an insert a trigger makes meanwhile runs in a later one.
+pub struct KeyAbsent(());
+
+impl KeyAbsent {
+    pub fn set(relid: pg_sys::Oid) -> KeyAbsent {
+        // SAFETY: reads this backend's command counter, in a transaction.
+        KEY_ABSENT_COMMAND.store(unsafe { pg_sys::GetCurrentCommandId(false) }, Ordering::Relaxed);
+        KEY_ABSENT_RELID.store(relid.to_u32(), Ordering::Relaxed);
+        KeyAbsent(())
+    }
+}
+
+impl Drop for KeyAbsent {
+    fn drop(&mut self) {
+        KEY_ABSENT_RELID.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Is the row being inserted into `relid` one apply found no row with its key for?
+pub(super) fn key_known_absent(relid: pg_sys::Oid) -> bool {
+    let absent = KEY_ABSENT_RELID.load(Ordering::Relaxed);
+    // SAFETY: reads this backend's command counter, in a transaction.
+    absent != 0 && absent == relid.to_u32() && KEY_ABSENT_COMMAND.load(Ordering::Relaxed) == unsafe { pg_sys::GetCurrentCommandId(false) }
 }
 
 /// While alive, local stamps of rows of `relid` use `prev` as their previous

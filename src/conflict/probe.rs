@@ -16,8 +16,8 @@ use crate::model::conflict::version::RowStamp;
 /// How to look a table's primary key up: found once per table from the
 /// catalogs, rebuilt when the primary-key index changes.
 #[derive(Clone)]
-struct KeyProbe {
-    index: pg_sys::Oid,
+pub(super) struct KeyProbe {
+    pub(super) index: pg_sys::Oid,
     heap_attnums: Vec<i16>,
     procs: Vec<pg_sys::RegProcedure>,
     collations: Vec<pg_sys::Oid>,
@@ -54,7 +54,7 @@ pub(super) fn probe_existing(trigger: &PgTrigger<'_>) -> Result<Option<RowStamp>
 ///
 /// # Safety
 /// `rel` must be an open relation.
-unsafe fn key_probe(rel: pg_sys::Relation) -> Result<KeyProbe, ConflictError> {
+pub(super) unsafe fn key_probe(rel: pg_sys::Relation) -> Result<KeyProbe, ConflictError> {
     // SAFETY: the caller keeps `rel` open.
     let (relid, index) = unsafe { ((*rel).rd_id, crate::compat::primary_key_index(rel)) };
     if index == pg_sys::InvalidOid {
@@ -119,33 +119,53 @@ unsafe fn add_key_column(probe: &mut KeyProbe, idxrel: pg_sys::Relation, i: usiz
 /// # Safety
 /// `slot` must hold a row of the table `probe` was made for.
 unsafe fn scan_keys(probe: &KeyProbe, slot: *mut pg_sys::TupleTableSlot) -> Option<Vec<pg_sys::ScanKeyData>> {
-    let n = probe.heap_attnums.len();
-    // SAFETY: ScanKeyData is a plain C struct; every entry is initialized
-    // by ScanKeyEntryInitialize below before use.
-    let mut keys: Vec<pg_sys::ScanKeyData> = vec![unsafe { std::mem::zeroed() }; n];
-    for (i, key) in keys.iter_mut().enumerate() {
-        let mut isnull = false;
-        // SAFETY: the caller vouches for `slot`; the attribute numbers are its table's.
-        let value = unsafe { pg_sys::slot_getattr(slot, probe.heap_attnums[i] as i32, &mut isnull) };
-        if isnull {
-            return None;
-        }
-        // SAFETY: `key` is a valid ScanKeyData to fill; the function and
-        // collation come from the index's catalog entries.
-        unsafe {
-            pg_sys::ScanKeyEntryInitialize(
-                key,
-                0,
-                (i + 1) as pg_sys::AttrNumber,
-                BT_EQUAL_STRATEGY,
-                pg_sys::InvalidOid,
-                probe.collations[i],
-                probe.procs[i],
-                value,
-            )
-        };
+    let mut keys = probe.scan_keys();
+    // SAFETY: the caller's guarantee.
+    unsafe { probe.set_key_values(&mut keys, slot) }.then_some(keys)
+}
+
+impl KeyProbe {
+    /// One equality scan key per key column, their values still to set.
+    pub(super) fn scan_keys(&self) -> Vec<pg_sys::ScanKeyData> {
+        (0..self.heap_attnums.len())
+            .map(|i| {
+                // SAFETY: ScanKeyData is a plain C struct, filled whole by
+                // ScanKeyEntryInitialize; the function and collation come
+                // from the index's catalog entries.
+                unsafe {
+                    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+                    pg_sys::ScanKeyEntryInitialize(
+                        &mut key,
+                        0,
+                        (i + 1) as pg_sys::AttrNumber,
+                        BT_EQUAL_STRATEGY,
+                        pg_sys::InvalidOid,
+                        self.collations[i],
+                        self.procs[i],
+                        pg_sys::Datum::from(0),
+                    );
+                    key
+                }
+            })
+            .collect()
     }
-    Some(keys)
+
+    /// Set `keys` (from `scan_keys`) to the key of the row in `slot`; false
+    /// when a key column is NULL (a NULL key names no row).
+    ///
+    /// # Safety
+    /// `slot` must hold a row of the table this probe was made for.
+    pub(super) unsafe fn set_key_values(&self, keys: &mut [pg_sys::ScanKeyData], slot: *mut pg_sys::TupleTableSlot) -> bool {
+        for (key, &attnum) in keys.iter_mut().zip(&self.heap_attnums) {
+            let mut isnull = false;
+            // SAFETY: the caller vouches for `slot`; the attribute numbers are its table's.
+            key.sk_argument = unsafe { pg_sys::slot_getattr(slot, attnum as i32, &mut isnull) };
+            if isnull {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// Look `keys` up in the primary-key index of `rel`, in the active (or
@@ -169,7 +189,10 @@ unsafe fn look_up(trigger: &PgTrigger<'_>, rel: pg_sys::Relation, probe: &KeyPro
         let stamp = if found { Some(stamp_in_slot(trigger, out)) } else { None };
         pg_sys::index_endscan(scan);
         pg_sys::ExecDropSingleTupleTableSlot(out);
-        pg_sys::index_close(idxrel, LOCK);
+        // the lock is kept until commit, as the executor keeps its own: the
+        // insert that fired the trigger holds a stronger one on the index anyway
+        pg_sys::index_close(idxrel, pg_sys::NoLock as pg_sys::LOCKMODE);
         stamp.transpose()
     }
 }
+

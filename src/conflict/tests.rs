@@ -374,6 +374,26 @@ mod tests {
         assert_eq!((resolution.as_deref(), status.as_deref()), (Some("custom"), Some("resolved")));
     }
 
+    /// Apply's word that no row has an insert's key holds for the insert it
+    /// was given for only: its table, in its command (a row a trigger
+    /// inserts meanwhile is in a later command), and only while the guard lives.
+    #[pg_test]
+    fn an_absent_key_holds_for_its_own_insert_only() {
+        enrolled_table();
+        let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'public.stock'::regclass::oid").unwrap().unwrap();
+        // SAFETY: marks this test transaction's current command as used, as a write does.
+        unsafe { pg_sys::GetCurrentCommandId(true) };
+        let absent = crate::conflict::KeyAbsent::set(relid);
+        assert!(crate::conflict::flags::key_known_absent(relid));
+        assert!(!crate::conflict::flags::key_known_absent(pg_sys::Oid::from(relid.to_u32() + 1)), "another table");
+        drop(absent);
+        assert!(!crate::conflict::flags::key_known_absent(relid), "the guard is gone");
+        let _absent = crate::conflict::KeyAbsent::set(relid);
+        // SAFETY: advances this test transaction's command counter.
+        unsafe { pg_sys::CommandCounterIncrement() };
+        assert!(!crate::conflict::flags::key_known_absent(relid), "a later command");
+    }
+
     #[pg_test]
     fn the_plan_cache_is_bounded() {
         Spi::connect(|client| {

@@ -248,10 +248,13 @@ fn pass_if(outcome: Outcome, row: Row<'_>) -> Option<Row<'_>> {
 }
 
 /// What this node holds for the key of the row being inserted: the row's
-/// stamp, or the unexpired tombstone's delete version.
+/// stamp, or the unexpired tombstone's delete version. (Apply may have
+/// looked for the row already, and found none.)
 fn local_state_for(table: &LazyTable<'_>, trigger: &PgTrigger<'_>) -> Result<Local, ConflictError> {
-    if let Some(stamp) = probe_existing(trigger)? {
-        return Ok(Local::Row(stamp));
+    if !flags::key_known_absent(relid_of(trigger)) {
+        if let Some(stamp) = probe_existing(trigger)? {
+            return Ok(Local::Row(stamp));
+        }
     }
     if no_tombstones()? {
         return Ok(Local::Absent);

@@ -26,20 +26,19 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::CString;
 
-use pgrx::datum::DatumWithOid;
-use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
 use pgrx::PgSqlErrorCode;
 
 use super::target::Target;
-use crate::conflict::{log_conflict, missing_row_deleted, plan_for, ConflictRecord, RemoteDeleteStamp, TableFlag};
+use super::write::{RowWrites, TableWriter};
+use super::write_sql::{self, SqlWriter};
+use crate::conflict::{log_conflict, missing_row_deleted, ConflictRecord, TableFlag};
 use crate::error::raise;
 use crate::model::conflict::delete_stamp::{self, DeleteStamp};
 use crate::model::conflict::lww::{ConflictType, Resolution};
 use crate::model::directory::source_of_transaction;
 use crate::model::sync::batch::{self, Decoded, TransactionView};
-use crate::model::sync::pgoutput::{self, Message, Relation, Value};
+use crate::model::sync::pgoutput::{self, Change, Field, Message, Relation};
 use crate::privilege::{as_extension_owner, as_role};
 
 
@@ -222,15 +221,16 @@ struct BatchApply<'b> {
     definitions: HashMap<u32, Relation>,
     /// The local tables they were matched to, on their first change.
     targets: HashMap<u32, Target>,
-    /// Consecutive changes to one relation, not yet written.
-    run: Vec<Message>,
+    /// Consecutive changes to one relation, not yet written (read in
+    /// place: they borrow the batch's bytes).
+    run: Vec<Queued<'b>>,
     /// The relation `run` changes.
     run_relation: u32,
     /// The end LSN and commit time of the last transaction applied.
     last_applied: Option<(u64, i64)>,
-    /// The sender's delete stamp just read (its relation, and the message),
+    /// The sender's delete stamp just read (its relation, and its content),
     /// for the change right after it if that is a delete of that relation.
-    pending_stamp: Option<(u32, Message)>,
+    pending_stamp: Option<(u32, Vec<u8>)>,
     /// The node the transaction being applied came from, as the conflict
     /// log names it (None before the first; Some(None): no node it can name).
     source: Option<Option<String>>,
@@ -253,15 +253,22 @@ impl<'b> BatchApply<'b> {
 
     /// Apply one source transaction, unless it was applied before (`done`
     /// is the origin's committed progress).
-    fn apply_transaction(&mut self, t: &TransactionView<'_>, done: u64) {
+    fn apply_transaction(&mut self, t: &TransactionView<'b>, done: u64) {
         // relation messages count even in a transaction applied before: later ones need them
         let applied_before = t.end_lsn <= done;
         self.pending_stamp = None;
         self.came_from(source_of_transaction(t.origin, self.sender));
+        let refuse = |e: String| -> ! { raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")) };
         for raw in t.messages() {
-            let msg = pgoutput::parse(raw)
-                .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")));
-            self.dispatch(msg, applied_before);
+            // rows are read in place, every other message into its own values
+            if pgoutput::is_row_change(raw) {
+                let change = pgoutput::change(raw).unwrap_or_else(|e| refuse(e));
+                if !applied_before {
+                    self.handle_change(change);
+                }
+            } else {
+                self.dispatch(pgoutput::parse(raw).unwrap_or_else(|e| refuse(e)), applied_before);
+            }
         }
         if !applied_before {
             self.last_applied = Some((t.end_lsn, t.commit_time));
@@ -280,19 +287,15 @@ impl<'b> BatchApply<'b> {
         self.source = Some(source);
     }
 
-    /// Hand each kind of message to its handler; begin, commit, origin and
-    /// other messages need nothing (the batch carries transaction bounds).
+    /// Hand each kind of message but row changes to its handler; begin,
+    /// commit, origin and other messages need nothing (the batch carries
+    /// transaction bounds).
     fn dispatch(&mut self, msg: Message, applied_before: bool) {
         match msg {
             Message::Relation(r) => self.handle_relation(r),
-            Message::Insert { relation, .. } | Message::Update { relation, .. } | Message::Delete { relation, .. }
-                if !applied_before =>
-            {
-                self.handle_change(relation, msg)
-            }
             Message::Truncate { .. } if !applied_before => refuse_truncate(),
-            Message::Logical { ref prefix, ref content } if !applied_before && prefix == delete_stamp::PREFIX => {
-                self.pending_stamp = Some((read_delete_stamp(content).0.relation, msg));
+            Message::Logical { prefix, content } if !applied_before && prefix == delete_stamp::PREFIX => {
+                self.pending_stamp = Some((read_delete_stamp(&content).0.relation, content));
             }
             _ => {}
         }
@@ -311,7 +314,8 @@ impl<'b> BatchApply<'b> {
 
     /// An insert, update or delete: checked against its table, then added to
     /// the run (a change to another table writes the run first).
-    fn handle_change(&mut self, relation: u32, change: Message) {
+    fn handle_change(&mut self, change: Change<'b>) {
+        let relation = change.relation();
         let width = self.target(relation).columns.len();
         if !row_fits(&change, width) {
             raise(
@@ -325,10 +329,12 @@ impl<'b> BatchApply<'b> {
         self.run_relation = relation;
         // a delete's versions travel just before it, in its run
         match self.pending_stamp.take() {
-            Some((stamped, stamp)) if stamped == relation && matches!(change, Message::Delete { .. }) => self.run.push(stamp),
+            Some((stamped, stamp)) if stamped == relation && matches!(change, Change::Delete { .. }) => {
+                self.run.push(Queued::DeleteStamp(stamp))
+            }
             _ => {}
         }
-        self.run.push(change);
+        self.run.push(Queued::Change(change));
         // parsed rows take more memory than their bytes: write them in
         // bounded runs, not a whole batch's worth at once
         if self.run.len() >= MAX_RUN_ROWS {
@@ -377,12 +383,28 @@ fn check_relation_limits(r: &Relation, described: usize, known: bool) {
 }
 
 /// Does each row of a change have the width of its relation's description?
-fn row_fits(change: &Message, width: usize) -> bool {
+fn row_fits(change: &Change<'_>, width: usize) -> bool {
     match change {
-        Message::Insert { new, .. } => new.len() == width,
-        Message::Update { old, new, .. } => new.len() == width && old.as_ref().is_none_or(|o| o.len() == width),
-        Message::Delete { old, .. } => old.len() == width,
-        _ => true,
+        Change::Insert { new, .. } => new.len() == width,
+        Change::Update { old, new, .. } => new.len() == width && old.as_ref().is_none_or(|o| o.len() == width),
+        Change::Delete { old, .. } => old.len() == width,
+    }
+}
+
+/// What a run holds: a change to write, or the versions the sender sent
+/// for the delete after it.
+pub(super) enum Queued<'a> {
+    Change(Change<'a>),
+    DeleteStamp(Vec<u8>),
+}
+
+impl Queued<'_> {
+    /// The row it writes (a delete writes none).
+    pub(super) fn written_row(&self) -> Option<&[Field<'_>]> {
+        match self {
+            Queued::Change(Change::Insert { new, .. } | Change::Update { new, .. }) => Some(new),
+            _ => None,
+        }
     }
 }
 
@@ -493,96 +515,119 @@ fn end_origin_session() {
     }
 }
 
-fn text_arg(v: &Value) -> DatumWithOid<'_> {
-    match v {
-        Value::Text(s) => s.as_str().into(),
-        _ => Option::<&str>::None.into(),
-    }
-}
-
-fn text_types(n: usize) -> Vec<PgOid> {
-    vec![PgOid::from(pg_sys::TEXTOID); n]
-}
-
-/// Consecutive plain inserts go in one statement of at most this many rows.
-const BULK_INSERT_ROWS: usize = 1000;
-/// Parsed changes held before they are written (a few bulk statements' worth).
-const MAX_RUN_ROWS: usize = 4 * BULK_INSERT_ROWS;
+/// Parsed changes held before they are written: runs are written in
+/// pieces of at most this many (parsed rows take more memory than their bytes).
+const MAX_RUN_ROWS: usize = 4000;
 /// The most columns a table can have (PostgreSQL's MaxHeapAttributeNumber).
 const MAX_COLUMNS: usize = 1600;
 /// The most relations one batch may describe.
 const MAX_RELATIONS: usize = 10_000;
 
-fn is_plain_insert(change: &Message) -> bool {
-    matches!(change, Message::Insert { new, .. } if !new.contains(&Value::Unchanged))
-}
-
-/// Apply a run of changes to one table, as its owner.
-fn write_run(changes: Vec<Message>, target: &Target) {
-    target.naming_refused_values(&changes, || as_role(target.owner, || {
-        Spi::connect_mut(|client| {
-            let mut rest = &changes[..];
-            let mut stamp = None;
-            while !rest.is_empty() {
-                let inserts = rest.iter().take(BULK_INSERT_ROWS).take_while(|c| is_plain_insert(c)).count();
-                if inserts > 1 {
-                    bulk_insert(client, target, &rest[..inserts])?;
-                    rest = &rest[inserts..];
-                } else {
-                    apply_change(client, target, &rest[0], &mut stamp)?;
-                    rest = &rest[1..];
-                }
+/// Apply a run of changes to one table, as its owner, row by row as
+/// PostgreSQL's own apply does ([`TableWriter`]); a table whose row-level
+/// security binds its owner with SQL statements ([`SqlWriter`]).
+fn write_run(changes: Vec<Queued<'_>>, target: &Target) {
+    target.naming_refused_values(&changes, || {
+        as_role(target.owner, || {
+            if write_sql::binds_the_owner(target.relid) {
+                Spi::connect_mut(|client| apply_changes(&mut SqlWriter::new(client, target), target, &changes));
+            } else {
+                let mut writer = TableWriter::open(target);
+                apply_changes(&mut writer, target, &changes);
+                writer.close();
             }
-            Ok::<_, pgrx::spi::Error>(())
         })
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: applying to {}: {e}", target.qualified)))
-    }));
+    });
 }
 
-/// Insert rows in order with one statement: one text array per column,
-/// unnested and cast. Row triggers fire per row, in order, as they would
-/// for single inserts.
-fn bulk_insert(client: &mut SpiClient<'_>, t: &Target, inserts: &[Message]) -> pgrx::spi::Result<()> {
-    let written = &t.written;
-    let mut columns: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(inserts.len()); written.len()];
-    for change in inserts {
-        let Message::Insert { new, .. } = change else { unreachable!("only inserts are bulked") };
-        for (slot, &i) in columns.iter_mut().zip(written) {
-            slot.push(match &new[i] {
-                Value::Text(s) => Some(s.as_str()),
-                _ => None,
-            });
-        }
+fn apply_changes(w: &mut impl RowWrites, t: &Target, changes: &[Queued<'_>]) {
+    let mut stamp = None;
+    for change in changes {
+        apply_change(w, t, change, &mut stamp);
     }
-    let sql = keeping_existing_rows(t, &t.bulk_insert_sql);
-    let plan = plan_for(client, &sql, &vec![PgOid::from(pg_sys::TEXTARRAYOID); written.len()], true)?;
-    let args: Vec<DatumWithOid<'_>> = columns.into_iter().map(|c| c.into()).collect();
-    // under a policy the trigger settled (and logged) the rows it skipped
-    if client.update(&*plan, None, &args)?.len() < inserts.len() && !t.has_policy {
-        for change in inserts {
-            let Message::Insert { new, .. } = change else { unreachable!("only inserts are bulked") };
-            log_if_kept_existing(client, t, new)?;
-        }
-    }
-    Ok(())
 }
 
-/// The insert `sql` for table `t`: on a table without a conflict policy a
-/// key that exists here keeps its row (logged by the caller as
-/// insert_exists); a duplicate key would otherwise stop the sender's
-/// batches for good. Under a policy the conflict trigger settles it.
-fn keeping_existing_rows<'s>(t: &Target, sql: &'s str) -> std::borrow::Cow<'s, str> {
+/// Apply one change; a delete stamp is kept in `stamp` for the delete after it.
+fn apply_change(w: &mut impl RowWrites, t: &Target, change: &Queued<'_>, stamp: &mut Option<(serde_json::Value, DeleteStamp)>) {
+    match change {
+        Queued::Change(Change::Insert { new, .. }) => w.row(|w| insert(w, t, new)),
+        Queued::Change(Change::Update { old, new, .. }) => w.row(|w| update(w, t, old.as_deref(), new)),
+        Queued::Change(Change::Delete { old, .. }) => {
+            let mut stamp = stamp.take();
+            w.row(|w| delete(w, t, old, &mut stamp))
+        }
+        Queued::DeleteStamp(content) => {
+            let (s, key) = read_delete_stamp(content);
+            *stamp = Some((key, s));
+        }
+    }
+}
+
+/// A sender's delete stamp and its key object, or the batch is refused.
+fn read_delete_stamp(content: &[u8]) -> (DeleteStamp, serde_json::Value) {
+    let refuse = |e: String| -> ! { raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")) };
+    let stamp = DeleteStamp::decode(content).unwrap_or_else(|e| refuse(e));
+    match serde_json::from_str::<serde_json::Value>(&stamp.key) {
+        Ok(key @ serde_json::Value::Object(_)) => (stamp, key),
+        _ => refuse("a delete stamp's key is not a JSON object".to_string()),
+    }
+}
+
+/// Insert `new`. On a table without a conflict policy a key that exists
+/// here keeps its row (logged as insert_exists): a duplicate key would
+/// otherwise stop the sender's batches for good. Under a policy the
+/// conflict trigger settles it.
+fn insert(w: &mut impl RowWrites, t: &Target, new: &[Field<'_>]) {
+    if !w.insert(new) {
+        log_if_kept_existing(t, new);
+    }
+}
+
+/// Update the row its old key, or else its new row, names: the columns the
+/// update sent (TOASTed ones it left unchanged keep their value here). Under
+/// a conflict policy the trigger judges it (and may keep the row here).
+fn update(w: &mut impl RowWrites, t: &Target, old: Option<&[Field<'_>]>, new: &[Field<'_>]) {
+    if !w.update(old.unwrap_or(new), new) {
+        update_of_missing_row(w, t, new);
+    }
+}
+
+/// Delete the row the old key names, handing the delete's versions (when
+/// the sender sent them) to the conflict trigger. A row already gone is
+/// logged (delete_missing); under a conflict policy the delete's tombstone
+/// is recorded all the same.
+fn delete(w: &mut impl RowWrites, t: &Target, old: &[Field<'_>], stamp: &mut Option<(serde_json::Value, DeleteStamp)>) {
+    if w.delete(old, stamp) {
+        return;
+    }
+    match stamp.take() {
+        Some((key, s)) if t.has_policy => missing_row_deleted(t.relid, &t.schema, &t.name, pgrx::JsonB(key), s.stamp)
+            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string())),
+        _ => log(t, ConflictType::DeleteMissing, Resolution::KeepLocal, old, None, None),
+    }
+}
+
+/// The row a remote update names is not here. Under a conflict policy the
+/// trigger judges the row as that update (a tombstone newer than it wins:
+/// update_deleted); otherwise the remote row is put back and logged.
+fn update_of_missing_row(w: &mut impl RowWrites, t: &Target, new: &[Field<'_>]) {
+    if new.contains(&Field::Unchanged) {
+        let note = "the update left TOASTed columns unchanged; their values are not here, so the row was not recreated";
+        log(t, ConflictType::UpdateMissing, Resolution::KeepLocal, new, Some(new), Some(note));
+        return;
+    }
     if t.has_policy {
-        sql.into()
-    } else {
-        format!("{sql} ON CONFLICT DO NOTHING").into()
+        let _as_update = TableFlag::missing_row_update(t.relid);
+        return insert(w, t, new);
     }
+    insert(w, t, new);
+    log(t, ConflictType::UpdateMissing, Resolution::ApplyRemote, new, Some(new), None);
 }
 
-/// After an insert that skipped rows: if the row holding `new`'s key was
-/// not written by this transaction, the insert met it: log insert_exists
-/// with both rows (the row here stays).
-fn log_if_kept_existing(client: &mut SpiClient<'_>, t: &Target, new: &[Value]) -> pgrx::spi::Result<()> {
+/// After an insert met a row with `new`'s key: if that row was not written
+/// by this transaction, log insert_exists with both rows (the row here
+/// stays); one this batch wrote is its own earlier change.
+fn log_if_kept_existing(t: &Target, new: &[Field<'_>]) {
     let key = t.key_json(new);
     let key_column = |&k: &usize| &t.columns[k].as_ref().expect("key columns are written").quoted;
     let cond = t.key.iter().map(key_column).map(|k| format!("t.{k} = r.{k}")).collect::<Vec<_>>().join(" AND ");
@@ -591,14 +636,17 @@ fn log_if_kept_existing(client: &mut SpiClient<'_>, t: &Target, new: &[Value]) -
           WHERE {cond} AND t.xmin OPERATOR(pg_catalog.<>) pg_catalog.pg_current_xact_id()::pg_catalog.xid",
         q = t.qualified
     );
-    let found = client.select(&sql, None, &[key.into()])?;
-    if let Some(local) = found.into_iter().next().map(|r| r.get::<pgrx::JsonB>(1)).transpose()?.flatten() {
+    let found = Spi::connect(|client| {
+        let rows = client.select(&sql, None, &[key.into()])?;
+        rows.into_iter().next().map(|r| r.get::<pgrx::JsonB>(1)).transpose().map(Option::flatten)
+    })
+    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("edgesync: applying to {}: {e}", t.qualified)));
+    if let Some(local) = found {
         log_insert_exists(t, new, local);
     }
-    Ok(())
 }
 
-fn log_insert_exists(t: &Target, new: &[Value], local: pgrx::JsonB) {
+fn log_insert_exists(t: &Target, new: &[Field<'_>], local: pgrx::JsonB) {
     log_conflict(ConflictRecord {
         table_schema: &t.schema,
         table_name: &t.name,
@@ -615,106 +663,7 @@ fn log_insert_exists(t: &Target, new: &[Value], local: pgrx::JsonB) {
     .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()));
 }
 
-/// Apply one change; a delete stamp is kept in `stamp` for the delete after it.
-fn apply_change(client: &mut SpiClient<'_>, t: &Target, change: &Message, stamp: &mut Option<(serde_json::Value, DeleteStamp)>) -> pgrx::spi::Result<()> {
-    match change {
-        Message::Insert { new, .. } => insert(client, t, new),
-        Message::Update { old, new, .. } => update(client, t, old.as_deref(), new),
-        Message::Delete { old, .. } => delete(client, t, old, stamp.take()),
-        Message::Logical { content, .. } => {
-            let (s, key) = read_delete_stamp(content);
-            *stamp = Some((key, s));
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
-
-/// A sender's delete stamp and its key object, or the batch is refused.
-fn read_delete_stamp(content: &[u8]) -> (DeleteStamp, serde_json::Value) {
-    let refuse = |e: String| -> ! { raise(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, format!("edgesync: refused batch: {e}")) };
-    let stamp = DeleteStamp::decode(content).unwrap_or_else(|e| refuse(e));
-    match serde_json::from_str::<serde_json::Value>(&stamp.key) {
-        Ok(key @ serde_json::Value::Object(_)) => (stamp, key),
-        _ => refuse("a delete stamp's key is not a JSON object".to_string()),
-    }
-}
-
-fn insert(client: &mut SpiClient<'_>, t: &Target, new: &[Value]) -> pgrx::spi::Result<()> {
-    let plan = plan_for(client, &keeping_existing_rows(t, &t.insert_sql), &text_types(t.written.len()), true)?;
-    let args: Vec<DatumWithOid<'_>> = t.written.iter().map(|&i| text_arg(&new[i])).collect();
-    if client.update(&*plan, None, &args)?.is_empty() && !t.has_policy {
-        log_if_kept_existing(client, t, new)?;
-    }
-    Ok(())
-}
-
-/// Set the columns the update sent (TOASTed ones it left unchanged keep
-/// their value here) on the row its old key, or else its new row, names.
-fn update(client: &mut SpiClient<'_>, t: &Target, old: Option<&[Value]>, new: &[Value]) -> pgrx::spi::Result<()> {
-    let set: Vec<usize> = (0..new.len()).filter(|&i| t.columns[i].is_some() && new[i] != Value::Unchanged).collect();
-    let key_row = old.unwrap_or(new);
-    let sql = t.update_sql(&set);
-    let plan = plan_for(client, &sql, &text_types(set.len() + t.key.len()), true)?;
-    let args: Vec<DatumWithOid<'_>> =
-        set.iter().map(|&i| text_arg(&new[i])).chain(t.key.iter().map(|&k| text_arg(&key_row[k]))).collect();
-    if !client.update(&*plan, None, &args)?.is_empty() {
-        return Ok(());
-    }
-    if t.has_policy && row_is_here(client, t, key_row)? {
-        // the conflict trigger kept the row here, and logged why: judged
-        // again as a missing row, the same conflict would be logged twice
-        return Ok(());
-    }
-    update_of_missing_row(client, t, new)
-}
-
-/// Is there a row with the key `key_row` holds?
-fn row_is_here(client: &mut SpiClient<'_>, t: &Target, key_row: &[Value]) -> pgrx::spi::Result<bool> {
-    let plan = plan_for(client, &t.exists_sql(), &text_types(t.key.len()), false)?;
-    let args: Vec<DatumWithOid<'_>> = t.key.iter().map(|&k| text_arg(&key_row[k])).collect();
-    Ok(!client.select(&*plan, Some(1), &args)?.is_empty())
-}
-
-/// Delete the row the old key names, handing the delete's versions (when
-/// the sender sent them) to the conflict trigger. A row already gone is
-/// logged (delete_missing); under a conflict policy the delete's tombstone
-/// is recorded all the same.
-fn delete(client: &mut SpiClient<'_>, t: &Target, old: &[Value], stamp: Option<(serde_json::Value, DeleteStamp)>) -> pgrx::spi::Result<()> {
-    let plan = plan_for(client, &t.delete_sql, &text_types(t.key.len()), true)?;
-    let args: Vec<DatumWithOid<'_>> = t.key.iter().map(|&k| text_arg(&old[k])).collect();
-    let versions = stamp.as_ref().map(|(key, s)| RemoteDeleteStamp::set(t.relid, key.clone(), s.stamp));
-    // a delete the trigger skipped (an older delete) deletes nothing either, but the row is there
-    if !client.update(&*plan, None, &args)?.is_empty() || versions.is_some_and(|v| v.met_a_row()) {
-        return Ok(());
-    }
-    match stamp {
-        Some((key, s)) if t.has_policy => missing_row_deleted(t.relid, &t.schema, &t.name, pgrx::JsonB(key), s.stamp)
-            .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string())),
-        _ => log(t, ConflictType::DeleteMissing, Resolution::KeepLocal, old, None, None),
-    }
-    Ok(())
-}
-
-/// The row a remote update names is not here. Under a conflict policy the
-/// trigger judges the row as that update (a tombstone newer than it wins:
-/// update_deleted); otherwise the remote row is put back and logged.
-fn update_of_missing_row(client: &mut SpiClient<'_>, t: &Target, new: &[Value]) -> pgrx::spi::Result<()> {
-    if new.contains(&Value::Unchanged) {
-        let note = "the update left TOASTed columns unchanged; their values are not here, so the row was not recreated";
-        log(t, ConflictType::UpdateMissing, Resolution::KeepLocal, new, Some(new), Some(note));
-        return Ok(());
-    }
-    if t.has_policy {
-        let _as_update = TableFlag::missing_row_update(t.relid);
-        return insert(client, t, new);
-    }
-    insert(client, t, new)?;
-    log(t, ConflictType::UpdateMissing, Resolution::ApplyRemote, new, Some(new), None);
-    Ok(())
-}
-
-fn log(t: &Target, conflict: ConflictType, resolution: Resolution, key_row: &[Value], remote: Option<&[Value]>, note: Option<&str>) {
+fn log(t: &Target, conflict: ConflictType, resolution: Resolution, key_row: &[Field<'_>], remote: Option<&[Field<'_>]>, note: Option<&str>) {
     let remote_row = remote.map(|r| t.row_json(r));
     let kept_row = if resolution == Resolution::ApplyRemote { remote.map(|r| t.row_json(r)) } else { None };
     log_conflict(ConflictRecord {

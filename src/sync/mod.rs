@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  sending node                                          receiving node
-//!  capture.rs ──► model/sync/pack.rs ──► transport.rs ──► apply.rs (+ target.rs)
+//!  capture.rs ──► model/sync/pack.rs ──► transport.rs ──► apply.rs (+ target.rs, write*.rs)
 //!  read the slot   whole transactions     libpq, latch-    apply_batch: origin session,
 //!  (slot_stream.rs, into batches          aware waits      exactly once, tables as owners
 //!   or peek)
@@ -38,6 +38,8 @@ pub mod slot_stream;
 pub mod status;
 pub mod target;
 pub mod transport;
+mod write;
+mod write_sql;
 
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;

@@ -1,18 +1,17 @@
 //! A sender's relation matched to a local table, once per batch: which
-//! table it is, whether a batch travelling this way may change it, which
-//! sender columns are written here and which hold the key, and the
-//! statements that write it. Every mismatch refuses the whole batch, saying
-//! which table and column.
+//! table it is, whether a batch travelling this way may change it, and
+//! which sender columns are written here (to which attribute, of which
+//! type) and which hold the key. Every mismatch refuses the whole batch,
+//! saying which table and column. The table is locked as it is matched, so
+//! that what was read of it holds until the batch commits.
 //!
-//! Values arrive as text and are cast to the column's type without its
-//! modifier (`character varying`, not `character varying(10)`): the
-//! assignment to the column then applies the modifier as PostgreSQL's own
-//! apply does, refusing a value too long for the column where an explicit
-//! cast would cut it. A refused value is reported naming the table and,
+//! Values arrive as text and are read with the column's type input
+//! function under the column's modifier, as PostgreSQL's own apply reads
+//! them ([`super::write`]): a value too long for the column is refused,
+//! never cut to fit. A refused value is reported naming the table and,
 //! where it can be told, the column.
 
 use std::collections::HashMap;
-use std::ffi::CStr;
 use std::panic::AssertUnwindSafe;
 
 use pgrx::pg_sys::panic::CaughtError;
@@ -20,11 +19,11 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::{JsonB, PgSqlErrorCode};
 
-use super::apply::Direction;
+use super::apply::{Direction, Queued};
 use crate::conflict::key_of;
 use crate::error::{raise, raise_with_hint};
 use crate::model::sync::length_limit::LengthLimit;
-use crate::model::sync::pgoutput::{Message, Relation, Value};
+use crate::model::sync::pgoutput::{Field, Relation};
 use crate::privilege::as_extension_owner;
 use crate::quote::quote_ident;
 
@@ -42,12 +41,6 @@ pub(super) struct Target {
     pub(super) key: Vec<usize>,
     /// The names of the local primary key's columns, in the order of `key`.
     key_names: Vec<String>,
-    /// The sender columns written here, in order.
-    pub(super) written: Vec<usize>,
-    /// Statements for this table, composed once per batch.
-    pub(super) insert_sql: String,
-    pub(super) bulk_insert_sql: String,
-    pub(super) delete_sql: String,
 }
 
 /// A local column that a sender column is written to.
@@ -56,9 +49,12 @@ pub(super) struct Column {
     pub(super) name: String,
     /// Its name in SQL text.
     pub(super) quoted: String,
-    /// The type a value's text is cast to: the column's type (a domain's
-    /// base type) without its modifier, which the assignment applies.
-    cast_type: String,
+    /// Its attribute number here.
+    pub(super) attnum: i16,
+    /// Its type here (a domain, if it is one) and that type's modifier:
+    /// what a value's text is read as.
+    pub(super) type_oid: pg_sys::Oid,
+    pub(super) typmod: i32,
     /// The length its type's modifier allows, when it limits one.
     limit: Option<LengthLimit>,
 }
@@ -76,6 +72,7 @@ struct LocalTable {
 /// A column of the local table: its type, and whether it is generated
 /// (then it is computed here, never written).
 struct LocalColumn {
+    attnum: i16,
     type_oid: pg_sys::Oid,
     typmod: i32,
     generated: bool,
@@ -90,6 +87,7 @@ impl Target {
             Spi::connect(|client| {
                 let table = find_table(client, sender, def, &what)?;
                 check_enrolled(sender, &what, &table, direction);
+                lock_for_apply(table.relid);
                 let local_columns = read_columns(client, table.relid, &what)?;
                 let primary_key = read_primary_key(client, table.relid, &what)?;
                 Ok::<_, pgrx::spi::Error>((table, local_columns, primary_key))
@@ -101,7 +99,7 @@ impl Target {
         Target::compose(def, table, columns, primary_key, key)
     }
 
-    /// The target, with its statements composed.
+    /// The target, from what was read of the local table.
     fn compose(
         def: &Relation,
         table: LocalTable,
@@ -109,8 +107,7 @@ impl Target {
         key_names: Vec<String>,
         key: Vec<usize>,
     ) -> Target {
-        let written = (0..columns.len()).filter(|&i| columns[i].is_some()).collect();
-        let mut t = Target {
+        Target {
             relid: table.relid,
             owner: table.owner,
             schema: def.namespace.clone(),
@@ -120,82 +117,20 @@ impl Target {
             columns,
             key,
             key_names,
-            written,
-            insert_sql: String::new(),
-            bulk_insert_sql: String::new(),
-            delete_sql: String::new(),
-        };
-        t.insert_sql = t.compose_insert();
-        t.bulk_insert_sql = t.compose_bulk_insert();
-        t.delete_sql = t.compose_delete();
-        t
-    }
-
-    fn compose_insert(&self) -> String {
-        let cols: Vec<_> = self.columns.iter().flatten().collect();
-        let names = cols.iter().map(|c| c.quoted.as_str()).collect::<Vec<_>>().join(", ");
-        let values = cols.iter().enumerate().map(|(i, c)| format!("${}::{}", i + 1, c.cast_type)).collect::<Vec<_>>().join(", ");
-        format!("INSERT INTO {} ({names}) OVERRIDING SYSTEM VALUE VALUES ({values})", self.qualified)
-    }
-
-    fn compose_bulk_insert(&self) -> String {
-        let cols: Vec<_> = self.columns.iter().flatten().collect();
-        let names = cols.iter().map(|c| c.quoted.as_str()).collect::<Vec<_>>().join(", ");
-        let aliases = (1..=cols.len()).map(|i| format!("c{i}")).collect::<Vec<_>>().join(", ");
-        let casts = cols.iter().enumerate().map(|(i, c)| format!("c{}::{}", i + 1, c.cast_type)).collect::<Vec<_>>().join(", ");
-        let arrays = (1..=cols.len()).map(|i| format!("pg_catalog.unnest(${i}::pg_catalog.text[])")).collect::<Vec<_>>().join(", ");
-        format!(
-            "INSERT INTO {} ({names}) OVERRIDING SYSTEM VALUE SELECT {casts} FROM ROWS FROM ({arrays}) WITH ORDINALITY AS u({aliases}, n) ORDER BY n",
-            self.qualified
-        )
-    }
-
-    fn key_condition(&self, first_param: usize) -> String {
-        self.key
-            .iter()
-            .enumerate()
-            .map(|(i, &k)| {
-                let c = self.columns[k].as_ref().expect("key columns are plain columns");
-                format!("{} = ${}::{}", c.quoted, first_param + i, c.cast_type)
-            })
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    }
-
-    /// `UPDATE ... SET` the columns `set` (sender indexes) `WHERE` key.
-    pub(super) fn update_sql(&self, set: &[usize]) -> String {
-        let assignments = set
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| {
-                let c = self.columns[c].as_ref().expect("only written columns are set");
-                format!("{} = ${}::{}", c.quoted, i + 1, c.cast_type)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!("UPDATE {} SET {assignments} WHERE {}", self.qualified, self.key_condition(set.len() + 1))
-    }
-
-    /// `SELECT` whether a row with the key (parameters from `$1`) is here.
-    pub(super) fn exists_sql(&self) -> String {
-        format!("SELECT 1 FROM {} WHERE {}", self.qualified, self.key_condition(1))
-    }
-
-    fn compose_delete(&self) -> String {
-        format!("DELETE FROM {} WHERE {}", self.qualified, self.key_condition(1))
+        }
     }
 
     /// The key of a sender row, as the conflict log records keys.
-    pub(super) fn key_json(&self, row: &[Value]) -> JsonB {
+    pub(super) fn key_json(&self, row: &[Field<'_>]) -> JsonB {
         key_of(&self.row_json(row), &self.key_names)
     }
 
     /// The columns of a sender row written here (TOASTed columns it left
     /// unchanged are not in it), as jsonb.
-    pub(super) fn row_json(&self, row: &[Value]) -> JsonB {
+    pub(super) fn row_json(&self, row: &[Field<'_>]) -> JsonB {
         let mut m = serde_json::Map::new();
         for (c, v) in self.columns.iter().zip(row) {
-            if let (Some(c), false) = (c, *v == Value::Unchanged) {
+            if let (Some(c), false) = (c, *v == Field::Unchanged) {
                 m.insert(c.name.clone(), text_json(v));
             }
         }
@@ -208,11 +143,11 @@ impl Target {
     /// PostgreSQL refuses (a data exception, SQLSTATE class 22) is reported
     /// naming this table and, for a value beyond the length its column
     /// allows, the column; other errors pass unchanged.
-    pub(super) fn naming_refused_values<R>(&self, changes: &[Message], write: impl FnOnce() -> R) -> R {
+    pub(super) fn naming_refused_values<R>(&self, changes: &[Queued<'_>], write: impl FnOnce() -> R) -> R {
         PgTryBuilder::new(AssertUnwindSafe(write)).catch_others(|e| self.refuse_value(e, changes)).execute()
     }
 
-    fn refuse_value(&self, caught: CaughtError, changes: &[Message]) -> ! {
+    fn refuse_value(&self, caught: CaughtError, changes: &[Queued<'_>]) -> ! {
         let CaughtError::PostgresError(report) = &caught else { caught.rethrow() };
         let code = report.sql_error_code();
         if !is_data_exception(code) {
@@ -234,10 +169,10 @@ impl Target {
 
     /// The first written column holding, in the first of `changes` that
     /// has one, a value beyond the length its type allows.
-    fn column_refusing(&self, changes: &[Message]) -> Option<&Column> {
-        changes.iter().filter_map(written_row).find_map(|row| {
+    fn column_refusing(&self, changes: &[Queued<'_>]) -> Option<&Column> {
+        changes.iter().filter_map(Queued::written_row).find_map(|row| {
             self.columns.iter().zip(row).find_map(|(column, value)| match (column, value) {
-                (Some(c @ Column { limit: Some(limit), .. }), Value::Text(text)) if limit.refuses(text) => Some(c),
+                (Some(c @ Column { limit: Some(limit), .. }), Field::Text(text)) if limit.refuses(text) => Some(c),
                 _ => None,
             })
         })
@@ -247,34 +182,34 @@ impl Target {
 impl Column {
     fn of(name: &str, local: &LocalColumn) -> Column {
         let (base, base_typmod) = base_type(local.type_oid, local.typmod);
-        Column { name: name.to_string(), quoted: quote_ident(name), cast_type: type_without_modifier(base), limit: length_limit(base, base_typmod) }
+        Column {
+            name: name.to_string(),
+            quoted: quote_ident(name),
+            attnum: local.attnum,
+            type_oid: local.type_oid,
+            typmod: local.typmod,
+            limit: length_limit(base, base_typmod),
+        }
     }
+}
+
+/// Lock the table as a write to it would (ROW EXCLUSIVE, until commit)
+/// before its columns are read: no ALTER TABLE can change them under the
+/// batch after that.
+fn lock_for_apply(relid: pg_sys::Oid) {
+    // SAFETY: a lock by oid, in a transaction; a table dropped meanwhile
+    // is refused when it is opened.
+    unsafe { pg_sys::LockRelationOid(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
 }
 
 /// The type under a domain (through every level) and the modifier the
 /// domain gives it; any other type is its own base.
-fn base_type(type_oid: pg_sys::Oid, typmod: i32) -> (pg_sys::Oid, i32) {
+pub(super) fn base_type(type_oid: pg_sys::Oid, typmod: i32) -> (pg_sys::Oid, i32) {
     let mut base_typmod = typmod;
     // SAFETY: a type-cache lookup of a type read from pg_attribute, in a
     // transaction; it writes only `base_typmod`, a live local.
     let base = unsafe { pg_sys::getBaseTypeAndTypmod(type_oid, &mut base_typmod) };
     (base, base_typmod)
-}
-
-/// A type's name in SQL text, schema-qualified, without a modifier, as
-/// `format_type(oid, -1)` spells it: `bpchar`, not `character`, which a
-/// cast would read as `character(1)`.
-fn type_without_modifier(type_oid: pg_sys::Oid) -> String {
-    let flags = (pg_sys::FORMAT_TYPE_TYPEMOD_GIVEN | pg_sys::FORMAT_TYPE_FORCE_QUALIFY) as pg_sys::bits16;
-    // SAFETY: a catalog lookup of an existing type, in a transaction;
-    // format_type_extended returns a palloc'd NUL-terminated string, copied
-    // here before it is freed.
-    unsafe {
-        let name = pg_sys::format_type_extended(type_oid, -1, flags);
-        let text = CStr::from_ptr(name).to_string_lossy().into_owned();
-        pg_sys::pfree(name.cast());
-        text
-    }
 }
 
 /// The length a (base) type's modifier allows, for the types whose
@@ -289,23 +224,15 @@ fn length_limit(base: pg_sys::Oid, typmod: i32) -> Option<LengthLimit> {
     }
 }
 
-/// The row a change writes (a delete writes none).
-fn written_row(change: &Message) -> Option<&[Value]> {
-    match change {
-        Message::Insert { new, .. } | Message::Update { new, .. } => Some(new),
-        _ => None,
-    }
-}
-
 /// Is `code` in SQLSTATE class 22, data exception (`ERRCODE_TO_CATEGORY`)?
 fn is_data_exception(code: PgSqlErrorCode) -> bool {
     const CLASS_BITS: isize = (1 << 12) - 1;
     (code as isize & CLASS_BITS) == (PgSqlErrorCode::ERRCODE_DATA_EXCEPTION as isize & CLASS_BITS)
 }
 
-fn text_json(v: &Value) -> serde_json::Value {
+fn text_json(v: &Field<'_>) -> serde_json::Value {
     match v {
-        Value::Text(s) => serde_json::Value::String(s.clone()),
+        Field::Text(s) => serde_json::Value::String(s.to_string()),
         _ => serde_json::Value::Null,
     }
 }
@@ -364,16 +291,17 @@ fn check_enrolled(sender: &str, what: &str, table: &LocalTable, direction: Direc
 fn read_columns(client: &SpiClient<'_>, relid: pg_sys::Oid, what: &str) -> pgrx::spi::Result<HashMap<String, LocalColumn>> {
     let mut local = HashMap::new();
     for c in client.select(
-        "SELECT attname::text, atttypid, atttypmod, attgenerated <> ''
+        "SELECT attname::text, attnum, atttypid, atttypmod, attgenerated <> ''
            FROM pg_catalog.pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
         None,
         &[relid.into()],
     )? {
         let name = not_null(c.get::<String>(1)?, what, "a column name");
-        let type_oid = not_null(c.get::<pg_sys::Oid>(2)?, what, "the type of a column");
-        let typmod = not_null(c.get::<i32>(3)?, what, "the type modifier of a column");
-        let generated = not_null(c.get::<bool>(4)?, what, "whether a column is generated");
-        local.insert(name, LocalColumn { type_oid, typmod, generated });
+        let attnum = not_null(c.get::<i16>(2)?, what, "the number of a column");
+        let type_oid = not_null(c.get::<pg_sys::Oid>(3)?, what, "the type of a column");
+        let typmod = not_null(c.get::<i32>(4)?, what, "the type modifier of a column");
+        let generated = not_null(c.get::<bool>(5)?, what, "whether a column is generated");
+        local.insert(name, LocalColumn { attnum, type_oid, typmod, generated });
     }
     Ok(local)
 }

@@ -138,6 +138,130 @@ pub fn parse(data: &[u8]) -> Result<Message, String> {
     })
 }
 
+/// A column value of a row change, read in place from its message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field<'a> {
+    Null,
+    /// A TOASTed value the update did not change: the sender did not send it.
+    Unchanged,
+    /// The value in the type's text form.
+    Text(&'a str),
+}
+
+/// An insert, update or delete read in place from its pgoutput message:
+/// what apply reads for every row, without a copy of any value (every
+/// other message goes through [`parse`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change<'a> {
+    Insert { relation: u32, new: Vec<Field<'a>> },
+    /// `old`: the old key (or whole old row) when the sender sent one.
+    Update { relation: u32, old: Option<Vec<Field<'a>>>, new: Vec<Field<'a>> },
+    Delete { relation: u32, old: Vec<Field<'a>> },
+}
+
+impl Change<'_> {
+    /// The sender relation it changes.
+    pub fn relation(&self) -> u32 {
+        match self {
+            Change::Insert { relation, .. } | Change::Update { relation, .. } | Change::Delete { relation, .. } => *relation,
+        }
+    }
+}
+
+/// Is `data` an insert, update or delete message (what [`change`] reads)?
+pub fn is_row_change(data: &[u8]) -> bool {
+    matches!(data.first(), Some(b'I' | b'U' | b'D'))
+}
+
+/// Read an insert, update or delete message in place: the protocol 1
+/// layout `parse` reads, a value a slice of `data`. Every length is checked
+/// against the bytes there, and nothing may follow the message.
+pub fn change(data: &[u8]) -> Result<Change<'_>, String> {
+    let bad = |what: &str| format!("bad pgoutput message: {what}");
+    let mut r = InPlace { data, at: 0 };
+    let tag = r.u8()?;
+    let relation = r.u32()?;
+    let change = match tag {
+        b'I' => match r.u8()? {
+            b'N' => Change::Insert { relation, new: r.tuple()? },
+            _ => return Err(bad("an insert without its new row")),
+        },
+        b'U' => {
+            let mut row_tag = r.u8()?;
+            let old = match row_tag {
+                b'K' | b'O' => {
+                    let old = r.tuple()?;
+                    row_tag = r.u8()?;
+                    Some(old)
+                }
+                _ => None,
+            };
+            if row_tag != b'N' {
+                return Err(bad("an update without its new row"));
+            }
+            Change::Update { relation, old, new: r.tuple()? }
+        }
+        b'D' => match r.u8()? {
+            b'K' | b'O' => Change::Delete { relation, old: r.tuple()? },
+            _ => return Err(bad("a delete without its old key")),
+        },
+        _ => return Err(bad("not an insert, update or delete")),
+    };
+    if r.at != data.len() {
+        return Err(bad("bytes after the end of a row change"));
+    }
+    Ok(change)
+}
+
+/// A cursor over one message's bytes.
+struct InPlace<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> InPlace<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.data.len()).ok_or("bad pgoutput message: truncated")?;
+        let bytes = &self.data[self.at..end];
+        self.at = end;
+        Ok(bytes)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("two bytes")))
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("four bytes")))
+    }
+
+    /// A row: its column count, then each value (n: NULL, u: unchanged
+    /// TOAST, t: text with its length).
+    fn tuple(&mut self) -> Result<Vec<Field<'a>>, String> {
+        let count = self.u16()? as usize;
+        // a column takes at least one byte: a count beyond what is left is not believed
+        let mut row = Vec::with_capacity(count.min(self.data.len() - self.at));
+        for _ in 0..count {
+            row.push(match self.u8()? {
+                b'n' => Field::Null,
+                b'u' => Field::Unchanged,
+                b't' => {
+                    let len = self.u32()? as usize;
+                    let text = std::str::from_utf8(self.take(len)?).map_err(|_| "a column value is not UTF-8".to_string())?;
+                    Field::Text(text)
+                }
+                b'b' => return Err("binary column values are not supported (edgesync asks for text)".to_string()),
+                other => return Err(format!("bad pgoutput message: unknown column kind {:?}", other as char)),
+            });
+        }
+        Ok(row)
+    }
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;
@@ -277,7 +401,64 @@ pub mod tests {
                 buf.push(x as u8);
             }
             let _ = parse(&buf);
+            // read in place, a row change is what `parse` reads, or an error
+            if let Ok(c) = change(&buf) {
+                assert_eq!(parse(&buf).ok(), Some(owned(c)), "{buf:?}");
+            }
             x = x.wrapping_mul(2_654_435_761).wrapping_add(1);
         }
+    }
+
+    fn owned_row(row: Vec<Field<'_>>) -> Vec<Value> {
+        row.into_iter()
+            .map(|f| match f {
+                Field::Null => Value::Null,
+                Field::Unchanged => Value::Unchanged,
+                Field::Text(t) => Value::Text(t.to_string()),
+            })
+            .collect()
+    }
+
+    fn owned(c: Change<'_>) -> Message {
+        match c {
+            Change::Insert { relation, new } => Message::Insert { relation, new: owned_row(new) },
+            Change::Update { relation, old, new } => Message::Update { relation, old: old.map(owned_row), new: owned_row(new) },
+            Change::Delete { relation, old } => Message::Delete { relation, old: owned_row(old) },
+        }
+    }
+
+    #[test]
+    fn a_row_change_read_in_place_is_what_parse_reads() {
+        let unchanged = TupleData::new(vec![ColumnData::text(b"2".to_vec()), ColumnData::unchanged(), ColumnData::null()]);
+        let messages = [
+            insert_msg(16_384, &[Some("1"), None, Some(""), Some("naïve ✓"), Some("a\nb 'quoted'")]),
+            insert_msg(7, &[]),
+            wire(&Wire::Update { relation_id: 9, old_tuple: None, new_tuple: tuple(&[Some("1"), None]), key_type: None }),
+            wire(&Wire::Update { relation_id: 9, old_tuple: Some(tuple(&[Some("1")])), new_tuple: unchanged.clone(), key_type: Some('K') }),
+            wire(&Wire::Update { relation_id: 9, old_tuple: Some(tuple(&[Some("1"), Some("x")])), new_tuple: unchanged, key_type: Some('O') }),
+            wire(&Wire::Delete { relation_id: 9, old_tuple: tuple(&[Some("1")]), key_type: 'K' }),
+            wire(&Wire::Delete { relation_id: 9, old_tuple: tuple(&[Some("1"), None]), key_type: 'O' }),
+        ];
+        for m in &messages {
+            assert!(is_row_change(m));
+            let c = change(m).unwrap_or_else(|e| panic!("{e}: {m:?}"));
+            assert_eq!(Some(c.relation()), parse(m).unwrap().relation());
+            assert_eq!(owned(c), parse(m).unwrap());
+            for cut in 1..m.len() {
+                assert!(change(&m[..cut]).is_err(), "cut at {cut} of {m:?}");
+            }
+            let mut longer = m.clone();
+            longer.push(0);
+            assert!(change(&longer).is_err(), "a byte after the message");
+        }
+        for other in [begin_msg(1, 1), commit_msg(20, 1), relation_msg(1, "t", &[("id", 20, true)]), logical_msg("p", b"c")] {
+            assert!(!is_row_change(&other));
+            assert!(change(&other).is_err());
+        }
+        let binary = wire(&Wire::Insert { relation_id: 1, tuple: TupleData::new(vec![ColumnData::binary(vec![0, 1])]) });
+        assert!(change(&binary).unwrap_err().contains("binary"));
+        let mut latin1 = insert_msg(1, &[Some("x")]);
+        *latin1.last_mut().unwrap() = 0xE9;
+        assert!(change(&latin1).unwrap_err().contains("UTF-8"));
     }
 }
