@@ -96,13 +96,6 @@ pub fn log_restart_point() {
 /// Flush the WAL written so far: decoding reads only flushed WAL, and an
 /// asynchronous commit would otherwise wait for the WAL writer (up to
 /// wal_writer_delay) before it could leave.
-/// How far WAL is flushed now (what decoding can read), flushing nothing.
-pub fn flushed_upto() -> u64 {
-    // SAFETY: called by a forwarder attached to shared memory; reads the
-    // shared flush position under PostgreSQL's own lock.
-    unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) }
-}
-
 /// Returns where it flushed to.
 pub fn flush_wal() -> u64 {
     // the end of the last record written (the insert position may sit past a page header not written yet)

@@ -48,8 +48,6 @@ const RESTART_POINT_INTERVAL: Duration = Duration::from_secs(1);
 const PEEK_BATCHES: i64 = 8;
 /// How long to wait before looking again after the peer could not be read.
 const LOOKUP_RETRY: Duration = Duration::from_secs(1);
-/// How often realtime rounds flush WAL themselves at most (`round_target`).
-const REALTIME_FLUSH: Duration = Duration::from_millis(50);
 /// How often a held fault point looks whether it was lifted.
 const HOLD_POLL: Duration = Duration::from_millis(50);
 /// After the slot could not be streamed, read it by peek for this long
@@ -338,8 +336,6 @@ struct Forwarder {
     /// Time spent waiting for the stream since the last batch was sent (the
     /// walsender had not decoded the next batch yet).
     read_wait: Duration,
-    /// When a round last flushed WAL itself (`round_target`).
-    last_flush: Instant,
 }
 
 impl Forwarder {
@@ -362,7 +358,6 @@ impl Forwarder {
             stream: None,
             peek_until: None,
             read_wait: Duration::ZERO,
-            last_flush: Instant::now(),
         }
     }
 
@@ -432,7 +427,8 @@ impl Forwarder {
 
     /// Run a round and feed its outcome to the state machine.
     fn run_round(&mut self, wake: &Wake) {
-        let target = self.round_target(wake);
+        // a round (and sync_now) covers every commit made before it, asynchronous ones too
+        let target = capture::flush_wal();
         let result = self.round(&wake.peer, &wake.node, target);
         self.failures = if result.is_ok() { 0 } else { self.failures + 1 };
         if result.is_err() {
@@ -450,21 +446,6 @@ impl Forwarder {
             Ok(_) => self.last_round_ms = Some(observed.now_ms),
             Err(e) => log!("edgesync: round with peer {:?} failed ({} in a row): {}", wake.peer.name, self.failures, redact_secrets(&e)),
         }
-    }
-
-    /// What a round is to cover: every commit made before it, asynchronous
-    /// ones too (their WAL flushed now). A realtime round that nobody
-    /// waits for (no `sync_now`) flushes at most every `REALTIME_FLUSH`:
-    /// under a steady load rounds follow each other closely, and a flush
-    /// each would cost the node's own writers a WAL write each; it covers
-    /// what is flushed already (the WAL writer flushes too).
-    fn round_target(&mut self, wake: &Wake) -> u64 {
-        let unasked = matches!(wake.peer.mode, Mode::Realtime) && !wake.observed.sync_requested;
-        if unasked && self.last_flush.elapsed() < REALTIME_FLUSH {
-            return capture::flushed_upto();
-        }
-        self.last_flush = Instant::now();
-        capture::flush_wal()
     }
 
     /// Show a round's outcome in the status slot.
