@@ -45,6 +45,9 @@ pub struct SlotStream {
     window: usize,
     /// How far the walsender has read WAL, as it last said.
     read_upto: u64,
+    /// Where it had read to when first heard from, or when the restart
+    /// point last moved (`moved_restart_point`).
+    read_from: u64,
     /// What this stream last told the walsender is safe (the slot's position).
     confirmed: u64,
     /// Transactions at or below this are left out (the peer has them).
@@ -122,6 +125,7 @@ impl SlotStream {
             ready_rows: 0,
             window: 64 << 20,
             read_upto: 0,
+            read_from: 0,
             confirmed: 0,
             skip_upto: 0,
             answer_keepalives: false,
@@ -193,6 +197,9 @@ impl SlotStream {
                 }
                 ServerMessage::Keepalive { wal_end, reply_requested } => {
                     self.read_upto = self.read_upto.max(wal_end);
+                    if self.read_from == 0 {
+                        self.read_from = wal_end;
+                    }
                     if reply_requested || self.answer_keepalives {
                         self.send_status(false)?;
                     }
@@ -201,6 +208,17 @@ impl SlotStream {
         }
         self.gather_until = (read < GATHER_BELOW).then(|| Instant::now() + GATHER);
         Ok(read > 0)
+    }
+
+    /// How much WAL the walsender read since it was first heard from or the
+    /// restart point last moved: what a stream opened now would decode again.
+    pub fn read_span(&self) -> u64 {
+        if self.read_from == 0 { 0 } else { self.read_upto.saturating_sub(self.read_from) }
+    }
+
+    /// The restart point moved up to where the walsender has read.
+    pub fn moved_restart_point(&mut self) {
+        self.read_from = self.read_upto;
     }
 
     /// Nothing waits and nothing is half read: the slot may move to where

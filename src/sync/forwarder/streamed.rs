@@ -25,7 +25,7 @@ const IDLE_WITH_WORK: std::time::Duration = std::time::Duration::from_millis(1);
 use crate::model::node::OBJECT_PREFIX;
 use crate::model::sync::capture::SourceTxn;
 use crate::model::sync::pack::pack;
-use crate::sync::capture::Reading;
+use crate::sync::capture::{self, Reading};
 use crate::sync::launcher::{database, in_transaction};
 use crate::sync::slot_stream::{own_conninfo, SlotStream};
 use crate::sync::status::{self, Activity};
@@ -100,13 +100,42 @@ impl Forwarder {
                 continue;
             }
             if reached {
-                stream.rest();
                 stream.confirm_all_read()?;
+                self.move_restart_point(peer)?;
+                self.stream_mut()?.rest();
                 return Ok(sent);
             }
             let waiting_since = Instant::now();
             stream.wait(quiet_until)?;
             self.read_wait += waiting_since.elapsed();
+        }
+    }
+
+    /// Where the slot's restart point lags far behind what was confirmed
+    /// (the next stream would decode all of that again before reaching
+    /// anything new: say the WAL of a bulk load into tables this peer does
+    /// not get), log a running-transactions snapshot, read past it and
+    /// confirm it: the walsender then moves the restart point up to it.
+    fn move_restart_point(&mut self, peer: &PeerConfig) -> Result<(), String> {
+        let backlog = in_transaction(|| capture::backlog(&peer.slot))?;
+        // the slot's own figure may predate the confirmation just sent: what this stream read counts too
+        let read_span = self.stream_mut()?.read_span();
+        if backlog.restart_lag.max(read_span) <= super::RESTART_LAG_LIMIT {
+            return Ok(());
+        }
+        capture::log_restart_point();
+        self.last_restart_point = Instant::now();
+        let target = capture::flush_wal();
+        let quiet_until = Instant::now() + Self::timeout();
+        let stream = self.stream_mut()?;
+        loop {
+            stream.read_available()?;
+            if stream.reached(target) {
+                // what was read meanwhile waits for the next round; only a stream with nothing waiting confirms
+                stream.moved_restart_point();
+                return stream.confirm_all_read();
+            }
+            stream.wait(quiet_until)?;
         }
     }
 
