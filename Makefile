@@ -17,15 +17,16 @@ PG_USER ?= $(call from_setup,PG_USER)
 PGTEST_DATA_18 ?= /tmp/edgesync-pgtest-18
 PGTEST_DATA_15 ?= /tmp/edgesync-pgtest-15
 
-.PHONY: setup test test-unit test-fuzz test-pg18 test-pg15 test-integration test-integration-pg15 install-pg18 install-pg15 install-pg18-release bench bench-apply demo demo-stop mutants clean
+.PHONY: setup test test-unit test-fuzz test-pg18 test-pg15 test-integration test-integration-pg15 install-pg18 install-pg15 install-pg18-release bench bench-smoke bench-apply demo demo-stop mutants clean
 
 setup:
 	@bash scripts/setup.sh
 
 # Every tier: pure unit tests, #[pg_test] on 18 and 15, multi-node tests on 18,
-# and the forwarder's multi-node tests on 15 too (it decodes differently there).
+# the forwarder's multi-node tests on 15 too (it decodes differently there),
+# and the benchmark once, small (every row still measured; no ratio asserted).
 test: setup
-	@$(MAKE) --no-print-directory test-unit test-fuzz test-pg18 test-pg15 test-integration test-integration-pg15
+	@$(MAKE) --no-print-directory test-unit test-fuzz test-pg18 test-pg15 test-integration test-integration-pg15 bench-smoke
 
 test-unit:
 	EDGESYNC_PG_CONFIG=$(PG18_CONFIG) cargo test --lib model::
@@ -77,6 +78,13 @@ install-pg18-release: setup
 bench: setup
 	@$(MAKE) --no-print-directory install-pg18-release
 	@PG_CONFIG=$(PG18_CONFIG) PG_USER=$(PG_USER) bash bench/bench.sh
+
+# The same benchmark once, small and short (1 round, a 10k-row backlog, 2 s
+# runs; under a minute), with whatever edgesync is installed in PostgreSQL 18
+# (`make test` installed a debug build just before): every row is measured
+# and printed, no ratio is asserted.
+bench-smoke: setup
+	@PG_CONFIG=$(PG18_CONFIG) PG_USER=$(PG_USER) BENCH_SMOKE=1 bash bench/bench.sh
 
 # The cloud's apply alone: apply_batch of captured 10k-row batches, timed
 # (PROFILE=lww.update: profiled instead; bench/apply.sh says more).

@@ -1,6 +1,13 @@
 //! Link the forwarder's client library, libpq, from the server edgesync is
 //! built for, and record where it lives (rpath).
 //!
+//! pq-sys declares libpq's API and asks for `-lpq` with a search path of its
+//! own (PQ_LIB_DIR or the `pg_config` on PATH: the system's libpq, if any).
+//! Cargo passes this package's search path before its dependencies', so the
+//! link is against the server's libpq; and at run time the loader looks for
+//! libpq.so.5 in the rpath, the server's library directory, whatever
+//! pq-sys found.
+//!
 //! The server loads edgesync at start (shared_preload_libraries); the
 //! libpq it brings in is then the one the server's own libpqwalreceiver
 //! (streaming replication, native subscriptions) finds already loaded. A

@@ -4,9 +4,13 @@
     byte_counting_proxy.py LISTEN_PORT TARGET_PORT COUNT_FILE
 
 Forwards 127.0.0.1:LISTEN_PORT to 127.0.0.1:TARGET_PORT and keeps the total
-of bytes carried both ways in COUNT_FILE as "BYTES UNIX_TIME" (rewritten
+of bytes carried both ways in COUNT_FILE as "BYTES UNIX_TIME PORT" (rewritten
 every 50 ms), so that a benchmark can read it once it was written after a
-measurement ended.
+measurement ended. PORT is the port it listens on: LISTEN_PORT 0 lets the
+OS pick a free one (never one it hands to clients as their ephemeral port),
+which is how the benchmark avoids taking a port some client holds; a fixed
+LISTEN_PORT is for a link that must come back on the same port (the demo).
+The count file appears only once the proxy listens.
 """
 import os
 import socket
@@ -54,11 +58,13 @@ def serve(server):
 
 
 # listening before the count file first appears: its presence means "ready"
-threading.Thread(target=serve, args=(socket.create_server(("127.0.0.1", listen_port)),), daemon=True).start()
+listener = socket.create_server(("127.0.0.1", listen_port))
+port = listener.getsockname()[1]
+threading.Thread(target=serve, args=(listener,), daemon=True).start()
 while True:
     with lock:
         n = total
     with open(count_file + ".tmp", "w") as f:
-        f.write(f"{n} {time.time():.6f}\n")
+        f.write(f"{n} {time.time():.6f} {port}\n")
     os.replace(count_file + ".tmp", count_file)
     time.sleep(0.05)

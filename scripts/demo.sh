@@ -27,12 +27,24 @@ port_of() {
 }
 
 # "The link": a TCP proxy the edges reach the cloud through, to cut and heal.
+# It listens on a fixed port (the edges' conninfo names it, and it must come
+# back there after a cut), below the ephemeral range like the nodes' ports.
 link_up() {
     rm -f "$DEMO_DIR/link.bytes"
-    python3 "$ROOT/scripts/byte_counting_proxy.py" "$(port_of link)" "$(port_of cloud)" "$DEMO_DIR/link.bytes" >/dev/null 2>&1 &
+    python3 "$ROOT/scripts/byte_counting_proxy.py" "$(port_of link)" "$(port_of cloud)" "$DEMO_DIR/link.bytes" >/dev/null 2>"$DEMO_DIR/link.log" &
     echo $! > "$DEMO_DIR/link.pid"
-    poll_until "the link to listen" test -s "$DEMO_DIR/link.bytes"
+    poll_until "the link to listen" link_listening
     echo "link up: edges reach the cloud through port $(port_of link)"
+}
+
+# The proxy writes its count file once it listens; one that died (its port
+# taken, say) never will, and waiting on would only hide why.
+link_listening() {
+    if ! kill -0 "$(cat "$DEMO_DIR/link.pid")" 2>/dev/null; then
+        echo "demo: the link did not start: $(tail -n 1 "$DEMO_DIR/link.log"); set EDGESYNC_DEMO_PORT" >&2
+        exit 1
+    fi
+    test -s "$DEMO_DIR/link.bytes"
 }
 
 link_down() {

@@ -39,9 +39,12 @@ SELECT r.application_name                                   AS name,
        r.reply_time
 FROM pg_catalog.pg_stat_replication r
 LEFT JOIN pg_catalog.pg_replication_slots s ON s.active_pid = r.pid
-CROSS JOIN (SELECT edgesync.current_wal_lsn() AS lsn) cur;
+CROSS JOIN (SELECT edgesync.current_wal_lsn() AS lsn) cur
+-- edgesync's own reads of its slots (a forwarder's, shown in edgesync.peers;
+-- the feed worker's) are not downstreams
+WHERE s.slot_name IS NULL OR s.slot_name NOT IN (SELECT p.slot_name FROM edgesync.peer p UNION ALL SELECT 'edgesync_feed');
 COMMENT ON VIEW edgesync.streaming_replication IS
-    'WAL senders of this node (standbys and logical subscribers) with lag in bytes and seconds';
+    'WAL senders of this node (standbys and logical subscribers; not edgesync''s own reads of its slots) with lag in bytes and seconds';
 
 -- This node's WAL receiver: one row on a standby (status "stopped" when it
 -- is not connected), none on a primary.

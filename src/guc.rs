@@ -312,7 +312,7 @@ pub fn max_batch_size() -> usize {
 /// it, at the values PostgreSQL's own logical replication uses (its
 /// walreceiver connects with DateStyle ISO, IntervalStyle postgres and
 /// extra_float_digits 3), the others at their defaults, spelled out.
-const VALUE_TEXT_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 7] = [
+pub(crate) const VALUE_TEXT_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 7] = [
     (c"DateStyle", c"ISO"),
     (c"IntervalStyle", c"postgres"),
     // the fewest digits that read back as the same float

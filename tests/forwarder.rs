@@ -106,10 +106,24 @@ fn readings_arrive_exactly_once_from_two_edges() {
         let compressed: i64 = peer_field(e, "bytes_sent_compressed").unwrap().parse().unwrap();
         assert!(compressed * 3 < raw, "batches are compressed: {compressed} of {raw} bytes");
         assert!(!peer_field(e, "clock_skew_seconds").unwrap().is_empty(), "skew measured at connect");
-        // the forwarder reads its slot a peek at a time: between peeks it is not a downstream gone
+        // the forwarder reads its slot between rounds too: it is not a downstream gone
         let slot_alarms: i64 = e.scalar("SELECT count(*) FROM edgesync.health WHERE component = 'replication_slot' AND status <> 'ok'");
         assert_eq!(slot_alarms, 0, "a healthy peer's slot is not an alarm");
+        // a realtime forwarder reads its slot as a stream, through a walsender of its own node,
+        // which the health views leave out
+        let streaming: i64 = e.scalar(
+            "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
+              WHERE s.slot_name = 'edgesync_cloud' AND r.application_name LIKE 'edgesync\\_stream\\_%'",
+        );
+        assert_eq!(streaming, 1, "the slot is streamed to the forwarder");
+        let shown: i64 = e.scalar("SELECT count(*) FROM edgesync.streaming_replication");
+        assert_eq!(shown, 0, "the forwarder's own stream is not a downstream");
     }
+    // the cloud's feed worker streams its slot as well, and that is no downstream either
+    c.wait_for("the feed worker to stream its slot", DEADLINE, || {
+        Ok(cloud.try_query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'edgesync_feed' AND active")?.len() == 1)
+    });
+    assert_eq!(cloud.scalar::<i64>("SELECT count(*) FROM edgesync.streaming_replication"), 0);
     // the cloud tagged the rows with each edge's origin and knows how far it got
     let origins: i64 = cloud.scalar("SELECT count(*) FROM pg_replication_origin_status WHERE external_id IN ('edgesync_edge1', 'edgesync_edge2') AND remote_lsn > '0/0'");
     assert_eq!(origins, 2);

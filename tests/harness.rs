@@ -1,10 +1,12 @@
 //! Tests of the multi-node harness itself, against plain TCP peers: no
 //! PostgreSQL server needed. The link (common::link) is checked against an
-//! echo server on a port the OS picks.
+//! echo server on a port the OS picks; the ports nodes get (common::free_port)
+//! against the kernel's ephemeral range.
 
 mod common;
 
 use common::Link;
+use std::collections::BTreeSet;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -96,6 +98,30 @@ fn refused_at_once(port: u16) -> bool {
         Ok(()) => false,
         Err(e) => !hung(&e),
     }
+}
+
+#[test]
+fn node_ports_lie_outside_the_ephemeral_range_free_and_never_handed_twice() {
+    let (low, high) = common::ephemeral_port_range();
+    // each port is free again at once (nothing keeps it), yet never handed out twice
+    let ports: Vec<u16> = (0..50).map(|_| common::free_port()).collect();
+    assert_eq!(ports.iter().collect::<BTreeSet<_>>().len(), ports.len(), "a port was handed out twice: {ports:?}");
+    for port in ports {
+        assert!(port < low || port > high, "port {port} lies in the ephemeral range {low}-{high}");
+        assert!(TcpListener::bind(("127.0.0.1", port)).is_ok(), "port {port} was handed out taken");
+    }
+}
+
+#[test]
+fn node_port_candidates_avoid_the_ephemeral_range() {
+    assert_eq!(common::parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+    assert_eq!(common::parse_port_range("61000 32768"), None);
+    assert_eq!(common::parse_port_range("32768"), None);
+    let candidates = common::node_port_candidates((32768, 60999));
+    assert_eq!((candidates.first(), candidates.last()), (Some(&10000), Some(&u16::MAX)));
+    assert!(candidates.contains(&32767) && candidates.contains(&61000));
+    assert!(!candidates.iter().any(|port| (32768..=60999).contains(port)));
+    assert!(common::node_port_candidates((1024, u16::MAX)).is_empty());
 }
 
 #[test]

@@ -60,6 +60,11 @@ fn update_from_0_3_0_matches_a_fresh_install() {
     update_matches_a_fresh_install("0.3.0", "upgrade03");
 }
 
+#[test]
+fn update_from_0_4_0_matches_a_fresh_install() {
+    update_matches_a_fresh_install("0.4.0", "upgrade04");
+}
+
 /// Install `old`, write a row under conflict handling, update to this
 /// version: the row keeps its version, and the extension's members are
 /// those of a fresh install.

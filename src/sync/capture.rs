@@ -20,7 +20,7 @@ pub enum Reading {
 }
 
 impl Reading {
-    fn publication(self) -> &'static str {
+    pub(crate) fn publication(self) -> &'static str {
         match self {
             Reading::Push => "edgesync_up",
             Reading::Feed => "edgesync_down",
@@ -96,11 +96,16 @@ pub fn log_restart_point() {
 /// Flush the WAL written so far: decoding reads only flushed WAL, and an
 /// asynchronous commit would otherwise wait for the WAL writer (up to
 /// wal_writer_delay) before it could leave.
-pub fn flush_wal() {
+/// Returns where it flushed to.
+pub fn flush_wal() -> u64 {
     // the end of the last record written (the insert position may sit past a page header not written yet)
     // SAFETY: called by a forwarder attached to shared memory; flushing up
     // to a position this server already inserted is always allowed.
-    unsafe { pg_sys::XLogFlush(pg_sys::GetXLogInsertEndRecPtr()) };
+    unsafe {
+        let end = pg_sys::GetXLogInsertEndRecPtr();
+        pg_sys::XLogFlush(end);
+        end
+    }
 }
 
 /// Read whole transactions from the slot, at most about `max_messages`

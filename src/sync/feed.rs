@@ -42,6 +42,7 @@ use crate::model::sync::pack::{pack, Limits};
 use crate::privilege::as_extension_owner;
 use crate::sync::capture::{self, Reading};
 use crate::sync::launcher::{database, in_transaction, not_null};
+use crate::sync::slot_stream::{own_conninfo, SlotStream};
 use crate::sync::status::wait_on_latch;
 
 /// How a pull from before the purge mark is refused (the puller shows it).
@@ -57,6 +58,15 @@ const RETRY: Duration = Duration::from_secs(1);
 const PURGE_INTERVAL: Duration = Duration::from_secs(10);
 /// How many pgoutput messages one read of the slot takes at most.
 const PEEK_MESSAGES: i64 = 50_000;
+/// How many transactions' rows one write to the feed holds at most.
+const FEED_WRITE: Limits = Limits { max_rows: 50_000, max_bytes: 64 << 20 };
+/// After the slot could not be streamed, read it by peek for this long.
+const STREAM_RETRY: Duration = Duration::from_secs(60);
+
+/// How long the feed waits on its own walsender before it starts over.
+fn stream_timeout() -> Duration {
+    Duration::from_secs(guc::PEER_TIMEOUT.get().max(1) as u64)
+}
 /// How many feed transactions one pull looks at, the caller's own included.
 const PULL_SCAN: i64 = 10_000;
 
@@ -66,7 +76,7 @@ pub extern "C-unwind" fn edgesync_feed_main(_arg: pg_sys::Datum) {
     super::forwarder::install_signal_handlers();
     BackgroundWorker::connect_worker_to_spi(Some(&database()), None);
     log!("edgesync feed worker started in database {:?}", database());
-    FeedWorker { reader: Reader::default(), last_purge: None }.run();
+    FeedWorker { reader: Reader::default(), last_purge: None, stream: None, peek_until: None }.run();
 }
 
 /// What one turn of the feed worker found.
@@ -83,6 +93,11 @@ struct FeedWorker {
     /// Remembers relation descriptions across reads of the slot.
     reader: Reader,
     last_purge: Option<Instant>,
+    /// The slot read as a stream (`slot_stream`), as the forwarders read
+    /// theirs; None: not open.
+    stream: Option<SlotStream>,
+    /// Until when the slot is read by peek, after a stream could not open.
+    peek_until: Option<Instant>,
 }
 
 impl FeedWorker {
@@ -97,6 +112,10 @@ impl FeedWorker {
                 Err(e) => {
                     log!("edgesync: the feed worker failed, retrying: {e}");
                     self.reader = Reader::default();
+                    // what the stream read ahead is read again from the slot's position
+                    if let Some(stream) = self.stream.take() {
+                        stream.close();
+                    }
                     wait_on_latch(RETRY);
                 }
             }
@@ -118,10 +137,67 @@ impl FeedWorker {
         }
         let backlog = in_transaction(|| capture::backlog(FEED_SLOT))?;
         if backlog.pending == 0 {
+            // answer the walsender if it asks, between turns
+            if let Some(stream) = self.stream.as_mut() {
+                stream.read_available()?;
+            }
             return Ok(Turn::Idle);
         }
-        capture::flush_wal();
-        self.read_into_feed(&node)
+        let target = capture::flush_wal();
+        match self.open_stream() {
+            true => self.stream_into_feed(&node, target),
+            false => self.read_into_feed(&node),
+        }
+    }
+
+    /// Open the slot's stream unless it is open; false: read by peek.
+    fn open_stream(&mut self) -> bool {
+        if self.stream.is_some() {
+            return true;
+        }
+        if self.peek_until.is_some_and(|until| Instant::now() < until) {
+            return false;
+        }
+        let opened = in_transaction(|| own_conninfo(&database()))
+            .and_then(|conninfo| SlotStream::open(FEED_SLOT, Reading::Feed, &conninfo, FEED_SLOT, stream_timeout()));
+        match opened {
+            Ok(stream) => self.stream = Some(stream),
+            Err(e) => {
+                log!("edgesync: the feed reads its slot by peek for a while: {e}");
+                self.peek_until = Some(Instant::now() + STREAM_RETRY);
+            }
+        }
+        self.stream.is_some()
+    }
+
+    /// Read the stream into feed rows until the walsender has read past
+    /// `target` (the WAL written before the turn), moving the slot past
+    /// each write once it is committed.
+    fn stream_into_feed(&mut self, node: &str, target: u64) -> Result<Turn, String> {
+        let stream = self.stream.as_mut().ok_or("the feed's stream was closed")?;
+        stream.seek_position()?;
+        let mut quiet_until = Instant::now() + stream_timeout();
+        loop {
+            if stream.read_available()? {
+                quiet_until = Instant::now() + stream_timeout();
+            }
+            let reached = stream.reached(target);
+            let txns = stream.take_batch(FEED_WRITE, reached.then_some(target));
+            if let Some(last) = txns.last().map(|t| t.end_lsn) {
+                let rows = txns.into_iter().map(|t| FeedRow::of(t, node)).collect::<Result<Vec<_>, _>>()?;
+                hold_at("feed_before_write");
+                in_transaction(|| write_rows(&rows))?;
+                hold_at("feed_before_advance");
+                stream.confirm(last)?;
+                continue;
+            }
+            if reached {
+                stream.rest();
+                stream.confirm_all_read()?;
+                return Ok(Turn::Idle);
+            }
+            stream.wait(quiet_until)?;
+        }
     }
 
     /// One read of the slot into feed rows, then the slot moves past it.

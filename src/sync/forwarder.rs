@@ -32,11 +32,13 @@ use crate::model::sync::secrets::redact_secrets;
 use crate::sync::capture::{self, Backlog};
 use crate::sync::launcher::{database, in_transaction, not_null};
 use crate::sync::skipped;
+use crate::sync::slot_stream::SlotStream;
 use crate::sync::status::{self, Activity};
 use crate::sync::transport::{Connection, Param};
 
 mod names;
 mod pull;
+mod streamed;
 
 /// Restart-point lag of the slot beyond which a forwarder logs a running
 /// transactions snapshot itself, at most once per interval.
@@ -48,6 +50,12 @@ const PEEK_BATCHES: i64 = 8;
 const LOOKUP_RETRY: Duration = Duration::from_secs(1);
 /// How often a held fault point looks whether it was lifted.
 const HOLD_POLL: Duration = Duration::from_millis(50);
+/// After the slot could not be streamed, read it by peek for this long
+/// before trying again.
+const STREAM_RETRY: Duration = Duration::from_secs(60);
+/// How many bytes of transactions a stream reads ahead of what was sent,
+/// in batches of the peer's size.
+const READ_AHEAD_BATCHES: usize = 4;
 
 // PostgreSQL's own handlers, called straight from the signal (pgrx's
 // pg_sys wrappers of them are not signal handlers).
@@ -290,7 +298,9 @@ struct Sent {
     raw_len: usize,
     compressed_len: usize,
     encoding: Duration,
-    /// From the end of the encoding to the peer's confirmation.
+    /// From the end of the encoding until the batch was all on the wire.
+    sending: Duration,
+    /// From then to the peer's confirmation: its apply and commit.
     peer: Duration,
 }
 
@@ -319,6 +329,13 @@ struct Forwarder {
     /// The nodes pulled changes came from that were looked up in the node
     /// directory on this connection (`names`).
     sources_checked: std::collections::HashSet<String>,
+    /// The slot read as a stream (`slot_stream`); None: not open.
+    stream: Option<SlotStream>,
+    /// Until when the slot is read by peek, after a stream could not open.
+    peek_until: Option<Instant>,
+    /// Time spent waiting for the stream since the last batch was sent (the
+    /// walsender had not decoded the next batch yet).
+    read_wait: Duration,
 }
 
 impl Forwarder {
@@ -338,6 +355,9 @@ impl Forwarder {
             last_round_ms: None,
             last_restart_point: Instant::now(),
             sources_checked: Default::default(),
+            stream: None,
+            peek_until: None,
+            read_wait: Duration::ZERO,
         }
     }
 
@@ -358,7 +378,7 @@ impl Forwarder {
                 }
             };
             match self.step(Event::Wake, &wake.peer, &wake.observed) {
-                Action::Wait(d) => status::wait_on_latch(d),
+                Action::Wait(d) => self.wait_idle(d),
                 Action::Disconnect => self.disconnect(),
                 Action::RunRound => self.run_round(&wake),
             }
@@ -408,9 +428,13 @@ impl Forwarder {
     /// Run a round and feed its outcome to the state machine.
     fn run_round(&mut self, wake: &Wake) {
         // a round (and sync_now) covers every commit made before it, asynchronous ones too
-        capture::flush_wal();
-        let result = self.round(&wake.peer, &wake.node);
+        let target = capture::flush_wal();
+        let result = self.round(&wake.peer, &wake.node, target);
         self.failures = if result.is_ok() { 0 } else { self.failures + 1 };
+        if result.is_err() {
+            // what was read ahead is read again from the slot's position
+            self.close_stream();
+        }
         let observed = Observed { now_ms: now_ms(), failures: self.failures, ..wake.observed };
         let event = if result.is_ok() { Event::Succeeded } else { Event::Failed };
         let action = self.step(event, &wake.peer, &observed);
@@ -473,6 +497,7 @@ impl Forwarder {
 
     fn disconnect(&mut self) {
         self.pull_conn = None;
+        self.close_stream();
         if self.conn.take().is_some() {
             status::update(self.index, |s| s.connected = false);
         }
@@ -507,7 +532,10 @@ impl Forwarder {
         conn.query("SET default_transaction_isolation TO 'read committed'", &[], Self::timeout())?;
         self.peer_has = field(0).and_then(|l| parse_lsn(&l)).unwrap_or(0);
         if self.peer_has > 0 {
-            in_transaction(|| capture::advance(&peer.slot, self.peer_has))?;
+            match self.stream.as_mut() {
+                Some(stream) => stream.skip_to(self.peer_has)?,
+                None => in_transaction(|| capture::advance(&peer.slot, self.peer_has))?,
+            }
         }
         self.conn = Some(conn);
         self.conninfo = peer.conninfo.clone();
@@ -522,8 +550,11 @@ impl Forwarder {
     /// Push what the slot holds, then pull what the peer's feed holds for
     /// this node (also when the push failed: a peer that refuses one of
     /// our transactions still has changes for us). Returns the rows moved.
-    fn round(&mut self, peer: &PeerConfig, node: &str) -> Result<i64, String> {
-        let pushed = self.push_all(peer, node);
+    fn round(&mut self, peer: &PeerConfig, node: &str, target: u64) -> Result<i64, String> {
+        let pushed = match self.open_stream(peer) {
+            true => self.push_streamed(peer, node, target),
+            false => self.push_all(peer, node),
+        };
         if !peer.pulls || (self.conn.is_none() && pushed.is_err()) {
             // the link failed: pulling would only fail the same way
             return pushed;
@@ -624,10 +655,12 @@ impl Forwarder {
             };
             let rows = rows_in(&part);
             debug1!(
-                "edgesync: batch of {rows} rows, {} bytes ({} compressed): encode {:?}, peer {:?}",
+                "edgesync: batch of {rows} rows, {} bytes ({} compressed): read {:?}, encode {:?}, send {:?}, peer {:?}",
                 measured.raw_len,
                 measured.compressed_len,
+                std::mem::take(&mut self.read_wait),
                 measured.encoding,
+                measured.sending,
                 measured.peer
             );
             pushed.confirmed_to = part.transactions.last().map(|t| t.end_lsn).unwrap_or(0);
@@ -692,7 +725,14 @@ impl Forwarder {
         let encoded_at = Instant::now();
         self.hold_at("before_send");
         let conn = self.conn.as_mut().ok_or("the connection to the peer was closed before sending")?;
-        let answer = match conn.query("SELECT edgesync.apply_batch($1)::text", &[Param::Binary(&encoded)], Self::timeout()) {
+        let apply = "SELECT edgesync.apply_batch($1)::text";
+        let params = [Param::Binary(&encoded)];
+        // while the peer applies, the stream reads on (the walsender decodes meanwhile)
+        let answer = match self.stream.as_mut() {
+            Some(stream) => conn.query_beside(apply, &params, Self::timeout(), stream),
+            None => conn.query(apply, &params, Self::timeout()).map(|rows| (rows, Instant::now())),
+        };
+        let (answer, sent_at) = match answer {
             Ok(answer) => answer,
             // an ERROR leaves the session usable; a lost link or a timeout does not
             Err(e) if conn.query("SELECT 1", &[], Self::timeout()).is_ok() => return Ok(Err(e)),
@@ -705,7 +745,8 @@ impl Forwarder {
         if confirmed < last {
             return Err(format!("the peer confirmed {} but was sent up to {}", format_lsn(confirmed), format_lsn(last)));
         }
-        Ok(Ok(Sent { raw_len, compressed_len: encoded.len(), encoding: encoded_at - started, peer: encoded_at.elapsed() }))
+        let (encoding, sending, peer) = (encoded_at - started, sent_at.min(Instant::now()) - encoded_at, sent_at.elapsed());
+        Ok(Ok(Sent { raw_len, compressed_len: encoded.len(), encoding, sending, peer }))
     }
 
     /// Count a batch the peer confirmed in the status slot.

@@ -5,7 +5,8 @@
 //!  sending node                                          receiving node
 //!  capture.rs ──► model/sync/pack.rs ──► transport.rs ──► apply.rs (+ target.rs, write*.rs)
 //!  read the slot   whole transactions     libpq, latch-    apply_batch: origin session,
-//!  (peek, advance) into batches           aware waits      exactly once, tables as owners
+//!  (slot_stream.rs, into batches          aware waits      exactly once, tables as owners
+//!   or peek)
 //!        ▲
 //!  launcher.rs starts one forwarder.rs per peer; status.rs is what they show
 //!  (edgesync.peers); peers.rs holds the SQL functions that act on them (sync_now);
@@ -33,6 +34,7 @@ pub mod launcher;
 mod libpq;
 pub mod peers;
 pub mod skipped;
+pub mod slot_stream;
 pub mod status;
 pub mod target;
 pub mod transport;

@@ -18,12 +18,14 @@ pub mod star;
 #[allow(unused_imports)] // not every test file puts a link between nodes
 pub use link::Link;
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use postgres::{Client, NoTls, Row};
@@ -76,9 +78,69 @@ pub fn set_fault_point(n: &Node, point: Option<&str>) {
     n.execute("SELECT pg_reload_conf()");
 }
 
-/// A free TCP port on 127.0.0.1 (the kernel picks it; the listener is dropped at once).
+/// The lowest port a node is given: clear of the well-known and registered
+/// ports that services on a machine tend to take.
+const NODE_PORT_FLOOR: u16 = 10000;
+/// Linux's default ephemeral range, for when /proc does not say.
+const DEFAULT_EPHEMERAL_RANGE: (u16, u16) = (32768, 60999);
+
+/// Ports `free_port` handed out in this test process, never handed again: a
+/// node that is stopped for a while keeps its port even though it is free then.
+static HANDED_PORTS: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+/// Where this process starts looking, so that test processes running side
+/// by side do not all try the same ports first.
+static SEARCH_START: OnceLock<usize> = OnceLock::new();
+
+/// A port for a PostgreSQL node on 127.0.0.1: outside the kernel's
+/// ephemeral range, free when checked (it binds), and not handed out before
+/// in this process.
+///
+/// A port the OS picks (bind to port 0) would do for a listener we keep
+/// open, as `Link` does, but a node's port must be named before the server
+/// starts; and any port in the ephemeral range may meanwhile become the local
+/// end of some client connection, and the server then fails to start with
+/// "Address already in use". Outside that range only a listener can hold a
+/// port, and the bind check sees one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let candidates = node_port_candidates(ephemeral_port_range());
+    assert!(!candidates.is_empty(), "no port from {NODE_PORT_FLOOR} up lies outside the ephemeral range {:?}", ephemeral_port_range());
+    let start = *SEARCH_START.get_or_init(|| search_start(candidates.len()));
+    let mut handed = HANDED_PORTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let port = (0..candidates.len())
+        .map(|i| candidates[(start + i) % candidates.len()])
+        .find(|port| !handed.contains(port) && TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("every port outside the ephemeral range is taken");
+    handed.insert(port);
+    port
+}
+
+/// The kernel's ephemeral port range, inclusive (`ip_local_port_range`).
+pub fn ephemeral_port_range() -> (u16, u16) {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| parse_port_range(&text))
+        .unwrap_or(DEFAULT_EPHEMERAL_RANGE)
+}
+
+/// "32768\t60999\n" -> (32768, 60999).
+pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut ends = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+    match (ends.next()??, ends.next()??) {
+        (low, high) if low <= high => Some((low, high)),
+        _ => None,
+    }
+}
+
+/// The ports a node may get: from `NODE_PORT_FLOOR` up, below and above the
+/// ephemeral range `low..=high`.
+pub fn node_port_candidates((low, high): (u16, u16)) -> Vec<u16> {
+    (NODE_PORT_FLOOR..=u16::MAX).filter(|port| *port < low || *port > high).collect()
+}
+
+/// A starting index into `len` candidates that differs between processes.
+fn search_start(len: usize) -> usize {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    (std::process::id() as usize).wrapping_mul(7919).wrapping_add(nanos as usize) % len
 }
 
 struct Runner {

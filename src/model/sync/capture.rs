@@ -29,6 +29,8 @@ pub struct Reader {
     relations: HashMap<u32, Vec<u8>>,
     open: Option<SourceTxn>,
     defined: Vec<u32>,
+    /// The end of the last commit read: commits come in order.
+    last_commit: u64,
 }
 
 impl Reader {
@@ -39,31 +41,52 @@ impl Reader {
         // each peek starts at a transaction boundary: forget what a failed read left open
         self.open = None;
         self.defined.clear();
+        self.last_commit = 0;
         let mut done = Vec::new();
         for raw in messages {
-            match pgoutput::parse(&raw)? {
-                Message::Begin { commit_time, .. } => self.begin(commit_time)?,
-                Message::Commit { end_lsn, commit_time } => {
-                    let mut t = self.open.take().ok_or("Commit outside a transaction")?;
-                    // a receiver refuses a batch out of order: so does the reader
-                    if done.last().is_some_and(|before: &SourceTxn| end_lsn <= before.end_lsn) {
-                        return Err(format!("a commit at {end_lsn:#x} after one at or past it"));
-                    }
-                    t.end_lsn = end_lsn;
-                    t.commit_time = commit_time;
-                    done.push(t);
-                }
-                Message::Origin { name } => self.open.as_mut().ok_or("Origin outside a transaction")?.origin = Some(name),
-                Message::Relation(r) => self.relation(r.id, raw)?,
-                Message::Logical { prefix, .. } if prefix == delete_stamp::PREFIX => self.stamp(raw)?,
-                Message::Other { .. } | Message::Logical { .. } => {}
-                change => self.change(&change, raw)?,
-            }
+            done.extend(self.take(raw)?);
         }
         if self.open.is_some() {
             return Err("the peek ended inside a transaction".to_string());
         }
         Ok(done)
+    }
+
+    /// Feed one message of a stream; returns the transaction it completes.
+    /// A stream's transactions span reads: what is open stays open.
+    pub fn take(&mut self, raw: Vec<u8>) -> Result<Option<SourceTxn>, String> {
+        // most messages are row changes: route them by their head, unparsed
+        // (the receiver parses every message whole before it applies any)
+        if let Some(relation) = pgoutput::row_change_relation(&raw) {
+            self.change(&[relation], raw)?;
+            return Ok(None);
+        }
+        match pgoutput::parse(&raw)? {
+            Message::Begin { commit_time, .. } => self.begin(commit_time)?,
+            Message::Commit { end_lsn, commit_time } => {
+                let mut t = self.open.take().ok_or("Commit outside a transaction")?;
+                // a receiver refuses a batch out of order: so does the reader
+                if end_lsn <= self.last_commit {
+                    return Err(format!("a commit at {end_lsn:#x} after one at {:#x}", self.last_commit));
+                }
+                self.last_commit = end_lsn;
+                t.end_lsn = end_lsn;
+                t.commit_time = commit_time;
+                return Ok(Some(t));
+            }
+            Message::Origin { name } => self.open.as_mut().ok_or("Origin outside a transaction")?.origin = Some(name),
+            Message::Relation(r) => self.relation(r.id, raw)?,
+            Message::Logical { prefix, .. } if prefix == delete_stamp::PREFIX => self.stamp(raw)?,
+            Message::Other { .. } | Message::Logical { .. } => {}
+            Message::Truncate { relations } => self.change(&relations, raw)?,
+            change => self.change(&change.relation().into_iter().collect::<Vec<_>>(), raw)?,
+        }
+        Ok(None)
+    }
+
+    /// A transaction is open (its Commit not read yet).
+    pub fn in_transaction(&self) -> bool {
+        self.open.is_some()
     }
 
     fn begin(&mut self, commit_time: i64) -> Result<(), String> {
@@ -104,13 +127,9 @@ impl Reader {
 
     /// A row change (or truncate): it needs its relations described first,
     /// earlier in this transaction or, remembered, in an earlier one.
-    fn change(&mut self, change: &Message, raw: Vec<u8>) -> Result<(), String> {
+    fn change(&mut self, relations: &[u32], raw: Vec<u8>) -> Result<(), String> {
         let t = self.open.as_mut().ok_or("a change outside a transaction")?;
-        let rels = match change {
-            Message::Truncate { relations } => relations.clone(),
-            other => other.relation().into_iter().collect(),
-        };
-        for rel in rels {
+        for &rel in relations {
             if !self.defined.contains(&rel) {
                 let def = self.relations.get(&rel).ok_or_else(|| format!("a change to relation {rel} before its Relation message"))?;
                 t.needs.push((rel, def.clone()));
@@ -186,8 +205,26 @@ pub(crate) mod tests {
         // commits in a read go forward (the fuzzer found a stream that did not)
         let mut r = Reader::default();
         let twice = vec![begin_msg(1, 1), commit_msg(40, 1), begin_msg(1, 2), commit_msg(40, 2)];
-        assert_eq!(r.read(twice).unwrap_err(), "a commit at 0x28 after one at or past it");
+        assert_eq!(r.read(twice).unwrap_err(), "a commit at 0x28 after one at 0x28");
         let back = vec![begin_msg(1, 1), commit_msg(40, 1), begin_msg(1, 2), commit_msg(32, 2)];
         assert!(Reader::default().read(back).is_err(), "a commit before the one read");
+    }
+
+    #[test]
+    fn a_stream_keeps_a_transaction_open_across_reads() {
+        let mut r = Reader::default();
+        let mut msgs = txn(Some(relation_msg(1, "t", &[("id", 20, true)])), 2, 100).into_iter();
+        let mut done = Vec::new();
+        for m in msgs.by_ref().take(2) {
+            done.extend(r.take(m).unwrap());
+        }
+        assert!(done.is_empty() && r.in_transaction(), "half a transaction stays open");
+        for m in msgs {
+            done.extend(r.take(m).unwrap());
+        }
+        assert_eq!((done.len(), done[0].rows, done[0].end_lsn, r.in_transaction()), (1, 2, 100, false));
+        // the next transaction needs the relation remembered, and must commit later
+        let next = r.take(begin_msg(1, 1)).and_then(|_| r.take(insert_msg(1, &[Some("9")]))).and_then(|_| r.take(commit_msg(90, 1)));
+        assert!(next.unwrap_err().contains("after one at"));
     }
 }

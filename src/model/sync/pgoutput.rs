@@ -95,6 +95,18 @@ fn row(t: &TupleData) -> Result<Vec<Value>, String> {
     t.columns.iter().map(value).collect()
 }
 
+/// The relation a row change (Insert, Update, Delete) is to, read from its
+/// head alone: the tag, then the relation id (the same in every protocol
+/// version edgesync asks for). None: not a row change, or too short.
+/// For a sender that only routes a message; whoever applies it parses it
+/// whole (`parse`) and refuses what does not read.
+pub fn row_change_relation(data: &[u8]) -> Option<u32> {
+    match data {
+        [b'I' | b'U' | b'D', a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
 /// Parse one pgoutput message.
 pub fn parse(data: &[u8]) -> Result<Message, String> {
     let mut parser = LogicalReplicationParser::with_protocol_version(PROTOCOL_VERSION);
@@ -299,6 +311,19 @@ pub mod tests {
 
     pub fn commit_msg(end_lsn: u64, ts: i64) -> Vec<u8> {
         wire(&Wire::Commit { flags: 0, commit_lsn: end_lsn - 8, end_lsn, timestamp: ts })
+    }
+
+    #[test]
+    fn a_row_change_names_its_relation_in_its_head() {
+        let insert = insert_msg(0x01020304, &[Some("1"), None]);
+        assert_eq!(row_change_relation(&insert), Some(0x01020304));
+        assert_eq!(parse(&insert).unwrap().relation(), Some(0x01020304), "the same as a whole parse");
+        let update = wire(&Wire::Update { relation_id: 9, key_type: None, old_tuple: None, new_tuple: tuple(&[Some("2")]) });
+        assert_eq!(row_change_relation(&update), Some(9));
+        assert_eq!(row_change_relation(&begin_msg(1, 1)), None);
+        assert_eq!(row_change_relation(&relation_msg(5, "t", &[("id", 20, true)])), None);
+        assert_eq!(row_change_relation(b"I\x00\x01"), None, "too short");
+        assert_eq!(row_change_relation(b""), None);
     }
 
     #[test]
