@@ -163,7 +163,7 @@ impl FeedWorker {
         match opened {
             Ok(stream) => self.stream = Some(stream),
             Err(e) => {
-                log!("edgesync: the feed reads its slot by peek for a while: {e}");
+                log!("edgesync: the feed reads its slot through SQL for a minute, since it could not be streamed: {e} (pg_hba.conf needs a local replication line for the bootstrap superuser)");
                 self.peek_until = Some(Instant::now() + STREAM_RETRY);
             }
         }

@@ -50,7 +50,7 @@ impl Forwarder {
                 true
             }
             Err(e) => {
-                log!("edgesync: peer {:?}: reading the slot by peek for a while: {e}", peer.name);
+                log!("edgesync: peer {:?}: reading the slot through SQL for a minute, since it could not be streamed: {e} (pg_hba.conf needs a local replication line for the bootstrap superuser)", peer.name);
                 self.peek_until = Some(Instant::now() + STREAM_RETRY);
                 false
             }
