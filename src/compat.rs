@@ -207,3 +207,37 @@ pub unsafe fn eval_plan_qual_init(epq: *mut pg_sys::EPQState, estate: *mut pg_sy
         pg_sys::EvalPlanQualInit(epq, estate, std::ptr::null_mut(), std::ptr::null_mut(), -1, std::ptr::null_mut())
     };
 }
+
+// nbtree's `_bt_get_endpoint` is not in pgrx's bindings (called through
+// `pg_guard_ffi_boundary`); 17 dropped its snapshot argument (old-snapshot checks).
+#[cfg(feature = "pg15")]
+unsafe extern "C-unwind" {
+    fn _bt_get_endpoint(rel: pg_sys::Relation, level: u32, rightmost: bool, snapshot: pg_sys::Snapshot) -> pg_sys::Buffer;
+}
+#[cfg(not(feature = "pg15"))]
+unsafe extern "C-unwind" {
+    fn _bt_get_endpoint(rel: pg_sys::Relation, level: u32, rightmost: bool) -> pg_sys::Buffer;
+}
+
+/// The block of the rightmost leaf page of btree index `index` (None: the
+/// index is empty).
+///
+/// # Safety
+/// `index` must be an open btree index; in a transaction.
+pub unsafe fn btree_rightmost_leaf(index: pg_sys::Relation) -> Option<pg_sys::BlockNumber> {
+    // SAFETY: the caller's guarantees; the page comes back pinned and
+    // share-locked (or InvalidBuffer), released here at once. On 15 no
+    // snapshot is given: it only serves old-snapshot checks.
+    unsafe {
+        #[cfg(feature = "pg15")]
+        let buffer = pg_sys::ffi::pg_guard_ffi_boundary(|| _bt_get_endpoint(index, 0, true, std::ptr::null_mut()));
+        #[cfg(not(feature = "pg15"))]
+        let buffer = pg_sys::ffi::pg_guard_ffi_boundary(|| _bt_get_endpoint(index, 0, true));
+        if buffer == pg_sys::InvalidBuffer as pg_sys::Buffer {
+            return None;
+        }
+        let block = pg_sys::BufferGetBlockNumber(buffer);
+        pg_sys::UnlockReleaseBuffer(buffer);
+        Some(block)
+    }
+}

@@ -146,3 +146,48 @@ fn the_receiving_tables_defaults_generated_columns_triggers_and_domains_hold() {
     let held: i64 = cloud.scalar("SELECT count(*) FROM public.parts");
     assert_eq!(held, 2, "nothing of the refused transaction is applied");
 }
+
+/// Whether an insert's key is taken is first asked of the index's last
+/// page: keys after the last one there are new without a look, a key equal
+/// to it or before it is looked up. Over an index of several pages, an
+/// insert of the key a cloud row holds at the end of the key space meets
+/// that row (kept without a policy, settled by last writer wins under one,
+/// logged either way), and every key before and after it arrives.
+#[test]
+fn inserts_at_the_end_of_the_key_space_meet_the_rows_there() {
+    let tables = "CREATE TABLE public.plain_stock (id int PRIMARY KEY, qty int NOT NULL, note text); CREATE TABLE public.stock (id int PRIMARY KEY, qty int NOT NULL, note text); SELECT edgesync.add_table('public.stock', sync => 'both')";
+    let (_c, cloud, edge) = edge_pushing_to_cloud("end_of_keys", tables, tables, &["public.plain_stock"], "up");
+    let both = ["public.plain_stock", "public.stock"];
+    for table in both {
+        edge.execute(&format!("INSERT INTO {table} SELECT g, 0, 'edge' FROM generate_series(1, 3000) g"));
+    }
+    push(&edge);
+    for table in both {
+        cloud.execute(&format!("INSERT INTO {table} VALUES (5000, -1, 'cloud')"));
+    }
+    for id in [3001, 3002, 4999, 5000, 5001, 100_000] {
+        for table in both {
+            edge.execute(&format!("INSERT INTO {table} VALUES ({id}, {id}, 'edge')"));
+        }
+    }
+    push(&edge);
+    let rows = |table: &str| -> String {
+        cloud.scalar(&format!("SELECT string_agg(id || '=' || note, ',' ORDER BY id) FROM {table} WHERE id > 3000"))
+    };
+    assert_eq!(rows("public.plain_stock"), "3001=edge,3002=edge,4999=edge,5000=cloud,5001=edge,100000=edge", "the cloud's row stays");
+    assert_eq!(rows("public.stock"), "3001=edge,3002=edge,4999=edge,5000=edge,5001=edge,100000=edge", "the later write wins");
+    let held: i64 = cloud.scalar("SELECT count(*) FROM public.plain_stock");
+    assert_eq!(held, 3006);
+    let logged: Vec<(String, i32, String, String)> = cloud
+        .query("SELECT table_name, (key->>'id')::int, conflict_type, resolution FROM edgesync.conflict_log ORDER BY 1")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        logged,
+        vec![
+            ("plain_stock".into(), 5000, "insert_exists".into(), "keep_local".into()),
+            ("stock".into(), 5000, "insert_exists".into(), "apply_remote".into())
+        ]
+    );
+}
