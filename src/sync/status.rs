@@ -313,7 +313,7 @@ pub fn wake_launcher() {
 /// Sleep on this process's latch at most `d` (a `set_latch` wakes it
 /// early), then answer interrupts (cancel, SIGTERM).
 pub fn wait_on_latch(d: Duration) {
-    let timeout_ms = d.as_millis().min(i32::MAX as u128) as _;
+    let timeout_ms = crate::model::sync::forwarder::wait_millis(d) as _;
     let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32;
     // SAFETY: MyLatch is this process's own latch, valid for the process's
     // life; only this process waits on and resets it.

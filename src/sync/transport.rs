@@ -539,7 +539,7 @@ impl Connection {
     /// set latch is reset and answered by checking for interrupts) or `d`
     /// passed, whichever comes first.
     pub fn nap(&self, d: Duration) {
-        let timeout = d.as_millis().clamp(0, i32::MAX as u128) as i64;
+        let timeout = crate::model::sync::forwarder::wait_millis(d);
         let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH | pg_sys::WL_SOCKET_READABLE) as c_int;
         // SAFETY: MyLatch is this process's own latch; the socket is this
         // connection's, open while we wait on it.

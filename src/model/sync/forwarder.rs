@@ -169,9 +169,26 @@ pub fn step(state: State, event: Event, mode: Mode, backoff: Backoff, o: &Observ
     }
 }
 
+/// `d` as a wait's timeout in milliseconds, rounded up: the 0.9 ms left of
+/// a wait must not become a timeout of 0, which returns at once (a loop
+/// meant to let the walsender's messages gather would spin instead).
+pub fn wait_millis(d: Duration) -> i64 {
+    d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_is_never_shortened_to_nothing() {
+        assert_eq!(wait_millis(Duration::ZERO), 0);
+        assert_eq!(wait_millis(Duration::from_micros(1)), 1);
+        assert_eq!(wait_millis(Duration::from_micros(999)), 1);
+        assert_eq!(wait_millis(Duration::from_millis(1)), 1);
+        assert_eq!(wait_millis(Duration::from_micros(1001)), 2);
+        assert_eq!(wait_millis(Duration::from_secs(u64::MAX)), i32::MAX as i64);
+    }
 
     fn at(now_ms: u64, pending_bytes: u64) -> Observed {
         Observed { now_ms, pending_bytes, last_round_ms: Some(0), ..Observed::default() }
