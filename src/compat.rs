@@ -241,3 +241,19 @@ pub unsafe fn btree_rightmost_leaf(index: pg_sys::Relation) -> Option<pg_sys::Bl
         Some(block)
     }
 }
+
+/// Take a replication slot for this process (MyReplicationSlot), or raise
+/// an ERROR if another process has it; 18 added `error_if_invalid`.
+pub fn acquire_slot(name: &std::ffi::CStr) {
+    // SAFETY: a NUL-terminated name alive for the call; `nowait`: an ERROR
+    // rather than a wait when the slot is active elsewhere.
+    #[cfg(feature = "pg15")]
+    unsafe {
+        pg_sys::ReplicationSlotAcquire(name.as_ptr(), true)
+    };
+    // SAFETY: as above; an invalidated slot raises an ERROR too.
+    #[cfg(not(feature = "pg15"))]
+    unsafe {
+        pg_sys::ReplicationSlotAcquire(name.as_ptr(), true, true)
+    };
+}

@@ -272,6 +272,8 @@ pub enum Scope {
     NestLevel,
     /// Until the end of the current transaction, like `SET LOCAL`.
     Transaction,
+    /// For the rest of the session, like `SET` (once its transaction commits).
+    Session,
 }
 
 /// Set a server setting for a while, as a session would with `SET` (a
@@ -280,6 +282,7 @@ pub fn set_for(scope: Scope, name: &std::ffi::CStr, value: &std::ffi::CStr) {
     let action = match scope {
         Scope::NestLevel => pg_sys::GucAction::GUC_ACTION_SAVE,
         Scope::Transaction => pg_sys::GucAction::GUC_ACTION_LOCAL,
+        Scope::Session => pg_sys::GucAction::GUC_ACTION_SET,
     };
     // SAFETY: name and value are NUL-terminated and outlive the call (the
     // GUC machinery copies them); called in a backend inside a transaction;

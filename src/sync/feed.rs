@@ -42,7 +42,7 @@ use crate::model::sync::pack::{pack, Limits};
 use crate::privilege::as_extension_owner;
 use crate::sync::capture::{self, Reading};
 use crate::sync::launcher::{database, in_transaction, not_null};
-use crate::sync::slot_stream::{own_conninfo, SlotStream};
+use crate::sync::slot_stream::SlotStream;
 use crate::sync::status::wait_on_latch;
 
 /// How a pull from before the purge mark is refused (the puller shows it).
@@ -126,6 +126,10 @@ impl FeedWorker {
     /// the feed, and apply retention now and then.
     fn turn(&mut self) -> Result<Turn, String> {
         let Some(node) = in_transaction(feed_wanted)? else {
+            // the slot is this process's while it decodes it: let it go before dropping it
+            if let Some(stream) = self.stream.take() {
+                stream.close();
+            }
             in_transaction(close_feed)?;
             log!("edgesync: no edge is registered any more: the feed is closed and its slot dropped");
             return Ok(Turn::Stop);
@@ -158,12 +162,10 @@ impl FeedWorker {
         if self.peek_until.is_some_and(|until| Instant::now() < until) {
             return false;
         }
-        let opened = in_transaction(|| own_conninfo(&database()))
-            .and_then(|conninfo| SlotStream::open(FEED_SLOT, Reading::Feed, &conninfo, FEED_SLOT, stream_timeout()));
-        match opened {
+        match SlotStream::open_in_process(FEED_SLOT, Reading::Feed, stream_timeout()) {
             Ok(stream) => self.stream = Some(stream),
             Err(e) => {
-                log!("edgesync: the feed reads its slot through SQL for a minute, since it could not be streamed: {e} (pg_hba.conf needs a local replication line for the bootstrap superuser)");
+                log!("edgesync: the feed reads its slot through SQL for a minute, since it could not be decoded here: {e}");
                 self.peek_until = Some(Instant::now() + STREAM_RETRY);
             }
         }

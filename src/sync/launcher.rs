@@ -59,6 +59,8 @@ pub(super) fn in_transaction<R>(f: impl FnOnce() -> Result<R, String>) -> Result
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
+        // what decoding read under historic snapshots is not for this transaction
+        crate::sync::local_decoding::leave_decoding();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     let result = PgTryBuilder::new(AssertUnwindSafe(f))

@@ -32,6 +32,7 @@ pub mod feed;
 pub mod forwarder;
 pub mod launcher;
 mod libpq;
+pub mod local_decoding;
 pub mod peers;
 pub mod skipped;
 pub mod slot_stream;

@@ -10,6 +10,10 @@
 //!
 //! Transactions read ahead wait in `ready`, up to a window in bytes; past
 //! it the forwarder stops reading and the walsender waits on the socket.
+//!
+//! The forwarder's own slot is read the same way without a walsender: it
+//! decodes the slot in its own process (`sync::local_decoding`), a piece
+//! at a time, between looks at the peer's answer. The feed worker streams.
 
 use std::collections::VecDeque;
 use std::ffi::c_int;
@@ -22,6 +26,7 @@ use crate::model::sync::pack::Limits;
 use crate::model::sync::pgoutput::PROTOCOL_VERSION;
 use crate::model::sync::walstream::{self, ServerMessage};
 use crate::sync::capture::Reading;
+use crate::sync::local_decoding::LocalDecoder;
 use crate::sync::transport::{Connection, ReadBeside};
 
 /// How long an open waits for the slot to be released by a walsender that
@@ -33,9 +38,22 @@ const SLOT_BUSY_RETRY: Duration = Duration::from_millis(20);
 /// more than reading a socket's worth at once.
 const GATHER_BELOW: usize = 64;
 const GATHER: Duration = Duration::from_millis(1);
+/// WAL records decoded in process at a time: about a millisecond's work,
+/// between looks at the peer's answer.
+const DECODE_PIECE: usize = 512;
+/// How often a slot decoded in process looks for newly written WAL while idle.
+const LOCAL_POLL: Duration = Duration::from_millis(2);
+
+/// Where the slot's messages come from.
+enum Source {
+    /// This node's walsender, over a replication connection.
+    Walsender(Connection),
+    /// Decoding in this process.
+    InProcess(LocalDecoder),
+}
 
 pub struct SlotStream {
-    conn: Connection,
+    source: Source,
     reader: Reader,
     /// Whole transactions read and not yet taken.
     ready: VecDeque<SourceTxn>,
@@ -106,7 +124,7 @@ impl SlotStream {
         loop {
             let mut conn = Connection::open(conninfo, application_name, timeout)?;
             match conn.start_copy_both(&command, timeout) {
-                Ok(()) => return Ok(SlotStream::over(conn, timeout, reading == Reading::Feed)),
+                Ok(()) => return Ok(SlotStream::over(Source::Walsender(conn), timeout, reading == Reading::Feed)),
                 // the walsender of a stream closed a moment ago may still hold the slot
                 Err(e) if e.contains("is active for PID") && Instant::now() < patience => {
                     crate::sync::status::wait_on_latch(SLOT_BUSY_RETRY);
@@ -116,9 +134,45 @@ impl SlotStream {
         }
     }
 
-    fn over(conn: Connection, timeout: Duration, keep_relayed: bool) -> SlotStream {
+    /// Decode `slot` in this process, from its restart point on.
+    pub fn open_in_process(slot: &str, reading: Reading, timeout: Duration) -> Result<SlotStream, String> {
+        // pgoutput prints values as text under this process's settings
+        super::launcher::in_transaction(|| {
+            crate::guc::pin_value_text(crate::guc::Scope::Session);
+            Ok(())
+        })?;
+        let version = PROTOCOL_VERSION.to_string();
+        let mut options = vec![("proto_version", version.as_str()), ("publication_names", reading.publication()), ("messages", "true")];
+        if reading == Reading::Push && crate::compat::PGOUTPUT_FILTERS_ORIGIN {
+            options.push(("origin", "none"));
+        }
+        let patience = Instant::now() + SLOT_BUSY_PATIENCE;
+        loop {
+            match LocalDecoder::open(slot, &options) {
+                Ok(decoder) => {
+                    let mut stream = SlotStream::over(Source::InProcess(decoder), timeout, reading == Reading::Feed);
+                    stream.read_from = stream.decoder_start();
+                    return Ok(stream);
+                }
+                // the walsender of a stream closed a moment ago may still hold the slot
+                Err(e) if e.contains("is active for PID") && Instant::now() < patience => {
+                    crate::sync::status::wait_on_latch(SLOT_BUSY_RETRY);
+                }
+                Err(e) => return Err(format!("could not decode replication slot {slot}: {e}")),
+            }
+        }
+    }
+
+    fn decoder_start(&self) -> u64 {
+        match &self.source {
+            Source::InProcess(d) => d.started_at(),
+            Source::Walsender(_) => 0,
+        }
+    }
+
+    fn over(source: Source, timeout: Duration, keep_relayed: bool) -> SlotStream {
         SlotStream {
-            conn,
+            source,
             reader: Reader::default(),
             ready: VecDeque::new(),
             ready_bytes: 0,
@@ -157,9 +211,17 @@ impl SlotStream {
     }
 
     fn send_status(&mut self, reply_requested: bool) -> Result<(), String> {
-        let now = crate::conflict::clock::unix_millis() * 1000;
-        let m = walstream::status_update(self.read_upto.max(self.confirmed), self.confirmed, now, reply_requested);
-        self.conn.send_copy(&m, self.timeout)
+        match &mut self.source {
+            Source::Walsender(conn) => {
+                let now = crate::conflict::clock::unix_millis() * 1000;
+                let m = walstream::status_update(self.read_upto.max(self.confirmed), self.confirmed, now, reply_requested);
+                conn.send_copy(&m, self.timeout)
+            }
+            Source::InProcess(decoder) => {
+                decoder.confirm(self.confirmed);
+                Ok(())
+            }
+        }
     }
 
     /// Start waiting for the walsender to reach `target`: from now on each
@@ -184,9 +246,13 @@ impl SlotStream {
     /// Read what has arrived, without waiting, until the window is full.
     /// Returns whether anything arrived.
     pub fn read_available(&mut self) -> Result<bool, String> {
+        if matches!(self.source, Source::InProcess(_)) {
+            return self.decode_piece();
+        }
         let mut read = 0usize;
         while self.ready_bytes < self.window {
-            let Some(message) = self.conn.next_copy()? else { break };
+            let Source::Walsender(conn) = &mut self.source else { break };
+            let Some(message) = conn.next_copy()? else { break };
             read += 1;
             match walstream::parse(&message)? {
                 ServerMessage::XLogData { data, .. } => {
@@ -208,6 +274,30 @@ impl SlotStream {
         }
         self.gather_until = (read < GATHER_BELOW).then(|| Instant::now() + GATHER);
         Ok(read > 0)
+    }
+
+    /// In process: decode a piece of the flushed WAL, unless the window is
+    /// full. Returns whether decoding moved on.
+    fn decode_piece(&mut self) -> Result<bool, String> {
+        let Source::InProcess(decoder) = &mut self.source else { return Ok(false) };
+        if self.ready_bytes >= self.window || !decoder.has_flushed() {
+            return Ok(false);
+        }
+        let before = decoder.read_upto();
+        let messages = decoder.decode(DECODE_PIECE);
+        let upto = decoder.read_upto();
+        for message in messages {
+            if let Some(t) = self.reader.take(message)? {
+                self.keep(t);
+            }
+        }
+        self.read_upto = self.read_upto.max(upto);
+        Ok(upto > before)
+    }
+
+    /// In process: decoding has flushed WAL to read now.
+    fn can_decode(&self) -> bool {
+        matches!(&self.source, Source::InProcess(d) if self.ready_bytes < self.window && d.has_flushed())
     }
 
     /// How much WAL the walsender read since it was first heard from or the
@@ -291,32 +381,72 @@ impl SlotStream {
 
     /// Wait until the walsender sends something, the latch is set, or `d` passed.
     pub fn nap(&self, d: Duration) {
-        self.conn.nap(d)
+        match &self.source {
+            Source::Walsender(conn) => conn.nap(d),
+            Source::InProcess(decoder) => {
+                // no socket to wake on: look for new WAL now and then
+                let until = Instant::now() + d;
+                while !decoder.has_written() {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() || crate::sync::status::wait_on_latch_woken(left.min(LOCAL_POLL)) {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     /// Wait until the walsender sends something, at most until `deadline`
     /// (after a read that found little, first let more gather).
     pub fn wait(&self, deadline: Instant) -> Result<(), String> {
+        let conn = match &self.source {
+            Source::Walsender(conn) => conn,
+            Source::InProcess(decoder) => {
+                if decoder.has_flushed() {
+                    return Ok(());
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err("timed out waiting for WAL to decode".to_string());
+                }
+                crate::sync::status::wait_on_latch_woken(left.min(LOCAL_POLL));
+                return Ok(());
+            }
+        };
         if let Some(gather) = self.gather_until.filter(|g| *g < deadline) {
             crate::sync::status::wait_on_latch(gather.saturating_duration_since(Instant::now()));
         }
-        self.conn.wait_readable(deadline, "waiting for this node's walsender")
+        conn.wait_readable(deadline, "waiting for this node's walsender")
     }
 
     /// End the stream from our side: the walsender reads the last status
     /// update, then the end, and releases the slot.
     pub fn close(mut self) {
-        let _ = self.conn.end_copy(self.timeout);
+        if let Source::Walsender(conn) = &mut self.source {
+            let _ = conn.end_copy(self.timeout);
+        }
     }
 }
 
 impl ReadBeside for SlotStream {
     fn watch(&self) -> Option<(c_int, Instant)> {
+        let Source::Walsender(conn) = &self.source else { return None };
         let from = self.gather_until.unwrap_or_else(Instant::now);
-        (self.ready_bytes < self.window).then(|| (self.conn.raw_socket(), from))
+        (self.ready_bytes < self.window).then(|| (conn.raw_socket(), from))
     }
 
     fn readable(&mut self) -> Result<(), String> {
         self.read_available().map(|_| ())
+    }
+
+    fn work(&mut self) -> Result<bool, String> {
+        if !self.can_decode() {
+            return Ok(false);
+        }
+        self.decode_piece()
+    }
+
+    fn look_again(&self) -> Option<Instant> {
+        matches!(self.source, Source::InProcess(_)).then(|| Instant::now() + LOCAL_POLL)
     }
 }

@@ -313,15 +313,22 @@ pub fn wake_launcher() {
 /// Sleep on this process's latch at most `d` (a `set_latch` wakes it
 /// early), then answer interrupts (cancel, SIGTERM).
 pub fn wait_on_latch(d: Duration) {
+    wait_on_latch_woken(d);
+}
+
+/// As `wait_on_latch`; true when the latch woke it (not the time).
+pub fn wait_on_latch_woken(d: Duration) -> bool {
     let timeout_ms = crate::model::sync::forwarder::wait_millis(d) as _;
     let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32;
     // SAFETY: MyLatch is this process's own latch, valid for the process's
     // life; only this process waits on and resets it.
-    unsafe {
-        pg_sys::WaitLatch(pg_sys::MyLatch, events, timeout_ms, pg_sys::PG_WAIT_EXTENSION);
+    let rc = unsafe {
+        let rc = pg_sys::WaitLatch(pg_sys::MyLatch, events, timeout_ms, pg_sys::PG_WAIT_EXTENSION);
         pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
+        rc
+    };
     pgrx::check_for_interrupts!();
+    rc & pg_sys::WL_LATCH_SET as i32 != 0
 }
 
 /// The forwarders of this database, for `edgesync.peers`. Times are

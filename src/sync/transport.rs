@@ -408,6 +408,13 @@ impl Connection {
         let mut both: Option<(WaitSet, c_int)> = None;
         // SAFETY: a live connection owned by `self`.
         while unsafe { PQisBusy(self.conn) } != 0 {
+            if let Some(b) = beside.as_deref_mut() {
+                if b.work()? {
+                    self.consume_input()?;
+                    continue;
+                }
+            }
+            let look_again = beside.as_deref().and_then(|b| b.look_again());
             let watched = beside.as_deref_mut().and_then(|b| b.watch().map(|w| (b, w)));
             match watched {
                 // not yet: the other is left to gather more first
@@ -429,7 +436,15 @@ impl Connection {
                         continue;
                     }
                 }
-                None => wait_socket(self.socket(), false, deadline, "waiting for the peer's answer")?,
+                None => {
+                    let until = look_again.map_or(deadline, |t| t.min(deadline));
+                    if !wait_socket_until(self.socket(), false, until)? {
+                        if until >= deadline {
+                            return Err("timed out waiting for the peer's answer".to_string());
+                        }
+                        continue;
+                    }
+                }
             }
             self.consume_input()?;
         }
@@ -574,12 +589,22 @@ impl Drop for CopyMessage {
     }
 }
 
-/// Another connection to read while waiting for a peer's answer.
+/// Another source to read while waiting for a peer's answer: a connection
+/// to watch, or work to do in this process between looks at the answer.
 pub trait ReadBeside {
     /// Its socket and from when on to watch it (None: leave it be).
     fn watch(&self) -> Option<(c_int, Instant)>;
     /// Its socket is readable: read what it holds, without waiting.
     fn readable(&mut self) -> Result<(), String>;
+    /// Do a short piece of work that needs no waiting; true: some was done
+    /// (the answer is looked at, then this is asked again).
+    fn work(&mut self) -> Result<bool, String> {
+        Ok(false)
+    }
+    /// With nothing to watch: when to ask for work again at the latest.
+    fn look_again(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// PostgreSQL's wait event set over this process's latch, postmaster death

@@ -1,7 +1,6 @@
 //! The push half of a round, read from the slot as a stream
-//! (`sync::slot_stream`): the node's walsender decodes while this
-//! forwarder sends a batch and the peer applies it, and the stream reads on
-//! while the forwarder waits for the peer's answer.
+//! (`sync::slot_stream`), decoded in this process: the forwarder decodes
+//! the next batch while the peer applies the one it sent.
 //!
 //! A round ends when the walsender has read past the WAL written before
 //! the round began and every transaction committed up to there was sent
@@ -10,9 +9,9 @@
 //! nothing waits, to where the walsender read). Any failure closes the
 //! stream: what was read ahead is read again from the slot's position.
 //!
-//! Where the stream cannot open (say pg_hba.conf has no replication line
-//! for the bootstrap superuser over the local socket), rounds read the slot
-//! by peek, as before, and try the stream again a minute later.
+//! Where the slot cannot be taken (another process holds it for longer
+//! than a few seconds), rounds read the slot by peek, as before, and try
+//! again a minute later.
 
 use std::time::Instant;
 
@@ -22,12 +21,11 @@ use super::{Forwarder, PeerConfig, Pushed, STREAM_RETRY, READ_AHEAD_BATCHES};
 
 /// How long an idle wait lasts when the stream already holds transactions to send.
 const IDLE_WITH_WORK: std::time::Duration = std::time::Duration::from_millis(1);
-use crate::model::node::OBJECT_PREFIX;
 use crate::model::sync::capture::SourceTxn;
 use crate::model::sync::pack::pack;
 use crate::sync::capture::{self, Reading};
-use crate::sync::launcher::{database, in_transaction};
-use crate::sync::slot_stream::{own_conninfo, SlotStream};
+use crate::sync::launcher::in_transaction;
+use crate::sync::slot_stream::SlotStream;
 use crate::sync::status::{self, Activity};
 
 impl Forwarder {
@@ -39,10 +37,7 @@ impl Forwarder {
         if self.peek_until.is_some_and(|until| Instant::now() < until) {
             return false;
         }
-        let opened = in_transaction(|| own_conninfo(&database())).and_then(|conninfo| {
-            let name = format!("{OBJECT_PREFIX}stream_{}", self.peer_id);
-            SlotStream::open(&peer.slot, Reading::Push, &conninfo, &name, Self::timeout())
-        });
+        let opened = SlotStream::open_in_process(&peer.slot, Reading::Push, Self::timeout());
         match opened {
             Ok(mut stream) => {
                 stream.set_window(READ_AHEAD_BATCHES * peer.limits.max_bytes);
@@ -50,7 +45,7 @@ impl Forwarder {
                 true
             }
             Err(e) => {
-                log!("edgesync: peer {:?}: reading the slot through SQL for a minute, since it could not be streamed: {e} (pg_hba.conf needs a local replication line for the bootstrap superuser)", peer.name);
+                log!("edgesync: peer {:?}: reading the slot through SQL for a minute, since it could not be decoded here: {e}", peer.name);
                 self.peek_until = Some(Instant::now() + STREAM_RETRY);
                 false
             }
