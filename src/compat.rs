@@ -118,23 +118,6 @@ pub fn emit_transactional_message(prefix: &std::ffi::CStr, content: &[u8]) {
     };
 }
 
-/// A wait event set for `n` events, owned by the caller (freed with
-/// `FreeWaitEventSet`). 15 allocates it in a memory context, 17 on tracks
-/// it in a resource owner: here, neither can free it behind the caller's back.
-pub fn create_wait_event_set(n: i32) -> *mut pg_sys::WaitEventSet {
-    // SAFETY: TopMemoryContext lives as long as the process; the set is
-    // freed by its owner with FreeWaitEventSet.
-    #[cfg(feature = "pg15")]
-    unsafe {
-        pg_sys::CreateWaitEventSet(pg_sys::TopMemoryContext, n)
-    }
-    // SAFETY: with no resource owner the set lives until FreeWaitEventSet.
-    #[cfg(not(feature = "pg15"))]
-    unsafe {
-        pg_sys::CreateWaitEventSet(std::ptr::null_mut(), n)
-    }
-}
-
 /// An executor state whose range table holds the open table `rel` alone
 /// (entry 1), for writing its rows outside a plan, as PostgreSQL's apply
 /// worker builds one (`create_edata_for_relation`).

@@ -60,10 +60,10 @@ const PURGE_INTERVAL: Duration = Duration::from_secs(10);
 const PEEK_MESSAGES: i64 = 50_000;
 /// How many transactions' rows one write to the feed holds at most.
 const FEED_WRITE: Limits = Limits { max_rows: 50_000, max_bytes: 64 << 20 };
-/// After the slot could not be streamed, read it by peek for this long.
+/// After the slot could not be taken for decoding, read it by peek for this long.
 const STREAM_RETRY: Duration = Duration::from_secs(60);
 
-/// How long the feed waits on its own walsender before it starts over.
+/// How long the feed waits for WAL to decode before it starts over.
 fn stream_timeout() -> Duration {
     Duration::from_secs(guc::PEER_TIMEOUT.get().max(1) as u64)
 }
@@ -141,10 +141,6 @@ impl FeedWorker {
         }
         let backlog = in_transaction(|| capture::backlog(FEED_SLOT))?;
         if backlog.pending == 0 {
-            // answer the walsender if it asks, between turns
-            if let Some(stream) = self.stream.as_mut() {
-                stream.read_available()?;
-            }
             return Ok(Turn::Idle);
         }
         let target = capture::flush_wal();
@@ -162,7 +158,7 @@ impl FeedWorker {
         if self.peek_until.is_some_and(|until| Instant::now() < until) {
             return false;
         }
-        match SlotStream::open_in_process(FEED_SLOT, Reading::Feed, stream_timeout()) {
+        match SlotStream::open(FEED_SLOT, Reading::Feed) {
             Ok(stream) => self.stream = Some(stream),
             Err(e) => {
                 log!("edgesync: the feed reads its slot through SQL for a minute, since it could not be decoded here: {e}");
@@ -172,12 +168,11 @@ impl FeedWorker {
         self.stream.is_some()
     }
 
-    /// Read the stream into feed rows until the walsender has read past
+    /// Read the stream into feed rows until decoding has read past
     /// `target` (the WAL written before the turn), moving the slot past
     /// each write once it is committed.
     fn stream_into_feed(&mut self, node: &str, target: u64) -> Result<Turn, String> {
         let stream = self.stream.as_mut().ok_or("the feed's stream was closed")?;
-        stream.seek_position()?;
         let mut quiet_until = Instant::now() + stream_timeout();
         loop {
             if stream.read_available()? {
@@ -190,12 +185,11 @@ impl FeedWorker {
                 hold_at("feed_before_write");
                 in_transaction(|| write_rows(&rows))?;
                 hold_at("feed_before_advance");
-                stream.confirm(last)?;
+                stream.confirm(last);
                 continue;
             }
             if reached {
-                stream.rest();
-                stream.confirm_all_read()?;
+                stream.confirm_all_read();
                 return Ok(Turn::Idle);
             }
             stream.wait(quiet_until)?;

@@ -333,8 +333,8 @@ struct Forwarder {
     stream: Option<SlotStream>,
     /// Until when the slot is read by peek, after a stream could not open.
     peek_until: Option<Instant>,
-    /// Time spent waiting for the stream since the last batch was sent (the
-    /// walsender had not decoded the next batch yet).
+    /// Time spent waiting for the stream since the last batch was sent
+    /// (decoding had not read the next batch yet).
     read_wait: Duration,
 }
 
@@ -533,7 +533,7 @@ impl Forwarder {
         self.peer_has = field(0).and_then(|l| parse_lsn(&l)).unwrap_or(0);
         if self.peer_has > 0 {
             match self.stream.as_mut() {
-                Some(stream) => stream.skip_to(self.peer_has)?,
+                Some(stream) => stream.skip_to(self.peer_has),
                 None => in_transaction(|| capture::advance(&peer.slot, self.peer_has))?,
             }
         }
@@ -727,7 +727,7 @@ impl Forwarder {
         let conn = self.conn.as_mut().ok_or("the connection to the peer was closed before sending")?;
         let apply = "SELECT edgesync.apply_batch($1)::text";
         let params = [Param::Binary(&encoded)];
-        // while the peer applies, the stream reads on (the walsender decodes meanwhile)
+        // while the peer applies, the forwarder decodes on
         let answer = match self.stream.as_mut() {
             Some(stream) => conn.query_beside(apply, &params, Self::timeout(), stream),
             None => conn.query(apply, &params, Self::timeout()).map(|rows| (rows, Instant::now())),

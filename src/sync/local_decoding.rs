@@ -162,8 +162,10 @@ impl LocalDecoder {
     /// Whether WAL was written past what was decoded, flushed or not (an
     /// asynchronous commit waits for the WAL writer; a round flushes it).
     pub fn has_written(&self) -> bool {
+        // the end of the last record written, as a record's end reads (the
+        // insert position may sit past a page header, past any record's end)
         // SAFETY: reads a shared WAL position under PostgreSQL's own locking.
-        unsafe { pg_sys::GetXLogInsertRecPtr() > self.read_upto }
+        unsafe { pg_sys::GetXLogInsertEndRecPtr() > self.read_upto }
     }
 
     /// Decode at most `records` WAL records of what is flushed; returns

@@ -402,49 +402,21 @@ impl Connection {
     }
 
     /// Wait for the next result without blocking; None when there are no more.
-    /// `beside` is read whenever its socket is readable meanwhile.
+    /// Between looks at the answer, `beside` does its work.
     fn next_result(&mut self, deadline: Instant, mut beside: Option<&mut dyn ReadBeside>) -> Result<Option<QueryResult>, String> {
-        // one wait set for as long as the other socket stays the same (each costs system calls)
-        let mut both: Option<(WaitSet, c_int)> = None;
         // SAFETY: a live connection owned by `self`.
         while unsafe { PQisBusy(self.conn) } != 0 {
-            if let Some(b) = beside.as_deref_mut() {
-                if b.work()? {
-                    self.consume_input()?;
-                    continue;
-                }
-            }
-            let look_again = beside.as_deref().and_then(|b| b.look_again());
-            let watched = beside.as_deref_mut().and_then(|b| b.watch().map(|w| (b, w)));
-            match watched {
-                // not yet: the other is left to gather more first
-                Some((_, (_, from))) if from > Instant::now() => {
-                    if !wait_socket_until(self.socket(), false, from.min(deadline))? && from >= deadline {
-                        return Err("timed out waiting for the peer's answer".to_string());
-                    }
-                }
-                Some((other, (sock, _))) => {
-                    if both.as_ref().is_none_or(|(_, s)| *s != sock) {
-                        both = Some((WaitSet::new([self.socket(), sock]), sock));
-                    }
-                    let set = &both.as_ref().expect("just set").0;
-                    let [mine, theirs] = set.wait_until(deadline, "waiting for the peer's answer")?;
-                    if theirs {
-                        other.readable()?;
-                    }
-                    if !mine {
-                        continue;
-                    }
-                }
-                None => {
-                    let until = look_again.map_or(deadline, |t| t.min(deadline));
-                    if !wait_socket_until(self.socket(), false, until)? {
-                        if until >= deadline {
+            match beside.as_deref_mut() {
+                Some(b) => {
+                    // after a piece of work, look at the answer before the next
+                    if !b.work()? {
+                        let until = b.look_again().min(deadline);
+                        if !wait_socket_until(self.socket(), false, until)? && until >= deadline {
                             return Err("timed out waiting for the peer's answer".to_string());
                         }
-                        continue;
                     }
                 }
+                None => wait_socket(self.socket(), false, deadline, "waiting for the peer's answer")?,
             }
             self.consume_input()?;
         }
@@ -453,9 +425,9 @@ impl Connection {
         Ok((!res.is_null()).then_some(QueryResult(res)))
     }
 
-    /// Run one statement as `query` does, reading `beside` whenever its
-    /// socket has something while the peer works on the statement. Returns
-    /// the rows and when the statement was all sent.
+    /// Run one statement as `query` does, letting `beside` work while the
+    /// peer works on the statement. Returns the rows and when the statement
+    /// was all sent.
     pub fn query_beside(&mut self, sql: &str, params: &[Param<'_>], timeout: Duration, beside: &mut dyn ReadBeside) -> Result<(Rows, Instant), String> {
         let deadline = Instant::now() + timeout;
         self.send(sql, params)?;
@@ -471,208 +443,18 @@ impl Connection {
         }
         failure.map_or(Ok((rows, sent_at)), Err)
     }
-
-    // ------------------------------------------------ a replication stream
-
-    /// Send a replication command that starts streaming (`START_REPLICATION`)
-    /// and wait until the server switched to copying both ways.
-    pub fn start_copy_both(&mut self, command: &str, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        let c = CString::new(command).map_err(|e| e.to_string())?;
-        // SAFETY: a live connection; `c` is NUL-terminated and outlives the call.
-        if unsafe { PQsendQuery(self.conn, c.as_ptr()) } == 0 {
-            return Err(self.error());
-        }
-        self.flush(deadline)?;
-        let result = self.next_result(deadline, None)?.ok_or("the server ended the command without an answer")?;
-        // SAFETY: a live result owned by `result`.
-        if unsafe { PQresultStatus(result.0) } == PGRES_COPY_BOTH {
-            return Ok(());
-        }
-        Err(result.rows().err().unwrap_or_else(|| "the server did not start streaming".to_string()))
-    }
-
-    /// The next copy message, if one has fully arrived; never waits.
-    /// Err: the stream ended or failed.
-    pub fn next_copy(&mut self) -> Result<Option<CopyMessage>, String> {
-        let mut buf: *mut c_char = std::ptr::null_mut();
-        // SAFETY: a live connection in copy mode; `buf` is a valid place for
-        // libpq to store the message it allocates (async: never blocks).
-        let mut n = unsafe { PQgetCopyData(self.conn, &mut buf, 1) };
-        if n == 0 {
-            self.consume_input()?;
-            // SAFETY: as above.
-            n = unsafe { PQgetCopyData(self.conn, &mut buf, 1) };
-        }
-        match n {
-            0 => Ok(None),
-            n if n > 0 => Ok(Some(CopyMessage { ptr: buf, len: n as usize })),
-            -1 => Err(self.stream_end_error()),
-            _ => Err(self.error()),
-        }
-    }
-
-    /// Why the server ended the copy (its error, if it sent one).
-    fn stream_end_error(&mut self) -> String {
-        // SAFETY: a live connection; after the copy ended its result is ready.
-        let res = unsafe { PQgetResult(self.conn) };
-        let reason = (!res.is_null()).then(|| QueryResult(res)).and_then(|r| r.rows().err());
-        format!("the replication stream ended{}", reason.map(|r| format!(": {r}")).unwrap_or_default())
-    }
-
-    /// Send one copy message and push it out.
-    pub fn send_copy(&mut self, message: &[u8], timeout: Duration) -> Result<(), String> {
-        // SAFETY: a live connection in copy mode; `message` outlives the call
-        // (libpq copies it into its buffer).
-        if unsafe { PQputCopyData(self.conn, message.as_ptr().cast(), message.len() as c_int) } != 1 {
-            return Err(self.error());
-        }
-        self.flush(Instant::now() + timeout)
-    }
-
-    /// End the copy from our side (the server then ends the stream).
-    pub fn end_copy(&mut self, timeout: Duration) -> Result<(), String> {
-        // SAFETY: a live connection in copy mode; no error message is sent.
-        if unsafe { PQputCopyEnd(self.conn, std::ptr::null()) } != 1 {
-            return Err(self.error());
-        }
-        self.flush(Instant::now() + timeout)
-    }
-
-    /// The connection's socket, for waiting on it beside another.
-    pub fn raw_socket(&self) -> c_int {
-        self.socket()
-    }
-
-    /// Sleep until the socket has something to read (or the latch is set),
-    /// at most until `deadline`.
-    pub fn wait_readable(&self, deadline: Instant, what: &str) -> Result<(), String> {
-        wait_socket(self.socket(), false, deadline, what)
-    }
-
-    /// Sleep until the socket has something to read, the latch is set (a
-    /// set latch is reset and answered by checking for interrupts) or `d`
-    /// passed, whichever comes first.
-    pub fn nap(&self, d: Duration) {
-        let timeout = crate::model::sync::forwarder::wait_millis(d);
-        let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH | pg_sys::WL_SOCKET_READABLE) as c_int;
-        // SAFETY: MyLatch is this process's own latch; the socket is this
-        // connection's, open while we wait on it.
-        let rc = unsafe { pg_sys::WaitLatchOrSocket(pg_sys::MyLatch, events, self.socket() as pg_sys::pgsocket, timeout as _, pg_sys::PG_WAIT_EXTENSION) };
-        if rc & pg_sys::WL_LATCH_SET as c_int != 0 {
-            // SAFETY: as above, this process's own latch.
-            unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
-            pgrx::check_for_interrupts!();
-        }
-    }
 }
 
-/// A copy message libpq received, freed when dropped.
-pub struct CopyMessage {
-    /// Allocated by libpq for us; `len` bytes long.
-    ptr: *mut c_char,
-    len: usize,
-}
-
-impl std::ops::Deref for CopyMessage {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: libpq handed over `len` bytes at `ptr`, alive until drop.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast(), self.len) }
-    }
-}
-
-impl Drop for CopyMessage {
-    fn drop(&mut self) {
-        // SAFETY: allocated by libpq's PQgetCopyData and freed once, as it asks.
-        unsafe { PQfreemem(self.ptr.cast()) };
-    }
-}
-
-/// Another source to read while waiting for a peer's answer: a connection
-/// to watch, or work to do in this process between looks at the answer.
+/// Work to do in this process while a peer works on a statement (the
+/// forwarder decoding its next batch), a short piece at a time.
 pub trait ReadBeside {
-    /// Its socket and from when on to watch it (None: leave it be).
-    fn watch(&self) -> Option<(c_int, Instant)>;
-    /// Its socket is readable: read what it holds, without waiting.
-    fn readable(&mut self) -> Result<(), String>;
     /// Do a short piece of work that needs no waiting; true: some was done
     /// (the answer is looked at, then this is asked again).
-    fn work(&mut self) -> Result<bool, String> {
-        Ok(false)
-    }
-    /// With nothing to watch: when to ask for work again at the latest.
-    fn look_again(&self) -> Option<Instant> {
-        None
-    }
+    fn work(&mut self) -> Result<bool, String>;
+    /// With no work to do now: when to ask again at the latest.
+    fn look_again(&self) -> Instant;
 }
 
-/// PostgreSQL's wait event set over this process's latch, postmaster death
-/// and two sockets' readability; freed when dropped.
-struct WaitSet(*mut pg_sys::WaitEventSet);
-
-/// The positions `WaitSet::new` adds its events at.
-const LATCH_POSITION: c_int = 0;
-const FIRST_SOCKET_POSITION: c_int = 2;
-
-impl WaitSet {
-    fn new(sockets: [c_int; 2]) -> WaitSet {
-        let set = WaitSet(crate::compat::create_wait_event_set(4));
-        // SAFETY: a fresh set with room for four events; MyLatch is this
-        // process's own latch; the sockets are open connections' sockets,
-        // open while the set lives (it is dropped before they close).
-        unsafe {
-            pg_sys::AddWaitEventToSet(set.0, pg_sys::WL_LATCH_SET, pg_sys::PGINVALID_SOCKET, pg_sys::MyLatch, std::ptr::null_mut());
-            pg_sys::AddWaitEventToSet(set.0, pg_sys::WL_EXIT_ON_PM_DEATH, pg_sys::PGINVALID_SOCKET, std::ptr::null_mut(), std::ptr::null_mut());
-            for sock in sockets {
-                pg_sys::AddWaitEventToSet(set.0, pg_sys::WL_SOCKET_READABLE, sock as pg_sys::pgsocket, std::ptr::null_mut(), std::ptr::null_mut());
-            }
-        }
-        set
-    }
-
-    /// Sleep until either socket is readable (or the latch is set), at
-    /// most until `deadline`; returns which are readable.
-    fn wait_until(&self, deadline: Instant, what: &str) -> Result<[bool; 2], String> {
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(format!("timed out {what}"));
-            }
-            let ready = self.wait((deadline - now).as_millis().clamp(1, i32::MAX as u128) as i64);
-            if ready.iter().any(|&r| r) {
-                return Ok(ready);
-            }
-        }
-    }
-
-    /// Wait up to `timeout_ms`; which sockets are readable (a set latch is
-    /// reset and answered by checking for interrupts).
-    fn wait(&self, timeout_ms: i64) -> [bool; 2] {
-        // SAFETY: WaitEvent is plain data; zeroes are a valid value to overwrite.
-        let mut occurred: [pg_sys::WaitEvent; 4] = unsafe { std::mem::zeroed() };
-        // SAFETY: a live set; `occurred` has room for the four events it may report.
-        let n = unsafe { pg_sys::WaitEventSetWait(self.0, timeout_ms as _, occurred.as_mut_ptr(), 4, pg_sys::PG_WAIT_EXTENSION) };
-        let mut ready = [false; 2];
-        for e in &occurred[..n.max(0) as usize] {
-            if e.pos == LATCH_POSITION {
-                // SAFETY: this process's own latch.
-                unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
-                pgrx::check_for_interrupts!();
-            } else if e.pos >= FIRST_SOCKET_POSITION && e.events & pg_sys::WL_SOCKET_READABLE != 0 {
-                ready[(e.pos - FIRST_SOCKET_POSITION) as usize] = true;
-            }
-        }
-        ready
-    }
-}
-
-impl Drop for WaitSet {
-    fn drop(&mut self) {
-        // SAFETY: created by create_wait_event_set, owned here, freed once.
-        unsafe { pg_sys::FreeWaitEventSet(self.0) };
-    }
-}
 
 /// NULL when `conninfo` is a valid libpq connection string, else why not.
 #[pg_extern(immutable, parallel_safe)]

@@ -171,7 +171,7 @@ pub fn step(state: State, event: Event, mode: Mode, backoff: Backoff, o: &Observ
 
 /// `d` as a wait's timeout in milliseconds, rounded up: the 0.9 ms left of
 /// a wait must not become a timeout of 0, which returns at once (a loop
-/// meant to let the walsender's messages gather would spin instead).
+/// meant to pause would spin instead).
 pub fn wait_millis(d: Duration) -> i64 {
     d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i64
 }

@@ -4,8 +4,7 @@
 //! worker's state machine, `blocked` finds a transaction the peer refuses
 //! and reads one set aside; `feed` decides what a pull from the cloud's
 //! feed hands over, `edge_activity` what the cloud remembers of each
-//! edge's pushes and pulls; `walstream` frames the replication stream a
-//! forwarder reads its slot through; `lsn` and `secrets` are
+//! edge's pushes and pulls; `lsn` and `secrets` are
 //! shared helpers, `length_limit` tells which column refused a value on
 //! apply, and `canonical` reads the commonest values' printed form there.
 
@@ -21,4 +20,3 @@ pub mod lsn;
 pub mod pack;
 pub mod pgoutput;
 pub mod secrets;
-pub mod walstream;

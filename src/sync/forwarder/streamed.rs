@@ -2,11 +2,11 @@
 //! (`sync::slot_stream`), decoded in this process: the forwarder decodes
 //! the next batch while the peer applies the one it sent.
 //!
-//! A round ends when the walsender has read past the WAL written before
-//! the round began and every transaction committed up to there was sent
-//! and confirmed; transactions read beyond it wait in the stream for the
-//! next round. The slot moves only to what the peer confirmed (or, when
-//! nothing waits, to where the walsender read). Any failure closes the
+//! A round ends when decoding has read past the WAL written before the
+//! round began and every transaction committed up to there was sent and
+//! confirmed; transactions read beyond it wait in the stream for the next
+//! round. The slot moves only to what the peer confirmed (or, when nothing
+//! waits, to where decoding read). Any failure closes the
 //! stream: what was read ahead is read again from the slot's position.
 //!
 //! Where the slot cannot be taken (another process holds it for longer
@@ -37,7 +37,7 @@ impl Forwarder {
         if self.peek_until.is_some_and(|until| Instant::now() < until) {
             return false;
         }
-        let opened = SlotStream::open_in_process(&peer.slot, Reading::Push, Self::timeout());
+        let opened = SlotStream::open(&peer.slot, Reading::Push);
         match opened {
             Ok(mut stream) => {
                 stream.set_window(READ_AHEAD_BATCHES * peer.limits.max_bytes);
@@ -58,9 +58,8 @@ impl Forwarder {
         }
     }
 
-    /// Between rounds, for at most `d`: with a stream open, wait on it too,
-    /// so that a commit the walsender sends wakes the forwarder at once
-    /// (answering the walsender when it asks, and reading ahead).
+    /// Between rounds, for at most `d`: with a stream open, decode what is
+    /// flushed and wake as soon as more WAL is written.
     pub(super) fn wait_idle(&mut self, d: std::time::Duration) {
         let Some(stream) = self.stream.as_mut() else { return status::wait_on_latch(d) };
         if let Err(e) = stream.read_available() {
@@ -80,7 +79,6 @@ impl Forwarder {
     /// read by then). Returns the rows sent.
     pub(super) fn push_streamed(&mut self, peer: &PeerConfig, node: &str, target: u64) -> Result<i64, String> {
         let mut sent = 0i64;
-        self.stream_mut()?.seek_position()?;
         let mut quiet_until = Instant::now() + Self::timeout();
         loop {
             let stream = self.stream_mut()?;
@@ -95,9 +93,8 @@ impl Forwarder {
                 continue;
             }
             if reached {
-                stream.confirm_all_read()?;
+                stream.confirm_all_read();
                 self.move_restart_point(peer)?;
-                self.stream_mut()?.rest();
                 return Ok(sent);
             }
             let waiting_since = Instant::now();
@@ -110,7 +107,7 @@ impl Forwarder {
     /// (the next stream would decode all of that again before reaching
     /// anything new: say the WAL of a bulk load into tables this peer does
     /// not get), log a running-transactions snapshot, read past it and
-    /// confirm it: the walsender then moves the restart point up to it.
+    /// confirm it: confirming moves the restart point up to it.
     fn move_restart_point(&mut self, peer: &PeerConfig) -> Result<(), String> {
         let backlog = in_transaction(|| capture::backlog(&peer.slot))?;
         // the slot's own figure may predate the confirmation just sent: what this stream read counts too
@@ -128,7 +125,8 @@ impl Forwarder {
             if stream.reached(target) {
                 // what was read meanwhile waits for the next round; only a stream with nothing waiting confirms
                 stream.moved_restart_point();
-                return stream.confirm_all_read();
+                stream.confirm_all_read();
+                return Ok(());
             }
             stream.wait(quiet_until)?;
         }
@@ -164,11 +162,11 @@ impl Forwarder {
         self.hold_at("before_advance");
         if let Some(blocked) = pushed.blocked {
             if pushed.confirmed_to > 0 {
-                self.stream_mut()?.confirm(pushed.confirmed_to)?;
+                self.stream_mut()?.confirm(pushed.confirmed_to);
             }
             return Err(self.record_blocked(blocked));
         }
-        self.stream_mut()?.confirm(last_taken)?;
+        self.stream_mut()?.confirm(last_taken);
         debug1!("edgesync: peer {:?}: {} rows confirmed up to {last_taken:#x}", peer.name, pushed.rows);
         Ok(pushed.rows)
     }
