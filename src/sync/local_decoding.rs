@@ -14,6 +14,11 @@
 //!   transactions that committed before the slot's confirmed position;
 //! - only flushed WAL is read: the page reader says "not yet" past the
 //!   flush point, and the reader starts again from the last whole record;
+//! - the decoding context is made inside a transaction (as the SQL peek
+//!   makes it), so the process is never marked PROC_IN_LOGICAL_DECODING:
+//!   that mark suits a walsender, which runs no transactions of its own,
+//!   but would hide this process's own transactions from other backends'
+//!   snapshots;
 //! - decoding runs outside any transaction, as in a walsender: the reorder
 //!   buffer opens (and aborts) one of its own for each transaction it hands
 //!   to pgoutput;
@@ -114,9 +119,17 @@ impl LocalDecoder {
             .collect::<Result<Vec<_>, std::ffi::NulError>>()
             .map_err(|e| e.to_string())?;
         let mut sink = Box::<Sink>::default();
+        // The context is made inside a transaction, as the SQL peek makes
+        // it: made outside one (as a walsender does), it marks the process
+        // PROC_IN_LOGICAL_DECODING for good, and other backends' snapshots
+        // then leave out the xid of every transaction it runs afterwards,
+        // treat its rows as aborted while it is in progress and mark them
+        // so: the rows of a pulled batch applied here were lost that way.
+        // SAFETY: a background worker between its own transactions.
+        unsafe { pg_sys::StartTransactionCommand() };
         crate::compat::acquire_slot(&name);
-        // SAFETY: we hold the slot (acquired above), outside a transaction
-        // as a walsender is; the options list and the context are made in
+        // SAFETY: we hold the slot (acquired above), in a transaction as the
+        // SQL peek is; the options list and the context are made in
         // `memory`, which outlives the context (both go in Drop); the
         // routine is copied by the WAL reader; `sink` is boxed, so its
         // address stays what the write callback is given.
@@ -138,6 +151,7 @@ impl LocalDecoder {
             (*ctx).output_writer_private = (&mut *sink as *mut Sink).cast();
             let restart = (*pg_sys::MyReplicationSlot).data.restart_lsn;
             pg_sys::XLogBeginRead((*ctx).reader, restart);
+            pg_sys::CommitTransactionCommand();
             (ctx, restart)
         };
         Ok(LocalDecoder { ctx, memory, sink, read_upto: started_at, started_at, stopped_at_flush: 0 })
