@@ -333,8 +333,8 @@ struct Forwarder {
     stream: Option<SlotStream>,
     /// Until when the slot is read by peek, after a stream could not open.
     peek_until: Option<Instant>,
-    /// Time spent waiting for the stream since the last batch was sent
-    /// (decoding had not read the next batch yet).
+    /// Time from the peer's last answer until the next batch was taken
+    /// (decoding that did not happen while the peer applied).
     read_wait: Duration,
 }
 

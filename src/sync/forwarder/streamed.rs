@@ -80,6 +80,9 @@ impl Forwarder {
     pub(super) fn push_streamed(&mut self, peer: &PeerConfig, node: &str, target: u64) -> Result<i64, String> {
         let mut sent = 0i64;
         let mut quiet_until = Instant::now() + Self::timeout();
+        // the time from the peer's answer to the next batch: decoding that
+        // did not happen while the peer applied
+        let mut reading_since = Instant::now();
         loop {
             let stream = self.stream_mut()?;
             if stream.read_available()? {
@@ -88,8 +91,10 @@ impl Forwarder {
             let reached = stream.reached(target);
             let txns = stream.take_batch(peer.limits, reached.then_some(target));
             if !txns.is_empty() {
+                self.read_wait += reading_since.elapsed();
                 sent += self.push_taken(peer, node, txns)?;
                 quiet_until = Instant::now() + Self::timeout();
+                reading_since = Instant::now();
                 continue;
             }
             if reached {
@@ -97,9 +102,7 @@ impl Forwarder {
                 self.move_restart_point(peer)?;
                 return Ok(sent);
             }
-            let waiting_since = Instant::now();
             stream.wait(quiet_until)?;
-            self.read_wait += waiting_since.elapsed();
         }
     }
 
