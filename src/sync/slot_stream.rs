@@ -229,8 +229,13 @@ impl SlotStream {
     }
 
     /// Sleep until WAL is written past what was decoded, the latch is set,
-    /// or `d` passed.
+    /// or `d` passed; when such WAL waits already, for `d` (the caller
+    /// chose to let it gather).
     pub fn nap(&self, d: Duration) {
+        if self.decoder.has_written() {
+            crate::sync::status::wait_on_latch(d);
+            return;
+        }
         let until = Instant::now() + d;
         while !self.decoder.has_written() {
             let left = until.saturating_duration_since(Instant::now());

@@ -106,6 +106,13 @@ pub enum Action {
 
 /// How long an idle realtime forwarder may sleep before it looks for new WAL.
 pub const REALTIME_POLL: Duration = Duration::from_millis(50);
+/// The least time between the end of one realtime round and the start of
+/// the next: each round costs the edge and the cloud a few milliseconds
+/// whatever it carries (catalog reads, a flush, a commit on the cloud), so
+/// under a steady stream of commits rounds that follow each other at once
+/// carry a few hundred rows each and those costs dominate. This adds at
+/// most its length to the delay of a change.
+pub const REALTIME_ROUND_GAP: Duration = Duration::from_millis(20);
 /// How often an idle realtime forwarder asks the peer's feed for changes
 /// when it cannot listen for them (a hot standby takes no LISTEN): one
 /// short query, which the feed answers from an index.
@@ -122,7 +129,7 @@ fn round_due(mode: Mode, o: &Observed) -> bool {
     match mode {
         Mode::Realtime => {
             let poll = if o.listening { REALTIME_PULL_POLL_LISTENING } else { REALTIME_PULL_POLL };
-            o.pending_bytes > 0 || o.feed_news || elapsed(poll)
+            (o.pending_bytes > 0 && elapsed(REALTIME_ROUND_GAP)) || o.feed_news || elapsed(poll)
         }
         Mode::OnDemand => false,
         // every interval, to pull if nothing is to be pushed
@@ -132,6 +139,11 @@ fn round_due(mode: Mode, o: &Observed) -> bool {
 
 fn idle_wait(mode: Mode, o: &Observed) -> Duration {
     match mode {
+        // something waits: until the gap after the last round has passed
+        Mode::Realtime if o.pending_bytes > 0 => {
+            let since = o.last_round_ms.map(|t| o.now_ms.saturating_sub(t)).unwrap_or(u64::MAX);
+            Duration::from_millis((REALTIME_ROUND_GAP.as_millis() as u64).saturating_sub(since).max(1))
+        }
         Mode::Realtime => REALTIME_POLL,
         // woken by the latch for sync_now; look now and then for pause/drop
         Mode::OnDemand => Duration::from_secs(1),
@@ -201,8 +213,10 @@ mod tests {
     #[test]
     fn a_full_round() {
         let b = Backoff::default();
-        let o = at(10, 5);
-        let (s, a) = step(State::Idle, Event::Wake, Mode::Realtime, b, &o, 0);
+        let o = at(30, 5);
+        let (s, a) = step(State::Idle, Event::Wake, Mode::Realtime, b, &at(5, 5), 0);
+        assert_eq!((s, a), (State::Idle, Action::Wait(Duration::from_millis(15))), "waits out the gap after the last round");
+        let (s, a) = step(s, Event::Wake, Mode::Realtime, b, &o, 0);
         assert_eq!((s, a), (State::Round, Action::RunRound));
         let (s, a) = step(s, Event::Succeeded, Mode::Realtime, b, &o, 0);
         assert_eq!((s, a), (State::Idle, Action::Wait(Duration::ZERO)));
@@ -214,7 +228,9 @@ mod tests {
     fn when_a_round_is_due() {
         let b = Backoff::default();
         let due = |mode, o: Observed| step(State::Idle, Event::Wake, mode, b, &o, 0).0 == State::Round;
-        assert!(due(Mode::Realtime, at(10, 1)));
+        assert!(!due(Mode::Realtime, at(10, 1)), "too soon after the last round");
+        assert!(due(Mode::Realtime, at(20, 1)), "the gap after the last round passed");
+        assert!(due(Mode::Realtime, Observed { last_round_ms: None, ..at(1, 1) }), "the first round goes at once");
         assert!(!due(Mode::Realtime, at(10, 0)));
         assert!(due(Mode::Realtime, at(1_000, 0)), "time to look at the peer's feed");
         assert!(due(Mode::Realtime, Observed { feed_news: true, listening: true, ..at(10, 0) }), "the peer told of news");

@@ -19,8 +19,6 @@ use pgrx::prelude::*;
 
 use super::{Forwarder, PeerConfig, Pushed, STREAM_RETRY, READ_AHEAD_BATCHES};
 
-/// How long an idle wait lasts when the stream already holds transactions to send.
-const IDLE_WITH_WORK: std::time::Duration = std::time::Duration::from_millis(1);
 use crate::model::sync::capture::SourceTxn;
 use crate::model::sync::pack::pack;
 use crate::sync::capture::{self, Reading};
@@ -59,7 +57,7 @@ impl Forwarder {
     }
 
     /// Between rounds, for at most `d`: with a stream open, decode what is
-    /// flushed and wake as soon as more WAL is written.
+    /// flushed and, when nothing waited, wake as soon as more WAL is written.
     pub(super) fn wait_idle(&mut self, d: std::time::Duration) {
         let Some(stream) = self.stream.as_mut() else { return status::wait_on_latch(d) };
         if let Err(e) = stream.read_available() {
@@ -69,9 +67,8 @@ impl Forwarder {
         }
         match stream.waiting().0 {
             0 => stream.nap(d),
-            // something to send already: look again almost at once (not at
-            // once, should the state machine have reasons to wait)
-            _ => status::wait_on_latch(d.min(IDLE_WITH_WORK)),
+            // something to send already: the state machine said how long to let more gather
+            _ => status::wait_on_latch(d),
         }
     }
 
