@@ -227,15 +227,22 @@ impl LocalDecoder {
 
 impl Drop for LocalDecoder {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // an ERROR is ending the worker, maybe from inside decoding: the
+            // context may be half way through a change, and an ERROR raised
+            // while freeing it would abort the server; the process's exit
+            // releases the slot and its memory goes with the process
+            return;
+        }
         // SAFETY: the context and the slot are ours until here; freeing the
         // context calls pgoutput's shutdown and closes the WAL file; the
-        // memory contexts are not used after.
+        // memory context is not used after. The caches keep their historic
+        // mark: the next transaction of this process forgets them.
         unsafe {
             pg_sys::FreeDecodingContext(self.ctx);
             pg_sys::ReplicationSlotRelease();
             pg_sys::MemoryContextDelete(self.memory);
         }
-        leave_decoding();
     }
 }
 
