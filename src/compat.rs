@@ -193,6 +193,7 @@ pub unsafe fn eval_plan_qual_init(epq: *mut pg_sys::EPQState, estate: *mut pg_sy
 
 // nbtree's `_bt_get_endpoint` is not in pgrx's bindings (called through
 // `pg_guard_ffi_boundary`); 17 dropped its snapshot argument (old-snapshot checks).
+// SAFETY: each declaration matches access/nbtree.h of the versions it is built for.
 #[cfg(feature = "pg15")]
 unsafe extern "C-unwind" {
     fn _bt_get_endpoint(rel: pg_sys::Relation, level: u32, rightmost: bool, snapshot: pg_sys::Snapshot) -> pg_sys::Buffer;

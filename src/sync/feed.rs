@@ -113,9 +113,7 @@ impl FeedWorker {
                     log!("edgesync: the feed worker failed, retrying: {e}");
                     self.reader = Reader::default();
                     // what the stream read ahead is read again from the slot's position
-                    if let Some(stream) = self.stream.take() {
-                        stream.close();
-                    }
+                    self.stream = None;
                     wait_on_latch(RETRY);
                 }
             }
@@ -127,9 +125,7 @@ impl FeedWorker {
     fn turn(&mut self) -> Result<Turn, String> {
         let Some(node) = in_transaction(feed_wanted)? else {
             // the slot is this process's while it decodes it: let it go before dropping it
-            if let Some(stream) = self.stream.take() {
-                stream.close();
-            }
+            self.stream = None;
             in_transaction(close_feed)?;
             log!("edgesync: no edge is registered any more: the feed is closed and its slot dropped");
             return Ok(Turn::Stop);

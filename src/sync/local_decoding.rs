@@ -38,8 +38,11 @@ use std::ffi::{c_char, c_int, CString};
 
 use pgrx::prelude::*;
 
+// SAFETY: these declarations match the C prototypes in replication/decode.h
+// and access/xlogutils.h, the same in 15 and 18; calls go through
+// `pg_guard_ffi_boundary` or are made by PostgreSQL's own WAL reader.
 unsafe extern "C-unwind" {
-    // replication/decode.h, which pgrx's bindings leave out; the same in 15 and 18.
+    // replication/decode.h, which pgrx's bindings leave out
     fn LogicalDecodingProcessRecord(ctx: *mut pg_sys::LogicalDecodingContext, record: *mut pg_sys::XLogReaderState);
     // the WAL reader calls these itself: the C functions, not pgrx's wrappers
     fn wal_segment_open(state: *mut pg_sys::XLogReaderState, segment: pg_sys::XLogSegNo, timeline: *mut pg_sys::TimeLineID);
@@ -47,10 +50,9 @@ unsafe extern "C-unwind" {
 }
 
 thread_local! {
-    /// The catalog caches may hold entries read under a historic snapshot.
+    /// Whose entries the catalog caches may hold: decoding's, read under a
+    /// historic snapshot (true), or the process's own (false).
     static CACHES_HISTORIC: Cell<bool> = const { Cell::new(false) };
-    /// The process read the catalogs for itself since it last decoded.
-    static CACHES_CURRENT: Cell<bool> = const { Cell::new(true) };
 }
 
 /// At the start of a transaction of the process's own, before it reads
@@ -61,12 +63,11 @@ pub fn leave_decoding() {
         // calls it), outside decoding, in the backend's main thread.
         unsafe { pg_sys::InvalidateSystemCaches() };
     }
-    CACHES_CURRENT.with(|c| c.set(true));
 }
 
 /// Before decoding: forget what the process's own reads put in the caches.
 fn switch_to_decoding() {
-    if CACHES_CURRENT.with(|c| c.replace(false)) {
+    if !CACHES_HISTORIC.with(|c| c.replace(true)) {
         // SAFETY: outside any transaction (decoding runs outside one), so a
         // short one of its own holds the invalidation, as the SQL peek's does.
         unsafe {
@@ -75,7 +76,6 @@ fn switch_to_decoding() {
             pg_sys::CommitTransactionCommand();
         }
     }
-    CACHES_HISTORIC.with(|c| c.set(true));
 }
 
 /// What pgoutput wrote, in order: each message's bytes.
@@ -105,6 +105,11 @@ impl LocalDecoder {
     /// Err (nothing held) when another process has the slot.
     pub fn open(slot: &str, options: &[(&str, &str)]) -> Result<LocalDecoder, String> {
         let name = CString::new(slot).map_err(|e| e.to_string())?;
+        let options = options
+            .iter()
+            .map(|(k, v)| Ok((CString::new(*k)?, CString::new(*v)?)))
+            .collect::<Result<Vec<_>, std::ffi::NulError>>()
+            .map_err(|e| e.to_string())?;
         if let Some(pid) = slot_holder(&name) {
             return Err(format!("replication slot \"{slot}\" is active for PID {pid}"));
         }
@@ -113,11 +118,6 @@ impl LocalDecoder {
         let memory = unsafe {
             pg_sys::AllocSetContextCreateInternal(pg_sys::TopMemoryContext, c"edgesync decoding".as_ptr(), 0, 8 * 1024, 8 * 1024 * 1024)
         };
-        let options = options
-            .iter()
-            .map(|(k, v)| Ok((CString::new(*k)?, CString::new(*v)?)))
-            .collect::<Result<Vec<_>, std::ffi::NulError>>()
-            .map_err(|e| e.to_string())?;
         let mut sink = Box::<Sink>::default();
         // The context is made inside a transaction, as the SQL peek makes
         // it: made outside one (as a walsender does), it marks the process
@@ -201,7 +201,10 @@ impl LocalDecoder {
                 let record = pg_sys::XLogReadRecord(reader, &mut error);
                 if !error.is_null() {
                     let message = std::ffi::CStr::from_ptr(error).to_string_lossy().into_owned();
-                    error!("edgesync: could not read WAL for logical decoding: {message}");
+                    let slot = std::ffi::CStr::from_ptr((*pg_sys::MyReplicationSlot).data.name.data.as_ptr()).to_string_lossy();
+                    error!(
+                        "edgesync: could not read WAL to decode replication slot \"{slot}\": {message}; the worker starts again in a few seconds; if the WAL is gone, edgesync.health shows the slot as lost"
+                    );
                 }
                 if record.is_null() {
                     // it reaches past the flush point: read it again once that moved
@@ -267,6 +270,10 @@ fn flushed() -> u64 {
 /// The WAL reader's page source: a page of local WAL as far as it is
 /// flushed, and "not yet" (-1) for anything past that, where
 /// `read_local_xlog_page` would sleep until it is.
+///
+/// # Safety
+/// Called by PostgreSQL's WAL reader only, with its own state and a page
+/// buffer of `XLOG_BLCKSZ` bytes.
 #[pg_guard]
 unsafe extern "C-unwind" fn read_flushed_page(
     state: *mut pg_sys::XLogReaderState,
@@ -283,6 +290,9 @@ unsafe extern "C-unwind" fn read_flushed_page(
 }
 
 /// pgoutput starts a message: its buffer starts empty.
+///
+/// # Safety
+/// Called by logical decoding only, with the context it decodes in.
 #[pg_guard]
 unsafe extern "C-unwind" fn prepare_write(ctx: *mut pg_sys::LogicalDecodingContext, _lsn: pg_sys::XLogRecPtr, _xid: pg_sys::TransactionId, _last: bool) {
     // SAFETY: the context decoding runs in; `out` is its output buffer.
@@ -290,6 +300,9 @@ unsafe extern "C-unwind" fn prepare_write(ctx: *mut pg_sys::LogicalDecodingConte
 }
 
 /// pgoutput finished a message: keep its bytes.
+///
+/// # Safety
+/// Called by logical decoding only, with a context made by `LocalDecoder::open`.
 #[pg_guard]
 unsafe extern "C-unwind" fn write(ctx: *mut pg_sys::LogicalDecodingContext, _lsn: pg_sys::XLogRecPtr, _xid: pg_sys::TransactionId, _last: bool) {
     // SAFETY: `output_writer_private` is the decoder's boxed Sink, alive

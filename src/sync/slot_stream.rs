@@ -259,8 +259,6 @@ impl SlotStream {
         Ok(())
     }
 
-    /// Let the slot go (the decoder is dropped).
-    pub fn close(self) {}
 }
 
 impl ReadBeside for SlotStream {

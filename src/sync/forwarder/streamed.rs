@@ -50,10 +50,9 @@ impl Forwarder {
         }
     }
 
+    /// Let the slot go (what was read ahead is read again from its position).
     pub(super) fn close_stream(&mut self) {
-        if let Some(stream) = self.stream.take() {
-            stream.close();
-        }
+        self.stream = None;
     }
 
     /// Between rounds, for at most `d`: with a stream open, decode what is
@@ -61,7 +60,7 @@ impl Forwarder {
     pub(super) fn wait_idle(&mut self, d: std::time::Duration) {
         let Some(stream) = self.stream.as_mut() else { return status::wait_on_latch(d) };
         if let Err(e) = stream.read_available() {
-            log!("edgesync: peer {}: the slot's stream ended between rounds: {e}", self.peer_id);
+            log!("edgesync: peer {}: reading the slot between rounds failed, it is read again from its position: {e}", self.peer_id);
             self.close_stream();
             return;
         }
