@@ -65,6 +65,11 @@ fn update_from_0_4_0_matches_a_fresh_install() {
     update_matches_a_fresh_install("0.4.0", "upgrade04");
 }
 
+#[test]
+fn update_from_0_5_0_matches_a_fresh_install() {
+    update_matches_a_fresh_install("0.5.0", "upgrade05");
+}
+
 /// Install `old`, write a row under conflict handling, update to this
 /// version: the row keeps its version, and the extension's members are
 /// those of a fresh install.
@@ -91,6 +96,8 @@ fn update_matches_a_fresh_install(old: &str, cluster_name: &str) {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(versions_after, versions_before, "row versions written before the update read the same after it");
+    let defaults: i64 = n.scalar("SELECT count(*) FROM pg_attrdef WHERE adrelid = 'public.inventory'::regclass");
+    assert_eq!(defaults, 0, "an enrolled table's version column has no default, as set_conflict_policy leaves it now");
     let named: String = n.scalar("SELECT edgesync.node_name(1)");
     assert_eq!(named, "n", "the node is in its own directory");
     let version: String = n.scalar("SELECT extversion FROM pg_extension WHERE extname = 'edgesync'");

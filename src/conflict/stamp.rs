@@ -60,6 +60,16 @@ pub(super) fn slot_stamp(trigger: &PgTrigger<'_>, which: Tuple) -> Result<RowSta
     unsafe { stamp_in_slot(trigger, slot) }
 }
 
+/// Does the trigger's tuple `which` lack a version (NULL)? The column has
+/// no default: a remote row from a table without it arrives with none.
+pub(super) fn version_missing(trigger: &PgTrigger<'_>, which: Tuple) -> Result<bool, ConflictError> {
+    let attnum = version_attnum(trigger)?;
+    let slot = slot_of(trigger, which)?;
+    // SAFETY: `slot` is one of the trigger's own slots (not null), holding
+    // a row of the trigger's table, and `attnum` a live attribute of it.
+    Ok(unsafe { pg_sys::slot_attisnull(slot, attnum as i32) })
+}
+
 /// The stamp of the row in `slot`.
 ///
 /// # Safety

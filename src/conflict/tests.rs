@@ -71,6 +71,27 @@ mod tests {
         assert_eq!(left, Some(0));
     }
 
+    #[pg_test]
+    fn the_version_column_has_no_default_while_the_trigger_stamps_rows() {
+        enrolled_table();
+        let defaults = "SELECT count(*) FROM pg_attrdef WHERE adrelid = 'public.stock'::regclass";
+        assert_eq!(Spi::get_one::<i64>(defaults).unwrap(), Some(0), "the trigger stamps every row: no default to plan");
+        // a remote row from a table without the column gets the zero version
+        Spi::run("SELECT pg_replication_origin_create('edgesync_store_8')").unwrap();
+        as_remote("edgesync_store_8", "INSERT INTO public.stock (sku, qty) VALUES ('remote', 1)");
+        let remote = Spi::get_one::<Vec<i64>>("SELECT edgesync.row_version(edgesync_version) FROM public.stock WHERE sku = 'remote'").unwrap();
+        assert_eq!(remote, Some(vec![0, 0, 0, 0]));
+        // out of conflict handling with the column kept: new rows take the zero version again
+        Spi::run("SELECT edgesync.drop_conflict_policy('public.stock'); INSERT INTO public.stock VALUES ('after', 1, NULL)").unwrap();
+        let after = Spi::get_one::<Vec<i64>>("SELECT edgesync.row_version(edgesync_version) FROM public.stock WHERE sku = 'after'").unwrap();
+        assert_eq!(after, Some(vec![0, 0, 0, 0]));
+        // enrolled again: no default, and every row kept its version
+        Spi::run("SELECT edgesync.set_conflict_policy('public.stock')").unwrap();
+        assert_eq!(Spi::get_one::<i64>(defaults).unwrap(), Some(0));
+        let zero = Spi::get_one::<i64>("SELECT count(*) FROM public.stock WHERE edgesync.row_version(edgesync_version) = '{0,0,0,0}'").unwrap();
+        assert_eq!(zero, Some(3), "before, remote and after");
+    }
+
     #[pg_test(error = "edgesync: table public.no_key has no primary key")]
     fn a_table_without_a_primary_key_is_refused() {
         Spi::run("CREATE TABLE public.no_key (a int)").unwrap();
