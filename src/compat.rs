@@ -241,3 +241,17 @@ pub fn acquire_slot(name: &std::ffi::CStr) {
         pg_sys::ReplicationSlotAcquire(name.as_ptr(), true, true)
     };
 }
+
+/// The number of the file that holds `rel` now (TRUNCATE and rewrites change it).
+///
+/// # Safety
+/// `rel` must be an open relation.
+pub unsafe fn relation_file(rel: pg_sys::Relation) -> u32 {
+    // SAFETY: the caller's guarantee: an open relation's relcache entry.
+    #[cfg(feature = "pg15")]
+    let file = unsafe { (*rel).rd_node.relNode };
+    // SAFETY: as above.
+    #[cfg(not(feature = "pg15"))]
+    let file = unsafe { (*rel).rd_locator.relNumber };
+    file.into()
+}

@@ -8,10 +8,14 @@
 //! Whether an insert's key is taken is first asked of the index's
 //! rightmost leaf page, as B-tree's own fast path for appends does: every
 //! key of the index sorts at or before the last one on that page, so a key
-//! after it is nobody's, and rows appended in key order (readings,
-//! sequences) are not looked up with a descent each. The answer holds at
-//! the moment it is read, as the descent's does; anything but a live
-//! rightmost leaf with a key on it sends the question to the scan.
+//! after it is nobody's; and every page to its left holds keys at or
+//! before its first one, so a key between two neighbours on it is nobody's
+//! either. Rows appended in about key order (readings, sequences, even
+//! from several writers whose commits overtake each other) are then not
+//! looked up with a descent each. The answer holds at the moment it is
+//! read, as the descent's does; anything but a live rightmost leaf, or a
+//! key on it or before it, sends the question to the scan. The conflict
+//! trigger's own probe (`probe.rs`) asks the same page first.
 
 use pgrx::prelude::*;
 
@@ -30,7 +34,7 @@ pub(crate) enum RowLock {
 /// A primary-key scan of one table, kept open for a run of changes.
 pub(crate) struct KeyFinder {
     rel: pg_sys::Relation,
-    probe: KeyProbe,
+    probe: std::rc::Rc<KeyProbe>,
     index: pg_sys::Relation,
     scan: pg_sys::IndexScanDesc,
     /// Boxed: the scan reads it through a pointer for its whole life.
@@ -41,7 +45,7 @@ pub(crate) struct KeyFinder {
 }
 
 /// The index's rightmost leaf page as last seen, and how its keys compare.
-struct LastLeaf {
+pub(super) struct LastLeaf {
     /// None: not seen yet (the index was empty).
     block: Option<pg_sys::BlockNumber>,
     /// Per key column, the B-tree comparison function of its operator family.
@@ -89,7 +93,7 @@ impl KeyFinder {
             (index, crate::compat::index_beginscan(rel, index, &mut *dirty, keys.len() as i32))
         };
         // SAFETY: `index` is the open primary-key index of `rel`.
-        let last_leaf = unsafe { LastLeaf::of(index, keys.len()) };
+        let last_leaf = unsafe { LastLeaf::of(index, keys.len(), pg_sys::CurrentMemoryContext) };
         Ok(KeyFinder { rel, probe, index, scan, dirty, keys, last_leaf })
     }
 
@@ -119,7 +123,7 @@ impl KeyFinder {
             return Ok(false); // a NULL key names no row
         }
         // SAFETY: the keys were just set; the index is open.
-        if lock == RowLock::None && unsafe { self.after_every_key() } {
+        if lock == RowLock::None && self.last_leaf.as_mut().is_some_and(|leaf| unsafe { leaf.rules_out(self.index, &self.keys) }) {
             return Ok(false);
         }
         let n = self.keys.len() as i32;
@@ -153,54 +157,85 @@ impl KeyFinder {
     }
 }
 
-impl KeyFinder {
-    /// Does the key in `keys` sort after every key of the index, as its
-    /// rightmost leaf page says? False when that cannot be told there.
+impl LastLeaf {
+    /// Has no entry of `index` the key in `keys`, as its rightmost leaf
+    /// page says? False when that cannot be told there (and the page is
+    /// looked for again next time).
     ///
     /// # Safety
-    /// `keys` must hold the values of a key of the index.
-    unsafe fn after_every_key(&mut self) -> bool {
-        let (index, keys) = (self.index, &self.keys);
-        let Some(leaf) = self.last_leaf.as_mut() else { return false };
-        // an index empty when the run began has its first page once a row is in
-        // SAFETY: `index` is the open B-tree index the finder was made for.
-        let Some(mut block) = leaf.block.or_else(|| unsafe { crate::compat::btree_rightmost_leaf(index) }) else { return false };
+    /// `index` must be the open B-tree index this was made for, `keys`
+    /// hold the values of a key of it.
+    pub(super) unsafe fn rules_out(&mut self, index: pg_sys::Relation, keys: &[pg_sys::ScanKeyData]) -> bool {
+        // an index empty when this was made has its first page once a row is in
+        // SAFETY: the caller's guarantee.
+        let Some(mut block) = self.block.or_else(|| unsafe { crate::compat::btree_rightmost_leaf(index) }) else { return false };
         for _ in 0..MAX_HOPS {
             // SAFETY: a page of the open index, pinned and share-locked
             // while it is read, released on every path.
-            let (next, after) = unsafe {
+            let seen = unsafe {
                 let buffer = pg_sys::ReadBuffer(index, block);
                 pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
-                let seen = read_leaf(buffer).map(|(next, last)| (next, next == P_NONE && leaf.sorts_after(index, keys, last)));
+                let seen = LeafPage::read(buffer).map(|leaf| (leaf.next, leaf.next == P_NONE && self.absent_from(index, keys, &leaf)));
                 pg_sys::UnlockReleaseBuffer(buffer);
-                match seen {
-                    Some(seen) => seen,
-                    None => return false,
-                }
+                seen
             };
+            let Some((next, absent)) = seen else { break };
             if next == P_NONE {
-                leaf.block = Some(block);
-                return after;
+                self.block = Some(block);
+                return absent;
             }
             // split since it was seen: its right sibling holds the later keys
             block = next;
         }
+        self.block = None;
         false
     }
-}
 
-impl LastLeaf {
-    /// The rightmost leaf of B-tree `index` and the comparison functions
-    /// of its first `nkeys` columns (None: no such function).
+    /// Is the key in `keys` on none of the entries of the rightmost leaf
+    /// `leaf`, and after its first? Then no entry of the index has it:
+    /// every page to the left holds keys at or before that first one.
+    /// Keys appended in order sort after the last entry (one comparison);
+    /// keys committed a little out of order fall between two neighbours.
     ///
     /// # Safety
-    /// `index` must be an open B-tree index with `nkeys` key columns.
-    unsafe fn of(index: pg_sys::Relation, nkeys: usize) -> Option<LastLeaf> {
+    /// `leaf` must be a page of `index` still locked, `keys` a key's values.
+    unsafe fn absent_from(&mut self, index: pg_sys::Relation, keys: &[pg_sys::ScanKeyData], leaf: &LeafPage) -> bool {
+        use std::cmp::Ordering::{Greater, Less};
+        // SAFETY: the caller's guarantees; `n` counts the page's entries from 1.
+        let mut order = |n: usize| unsafe { leaf.entry(n).and_then(|entry| self.compare(index, keys, entry)) };
+        match order(leaf.entries) {
+            Some(Greater) => return true,
+            Some(Less) => {}
+            _ => return false, // the same key (a row, or a dead version of one), or not comparable
+        }
+        if order(1) != Some(Greater) {
+            return false; // at or before the page's first key: it may be on a page to the left
+        }
+        // the key sorts after entry `low` and before entry `high`
+        let (mut low, mut high) = (1, leaf.entries);
+        while high - low > 1 {
+            let middle = (low + high) / 2;
+            match order(middle) {
+                Some(Greater) => low = middle,
+                Some(Less) => high = middle,
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// The rightmost leaf of B-tree `index` and the comparison functions
+    /// of its first `nkeys` columns, kept in `memory` (None: no such function).
+    ///
+    /// # Safety
+    /// `index` must be an open B-tree index with `nkeys` key columns;
+    /// `memory` a memory context that lives as long as the result.
+    pub(super) unsafe fn of(index: pg_sys::Relation, nkeys: usize, memory: pg_sys::MemoryContext) -> Option<LastLeaf> {
         let mut leaf = LastLeaf { block: None, compare: Vec::with_capacity(nkeys), collations: Vec::with_capacity(nkeys) };
         for i in 0..nkeys {
             // SAFETY: `i` is below the index's number of key columns, the
             // length of its relcache arrays; catalog lookups in a transaction;
-            // the function's cache lives in the current memory context.
+            // the function's cache lives in `memory`, as long as the result.
             unsafe {
                 let (family, input) = (*(*index).rd_opfamily.add(i), *(*index).rd_opcintype.add(i));
                 let proc_oid = pg_sys::get_opfamily_proc(family, input, input, BTORDER_PROC);
@@ -208,7 +243,7 @@ impl LastLeaf {
                     return None;
                 }
                 let mut function: pg_sys::FmgrInfo = std::mem::zeroed();
-                pg_sys::fmgr_info_cxt(proc_oid, &mut function, pg_sys::CurrentMemoryContext);
+                pg_sys::fmgr_info_cxt(proc_oid, &mut function, memory);
                 leaf.compare.push(function);
                 leaf.collations.push(*(*index).rd_indcollation.add(i));
             }
@@ -218,67 +253,92 @@ impl LastLeaf {
         Some(leaf)
     }
 
-    /// Does the key in `keys` sort after index tuple `last`?
+    /// How the key in `keys` sorts against index tuple `entry` (None: the
+    /// entry has a NULL, which a primary key's never has).
     ///
     /// # Safety
-    /// `last` must be a tuple of `index` on a page still locked, `keys` a
+    /// `entry` must be a tuple of `index` on a page still locked, `keys` a
     /// key's values.
-    unsafe fn sorts_after(&mut self, index: pg_sys::Relation, keys: &[pg_sys::ScanKeyData], last: pg_sys::IndexTuple) -> bool {
+    unsafe fn compare(&mut self, index: pg_sys::Relation, keys: &[pg_sys::ScanKeyData], entry: pg_sys::IndexTuple) -> Option<std::cmp::Ordering> {
         const INDEX_NULL_MASK: u16 = 0x8000;
         // SAFETY: the caller's guarantees; a key column of a tuple with no
         // NULL is read at its place; the functions compare two values of
         // the column's operator class.
         unsafe {
-            if (*last).t_info & INDEX_NULL_MASK != 0 {
-                return false;
+            if (*entry).t_info & INDEX_NULL_MASK != 0 {
+                return None;
             }
             for (i, key) in keys.iter().enumerate() {
-                let theirs = pg_sys::nocache_index_getattr(last, i as i32 + 1, (*index).rd_att);
+                let theirs = pg_sys::nocache_index_getattr(entry, i as i32 + 1, (*index).rd_att);
                 let order = pg_sys::FunctionCall2Coll(&mut self.compare[i], self.collations[i], key.sk_argument, theirs).value() as i32;
                 if order != 0 {
-                    return order > 0;
+                    return Some(order.cmp(&0));
                 }
             }
         }
-        false // the same key
+        Some(std::cmp::Ordering::Equal)
     }
 }
 
-/// A live leaf page's right sibling (P_NONE: none) and its last tuple;
-/// None for any other page, or one without tuples.
-///
-/// # Safety
-/// `buffer` must be a pinned and share-locked page of a B-tree index.
-unsafe fn read_leaf(buffer: pg_sys::Buffer) -> Option<(pg_sys::BlockNumber, pg_sys::IndexTuple)> {
-    const HEADER: usize = std::mem::offset_of!(pg_sys::PageHeaderData, pd_linp);
-    if buffer <= 0 {
-        return None; // a local buffer: not an index apply writes
+/// A live leaf page of a B-tree, read while its buffer is locked.
+struct LeafPage {
+    page: *const u8,
+    /// The right sibling (P_NONE: none, the rightmost leaf).
+    next: pg_sys::BlockNumber,
+    /// How many line pointers the page has (at least one).
+    entries: usize,
+    /// Where the page's trailer starts: entries end before it.
+    special: usize,
+}
+
+const PAGE_HEADER: usize = std::mem::offset_of!(pg_sys::PageHeaderData, pd_linp);
+
+impl LeafPage {
+    /// The page of `buffer` if it is a live leaf with entries; None for
+    /// any other page.
+    ///
+    /// # Safety
+    /// `buffer` must be a pinned and share-locked page of a B-tree index,
+    /// and stay so while the result is used.
+    unsafe fn read(buffer: pg_sys::Buffer) -> Option<LeafPage> {
+        if buffer <= 0 {
+            return None; // a local buffer: not an index apply writes
+        }
+        // SAFETY: a shared buffer's page is at its place in the buffer pool
+        // (BufferGetPage); the page is locked, so its header and trailer
+        // are consistent; the trailer's place is checked against the page.
+        unsafe {
+            let page = pg_sys::BufferBlocks.add((buffer as usize - 1) * pg_sys::BLCKSZ as usize).cast_const().cast::<u8>();
+            let header = &*page.cast::<pg_sys::PageHeaderData>();
+            let special = header.pd_special as usize;
+            if special + std::mem::size_of::<BtPageOpaque>() > pg_sys::BLCKSZ as usize {
+                return None;
+            }
+            let opaque = &*page.add(special).cast::<BtPageOpaque>();
+            if opaque.flags & BTP_LEAF == 0 || opaque.flags & (BTP_DELETED | BTP_HALF_DEAD | BTP_INCOMPLETE_SPLIT) != 0 {
+                return None;
+            }
+            let entries = (header.pd_lower as usize).saturating_sub(PAGE_HEADER) / std::mem::size_of::<pg_sys::ItemIdData>();
+            (entries > 0).then_some(LeafPage { page, next: opaque.next, entries, special })
+        }
     }
-    // SAFETY: a shared buffer's page is at its place in the buffer pool
-    // (BufferGetPage); the page is locked, so its header, trailer and
-    // line pointers are consistent; every offset is checked against it.
-    unsafe {
-        let page = pg_sys::BufferBlocks.add((buffer as usize - 1) * pg_sys::BLCKSZ as usize);
-        let header = &*page.cast::<pg_sys::PageHeaderData>();
-        let special = header.pd_special as usize;
-        if special + std::mem::size_of::<BtPageOpaque>() > pg_sys::BLCKSZ as usize {
-            return None;
+
+    /// Entry `n` (counted from 1, as line pointers are); None when its
+    /// line pointer does not point at a tuple inside the page.
+    ///
+    /// # Safety
+    /// The page must still be locked; `n` between 1 and `entries`.
+    unsafe fn entry(&self, n: usize) -> Option<pg_sys::IndexTuple> {
+        // SAFETY: the caller's guarantees: line pointer `n` lies below
+        // pd_lower; the tuple it names is checked to end before the trailer.
+        unsafe {
+            let item = &*self.page.add(PAGE_HEADER + (n - 1) * std::mem::size_of::<pg_sys::ItemIdData>()).cast::<pg_sys::ItemIdData>();
+            let (offset, length) = (item.lp_off() as usize, item.lp_len() as usize);
+            if length == 0 || offset < PAGE_HEADER || offset + length > self.special {
+                return None;
+            }
+            Some(self.page.add(offset).cast_mut().cast())
         }
-        let opaque = &*page.add(special).cast::<BtPageOpaque>();
-        if opaque.flags & BTP_LEAF == 0 || opaque.flags & (BTP_DELETED | BTP_HALF_DEAD | BTP_INCOMPLETE_SPLIT) != 0 {
-            return None;
-        }
-        let lower = header.pd_lower as usize;
-        let items = lower.saturating_sub(HEADER) / std::mem::size_of::<pg_sys::ItemIdData>();
-        if items == 0 {
-            return None;
-        }
-        let item = &*page.add(HEADER + (items - 1) * std::mem::size_of::<pg_sys::ItemIdData>()).cast::<pg_sys::ItemIdData>();
-        let (offset, length) = (item.lp_off() as usize, item.lp_len() as usize);
-        if length == 0 || offset + length > special {
-            return None;
-        }
-        Some((opaque.next, page.add(offset).cast()))
     }
 }
 

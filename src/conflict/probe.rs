@@ -1,21 +1,26 @@
 //! The primary-key probe of a remote insert: does this node already hold a
 //! row with the new row's key, and with which stamp? One index lookup in
 //! the apply worker's snapshot, with the scan keys' operators found once
-//! per table (no SQL, no catalog lookups per row).
+//! per table (no SQL, no catalog lookups per row). The index's rightmost
+//! leaf is asked first (`find::LastLeaf`, kept per index across
+//! transactions, as PostgreSQL's apply commits each remote transaction on
+//! its own): a new key that sorts after the others, or between two on
+//! that page, needs no scan.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use pgrx::prelude::*;
 
 use super::error::{fail, ConflictError};
+use super::find::LastLeaf;
 use super::row::{slot_of, Tuple};
 use super::stamp::stamp_in_slot;
 use crate::model::conflict::version::RowStamp;
 
 /// How to look a table's primary key up: found once per table from the
 /// catalogs, rebuilt when the primary-key index changes.
-#[derive(Clone)]
 pub(super) struct KeyProbe {
     pub(super) index: pg_sys::Oid,
     heap_attnums: Vec<i16>,
@@ -24,11 +29,21 @@ pub(super) struct KeyProbe {
 }
 
 thread_local! {
-    static KEY_PROBES: RefCell<HashMap<pg_sys::Oid, KeyProbe>> = RefCell::new(HashMap::new());
+    static KEY_PROBES: RefCell<HashMap<pg_sys::Oid, Rc<KeyProbe>>> = RefCell::new(HashMap::new());
+    /// Each primary-key index's rightmost leaf as last seen (None: its keys
+    /// cannot be compared there), by index and file: a TRUNCATE gives the
+    /// index a new, smaller file, where a remembered page may not exist.
+    /// At most MAX_LAST_LEAVES entries.
+    static LAST_LEAVES: RefCell<HashMap<(pg_sys::Oid, u32), Option<LastLeaf>>> = RefCell::new(HashMap::new());
 }
 
 const BT_EQUAL_STRATEGY: u16 = 3;
-const LOCK: pg_sys::LOCKMODE = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+/// The lock the probe takes on the primary-key index: the one the write
+/// that fires the trigger holds on it already (the executor opens a
+/// table's indexes with it before it inserts), so that taking it again
+/// costs a look in this backend's own lock table, not a new lock.
+const LOCK: pg_sys::LOCKMODE = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+const MAX_LAST_LEAVES: usize = 256;
 
 /// The stamp of the local row with the new row's key: one primary-key
 /// lookup in the apply worker's snapshot, with scan keys prepared once per
@@ -54,7 +69,7 @@ pub(super) fn probe_existing(trigger: &PgTrigger<'_>) -> Result<Option<RowStamp>
 ///
 /// # Safety
 /// `rel` must be an open relation.
-pub(super) unsafe fn key_probe(rel: pg_sys::Relation) -> Result<KeyProbe, ConflictError> {
+pub(super) unsafe fn key_probe(rel: pg_sys::Relation) -> Result<Rc<KeyProbe>, ConflictError> {
     // SAFETY: the caller keeps `rel` open.
     let (relid, index) = unsafe { ((*rel).rd_id, crate::compat::primary_key_index(rel)) };
     if index == pg_sys::InvalidOid {
@@ -65,8 +80,8 @@ pub(super) unsafe fn key_probe(rel: pg_sys::Relation) -> Result<KeyProbe, Confli
             return Ok(p);
         }
     }
-    let probe = read_probe(index)?;
-    KEY_PROBES.with(|c| c.borrow_mut().insert(relid, probe.clone()));
+    let probe = Rc::new(read_probe(index)?);
+    KEY_PROBES.with(|c| c.borrow_mut().insert(relid, Rc::clone(&probe)));
     Ok(probe)
 }
 
@@ -180,8 +195,13 @@ unsafe fn look_up(trigger: &PgTrigger<'_>, rel: pg_sys::Relation, probe: &KeyPro
     // all released below before returning (the stamp's error, if any, is
     // returned only after), and the slot holds rows of `rel`.
     unsafe {
-        let snapshot = if pg_sys::ActiveSnapshotSet() { pg_sys::GetActiveSnapshot() } else { pg_sys::GetTransactionSnapshot() };
         let idxrel = pg_sys::index_open(probe.index, LOCK);
+        if ruled_out_at_the_end(idxrel, keys) {
+            // no version of any row has this key: nothing to read
+            pg_sys::index_close(idxrel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            return Ok(None);
+        }
+        let snapshot = if pg_sys::ActiveSnapshotSet() { pg_sys::GetActiveSnapshot() } else { pg_sys::GetTransactionSnapshot() };
         let scan = crate::compat::index_beginscan(rel, idxrel, snapshot, n);
         pg_sys::index_rescan(scan, keys.as_mut_ptr(), n, std::ptr::null_mut(), 0);
         let out = pg_sys::table_slot_create(rel, std::ptr::null_mut());
@@ -196,3 +216,24 @@ unsafe fn look_up(trigger: &PgTrigger<'_>, rel: pg_sys::Relation, probe: &KeyPro
     }
 }
 
+/// Has no entry of primary-key index `index` the key in `keys`, as its
+/// rightmost leaf page says (B-tree's own fast path for appends)? Rows
+/// written in about key order then need no descent and no scan each.
+///
+/// # Safety
+/// `index` must be an open B-tree index and `keys` hold a key of it; in a transaction.
+unsafe fn ruled_out_at_the_end(index: pg_sys::Relation, keys: &[pg_sys::ScanKeyData]) -> bool {
+    // SAFETY: the caller's guarantees; the relcache entry is read only.
+    let id = unsafe { ((*index).rd_id, crate::compat::relation_file(index)) };
+    LAST_LEAVES.with(|leaves| {
+        let mut leaves = leaves.borrow_mut();
+        if leaves.len() >= MAX_LAST_LEAVES && !leaves.contains_key(&id) {
+            leaves.clear(); // indexes dropped or rewritten leave entries behind
+        }
+        // SAFETY: the caller's guarantees; the comparison functions are kept
+        // in TopMemoryContext, which lives as long as this backend's cache.
+        let leaf = leaves.entry(id).or_insert_with(|| unsafe { LastLeaf::of(index, keys.len(), pg_sys::TopMemoryContext) });
+        // SAFETY: made for this index (same oid and file).
+        leaf.as_mut().is_some_and(|leaf| unsafe { leaf.rules_out(index, keys) })
+    })
+}

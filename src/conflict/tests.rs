@@ -440,6 +440,30 @@ mod tests {
     }
 
     #[pg_test]
+    fn remote_inserts_meet_the_local_row_wherever_its_key_sits_in_the_index() {
+        Spi::run(
+            "SELECT edgesync.create_node('test_node', 7);
+             CREATE TABLE public.meter (id bigint PRIMARY KEY, v int);
+             SELECT edgesync.set_conflict_policy('public.meter', 'manual');
+             INSERT INTO public.meter SELECT 2 * g, 0 FROM generate_series(1, 2000) g;
+             SELECT pg_replication_origin_create('edgesync_store_8');",
+        )
+        .unwrap();
+        // keys on a page left of the last leaf (taken, free), between two
+        // keys on the last leaf (taken, free), its last key, and after it
+        for id in [8, 7, 3998, 3999, 4000, 4002] {
+            as_remote(
+                "edgesync_store_8",
+                &format!("INSERT INTO public.meter VALUES ({id}, 1, edgesync.make_row_version('{{65536,8,0,0}}'))"),
+            );
+        }
+        let conflicts = Spi::get_one::<String>("SELECT string_agg(key->>'id', ' ' ORDER BY (key->>'id')::int) FROM edgesync.conflict_log").unwrap();
+        assert_eq!(conflicts.as_deref(), Some("8 3998 4000"), "each taken key is found");
+        let inserted = Spi::get_one::<String>("SELECT string_agg(id::text, ' ' ORDER BY id) FROM public.meter WHERE v = 1").unwrap();
+        assert_eq!(inserted.as_deref(), Some("7 3999 4002"), "each free key is inserted");
+    }
+
+    #[pg_test]
     fn conflicts_name_the_nodes_that_wrote_each_side() {
         enrolled_table();
         Spi::run("SELECT edgesync._learn_node(8, 'store_8', now()); INSERT INTO public.stock VALUES ('a', 5, NULL), ('b', 5, NULL), ('c', 5, NULL), ('d', 5, NULL)").unwrap();
