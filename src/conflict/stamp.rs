@@ -2,25 +2,25 @@
 //! `edgesync_version`: finding that column, reading the stamp of one of the
 //! trigger's rows, and returning a row with a new stamp.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::PgTupleDesc;
 
 use super::error::{fail, ConflictError};
 use super::row::{slot_of, tuple_of, Row, Tuple};
-use crate::model::conflict::version::RowStamp;
+use crate::model::conflict::version::{RowStamp, STAMP_BYTES};
 
 /// The column every table under conflict handling carries: a 24-byte
 /// `bytea` (see `model::version`).
 pub const VERSION_COLUMN: &str = "edgesync_version";
 
-thread_local! {
-    /// Where `edgesync_version` sat in the table seen last (relid, attnum);
-    /// checked against the tuple descriptor on every use, so a re-added
-    /// column is found again.
-    static VERSION_ATTNUM: Cell<(pg_sys::Oid, i16)> = const { Cell::new((pg_sys::InvalidOid, 0)) };
-}
+/// Where `edgesync_version` sat in the table seen last: its relid in the
+/// high 32 bits, its attnum in the low 16; checked against the tuple
+/// descriptor on every use, so a re-added column is found again. A plain
+/// static (a backend has one thread): a thread-local costs a call into the
+/// dynamic loader on each local write.
+static VERSION_ATTNUM: AtomicU64 = AtomicU64::new(0);
 
 /// Is attribute `attnum` of `tupdesc` the (not dropped) version column?
 /// Compared as bytes: a column name need not be UTF-8 in every database encoding.
@@ -37,8 +37,9 @@ fn version_attnum(trigger: &PgTrigger<'_>) -> Result<i16, ConflictError> {
     // SAFETY: `tg_relation` is the open relation the trigger fires on,
     // valid for the call, and `rd_att` its tuple descriptor.
     let (relid, tupdesc) = unsafe { ((*rel).rd_id, PgTupleDesc::from_pg_unchecked((*rel).rd_att)) };
-    let (cached_rel, cached_attnum) = VERSION_ATTNUM.with(|c| c.get());
-    if cached_rel == relid && is_version_column(&tupdesc, cached_attnum) {
+    let cached = VERSION_ATTNUM.load(Ordering::Relaxed);
+    let cached_attnum = cached as u16 as i16;
+    if (cached >> 32) as u32 == relid.to_u32() && is_version_column(&tupdesc, cached_attnum) {
         return Ok(cached_attnum);
     }
     // SAFETY: a syscache lookup by oid and a NUL-terminated name, in a
@@ -47,7 +48,7 @@ fn version_attnum(trigger: &PgTrigger<'_>) -> Result<i16, ConflictError> {
     if !is_version_column(&tupdesc, attnum) {
         return Err(fail(format!("{VERSION_COLUMN} is missing: re-run edgesync.set_conflict_policy")));
     }
-    VERSION_ATTNUM.with(|c| c.set((relid, attnum)));
+    VERSION_ATTNUM.store((u64::from(relid.to_u32()) << 32) | u64::from(attnum as u16), Ordering::Relaxed);
     Ok(attnum)
 }
 
@@ -94,10 +95,9 @@ pub(super) unsafe fn stamp_in_slot(trigger: &PgTrigger<'_>, slot: *mut pg_sys::T
 pub(super) fn stamped<'a>(trigger: &'a PgTrigger<'a>, which: Tuple, stamp: RowStamp) -> Result<Row<'a>, ConflictError> {
     let attnum = version_attnum(trigger)?;
     let tuple = tuple_of(trigger, which)?;
-    let bytes = stamp.to_bytes();
-    let value = pgrx::varlena::rust_byte_slice_to_bytea(&bytes);
+    let mut value = StampBytea::of(stamp);
     let mut columns = [attnum as std::ffi::c_int];
-    let mut values = [pg_sys::Datum::from(value.into_pg())];
+    let mut values = [pg_sys::Datum::from(std::ptr::from_mut(&mut value))];
     let mut nulls = [false];
     // SAFETY: `tg_relation` is the open relation the trigger fires on.
     let tupdesc = unsafe { (*trigger.trigger_data().tg_relation).rd_att };
@@ -106,6 +106,25 @@ pub(super) fn stamped<'a>(trigger: &'a PgTrigger<'a>, which: Tuple, stamp: RowSt
     let modified = unsafe { pg_sys::heap_modify_tuple_by_cols(tuple, tupdesc, 1, columns.as_mut_ptr(), values.as_mut_ptr(), nulls.as_mut_ptr()) };
     // SAFETY: `modified` is a fresh tuple built by PostgreSQL with `tupdesc`.
     Ok(unsafe { PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked(tupdesc), modified) })
+}
+
+/// A stamp as a `bytea` value, built on the stack: the new tuple copies it
+/// (no allocation, no call into PostgreSQL, on every local write).
+#[repr(C, align(4))]
+struct StampBytea {
+    /// The 4-byte varlena header.
+    header: u32,
+    bytes: [u8; STAMP_BYTES],
+}
+
+impl StampBytea {
+    fn of(stamp: RowStamp) -> StampBytea {
+        let mut value = StampBytea { header: 0, bytes: stamp.to_bytes() };
+        // SAFETY: `value` starts with a 4-byte header, aligned, and holds
+        // the whole length written in it.
+        unsafe { pgrx::varlena::set_varsize_4b(std::ptr::from_mut(&mut value).cast(), std::mem::size_of::<StampBytea>() as i32) };
+        value
+    }
 }
 
 /// A stamp as `conflict_log` and `tombstone` keep it: an int8[].
