@@ -166,6 +166,7 @@ rounds() { # measure, between, cases...
     done
 }
 med() { awk -v f="${2:-1}" '{ print $f }' "$RESULTS/$1" | median; } # case [field]
+each() { awk -v f="${2:-1}" '{ print $f }' "$RESULTS/$1" | paste -sd' '; } # case [field]: every round's
 
 SUMMARY=()
 # Print row N of the table (see the top) and keep it for the summary.
@@ -325,7 +326,7 @@ bench_local_inserts() {
         reset_tables
     done
     report 4 "local inserts: last_writer_wins / no policy" "$(med local_lww)" "$(med local_plain)" tps ">= 0.95"
-    echo "     (rounds, tps alone: plain $(paste -sd' ' "$RESULTS/local_plain"); lww $(paste -sd' ' "$RESULTS/local_lww"))"
+    echo "     (rounds, tps alone: plain $(each local_plain); lww $(each local_lww))"
 }
 
 # --- rows 1, 2, 5 and 6: catch-up --------------------------------------------
@@ -392,6 +393,7 @@ bench_catch_up() {
     if ! wanted 1 2; then # row 5 alone: native's rounds only
         rounds catch_up reset_tables native_plain native_lww
         report 5 "native catch-up: into a policy table / without" "$(med native_lww)" "$(med native_plain)" rows/s ">= 0.85"
+        echo "     (rounds, rows/s: native plain $(each native_plain); native lww $(each native_lww))"
         return
     fi
     rounds catch_up reset_tables native_plain edgesync_plain native_lww edgesync_lww
@@ -399,6 +401,7 @@ bench_catch_up() {
     report 2 "catch-up into last_writer_wins: edgesync / native plain" "$(med edgesync_lww)" "$(med native_plain)" rows/s ">= 0.9"
     report 5 "native catch-up: into a policy table / without" "$(med native_lww)" "$(med native_plain)" rows/s ">= 0.85"
     echo "     (edgesync into last_writer_wins / native into the same policy table: $(ratio "$(med edgesync_lww)" "$(med native_lww)"))"
+    echo "     (rounds, rows/s: native plain $(each native_plain); edgesync plain $(each edgesync_plain); native lww $(each native_lww); edgesync lww $(each edgesync_lww))"
 }
 
 # A byte-counting proxy to 127.0.0.1:TARGET on a port the OS picks; sets
