@@ -40,6 +40,8 @@ pub(crate) struct KeyFinder {
     /// Boxed: the scan reads it through a pointer for its whole life.
     dirty: Box<pg_sys::SnapshotData>,
     keys: Vec<pg_sys::ScanKeyData>,
+    /// The values of `keys`, for the last leaf's comparisons.
+    values: Vec<pg_sys::Datum>,
     /// Where the index ends (None: its key cannot be compared here).
     last_leaf: Option<LastLeaf>,
 }
@@ -48,10 +50,24 @@ pub(crate) struct KeyFinder {
 pub(super) struct LastLeaf {
     /// None: not seen yet (the index was empty).
     block: Option<pg_sys::BlockNumber>,
-    /// Per key column, the B-tree comparison function of its operator family.
-    compare: Vec<pg_sys::FmgrInfo>,
-    collations: Vec<pg_sys::Oid>,
+    order: KeyOrder,
 }
+
+/// How a key compares with an index entry.
+enum KeyOrder {
+    /// A single `smallint`, `integer` or `bigint` column (the usual key of
+    /// rows appended in order), of this width in bytes: compared as
+    /// integers read in place, with no function call per comparison.
+    Integer(usize),
+    /// Per key column, the B-tree comparison function of its operator
+    /// family, and its collation.
+    Functions(Vec<(pg_sys::FmgrInfo, pg_sys::Oid)>),
+}
+
+/// Where a B-tree entry without NULLs keeps its first column
+/// (`IndexInfoFindDataOffset`): after the tuple's header, aligned as
+/// strictly as any type.
+const ENTRY_DATA: usize = std::mem::size_of::<pg_sys::IndexTupleData>().next_multiple_of(pg_sys::MAXIMUM_ALIGNOF as usize);
 
 /// nbtree's page trailer (`BTPageOpaqueData`, the same in 15 and 18) and
 /// the flags read here.
@@ -94,7 +110,7 @@ impl KeyFinder {
         };
         // SAFETY: `index` is the open primary-key index of `rel`.
         let last_leaf = unsafe { LastLeaf::of(index, keys.len(), pg_sys::CurrentMemoryContext) };
-        Ok(KeyFinder { rel, probe, index, scan, dirty, keys, last_leaf })
+        Ok(KeyFinder { rel, probe, index, scan, dirty, keys, values: Vec::new(), last_leaf })
     }
 
     /// End the scan; the index stays locked until commit.
@@ -122,9 +138,14 @@ impl KeyFinder {
         if !unsafe { self.probe.set_key_values(&mut self.keys, search) } {
             return Ok(false); // a NULL key names no row
         }
-        // SAFETY: the keys were just set; the index is open.
-        if lock == RowLock::None && self.last_leaf.as_mut().is_some_and(|leaf| unsafe { leaf.rules_out(self.index, &self.keys) }) {
-            return Ok(false);
+        // a key after every key, or between two, on the last leaf is nobody's
+        if lock == RowLock::None {
+            self.values.clear();
+            self.values.extend(self.keys.iter().map(|key| key.sk_argument));
+            // SAFETY: the values of a key of the open index.
+            if self.last_leaf.as_mut().is_some_and(|leaf| unsafe { leaf.rules_out(self.index, &self.values) }) {
+                return Ok(false);
+            }
         }
         let n = self.keys.len() as i32;
         loop {
@@ -158,14 +179,14 @@ impl KeyFinder {
 }
 
 impl LastLeaf {
-    /// Has no entry of `index` the key in `keys`, as its rightmost leaf
-    /// page says? False when that cannot be told there (and the page is
-    /// looked for again next time).
+    /// Has no entry of `index` the key `key` (a value per key column), as
+    /// its rightmost leaf page says? False when that cannot be told there
+    /// (and the page is looked for again next time).
     ///
     /// # Safety
-    /// `index` must be the open B-tree index this was made for, `keys`
-    /// hold the values of a key of it.
-    pub(super) unsafe fn rules_out(&mut self, index: pg_sys::Relation, keys: &[pg_sys::ScanKeyData]) -> bool {
+    /// `index` must be the open B-tree index this was made for, `key`
+    /// the values of a key of it.
+    pub(super) unsafe fn rules_out(&mut self, index: pg_sys::Relation, key: &[pg_sys::Datum]) -> bool {
         // an index empty when this was made has its first page once a row is in
         // SAFETY: the caller's guarantee.
         let Some(mut block) = self.block.or_else(|| unsafe { crate::compat::btree_rightmost_leaf(index) }) else { return false };
@@ -175,7 +196,7 @@ impl LastLeaf {
             let seen = unsafe {
                 let buffer = pg_sys::ReadBuffer(index, block);
                 pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
-                let seen = LeafPage::read(buffer).map(|leaf| (leaf.next, leaf.next == P_NONE && self.absent_from(index, keys, &leaf)));
+                let seen = LeafPage::read(buffer).map(|leaf| (leaf.next, leaf.next == P_NONE && self.absent_from(index, key, &leaf)));
                 pg_sys::UnlockReleaseBuffer(buffer);
                 seen
             };
@@ -191,18 +212,18 @@ impl LastLeaf {
         false
     }
 
-    /// Is the key in `keys` on none of the entries of the rightmost leaf
+    /// Is `key` on none of the entries of the rightmost leaf
     /// `leaf`, and after its first? Then no entry of the index has it:
     /// every page to the left holds keys at or before that first one.
     /// Keys appended in order sort after the last entry (one comparison);
     /// keys committed a little out of order fall between two neighbours.
     ///
     /// # Safety
-    /// `leaf` must be a page of `index` still locked, `keys` a key's values.
-    unsafe fn absent_from(&mut self, index: pg_sys::Relation, keys: &[pg_sys::ScanKeyData], leaf: &LeafPage) -> bool {
+    /// `leaf` must be a page of `index` still locked, `key` a key's values.
+    unsafe fn absent_from(&mut self, index: pg_sys::Relation, key: &[pg_sys::Datum], leaf: &LeafPage) -> bool {
         use std::cmp::Ordering::{Greater, Less};
         // SAFETY: the caller's guarantees; `n` counts the page's entries from 1.
-        let mut order = |n: usize| unsafe { leaf.entry(n).and_then(|entry| self.compare(index, keys, entry)) };
+        let mut order = |n: usize| unsafe { leaf.entry(n).and_then(|(entry, length)| self.compare(index, key, entry, length)) };
         match order(leaf.entries) {
             Some(Greater) => return true,
             Some(Less) => {}
@@ -224,59 +245,124 @@ impl LastLeaf {
         true
     }
 
-    /// The rightmost leaf of B-tree `index` and the comparison functions
-    /// of its first `nkeys` columns, kept in `memory` (None: no such function).
+    /// The rightmost leaf of B-tree `index` and how its first `nkeys`
+    /// columns compare, any function kept in `memory` (None: a column has
+    /// no comparison function).
     ///
     /// # Safety
     /// `index` must be an open B-tree index with `nkeys` key columns;
     /// `memory` a memory context that lives as long as the result.
     pub(super) unsafe fn of(index: pg_sys::Relation, nkeys: usize, memory: pg_sys::MemoryContext) -> Option<LastLeaf> {
-        let mut leaf = LastLeaf { block: None, compare: Vec::with_capacity(nkeys), collations: Vec::with_capacity(nkeys) };
+        let mut functions = Vec::with_capacity(nkeys);
         for i in 0..nkeys {
             // SAFETY: `i` is below the index's number of key columns, the
-            // length of its relcache arrays; catalog lookups in a transaction;
-            // the function's cache lives in `memory`, as long as the result.
-            unsafe {
+            // length of its relcache arrays; catalog lookups in a transaction.
+            let (proc_oid, collation) = unsafe {
                 let (family, input) = (*(*index).rd_opfamily.add(i), *(*index).rd_opcintype.add(i));
-                let proc_oid = pg_sys::get_opfamily_proc(family, input, input, BTORDER_PROC);
-                if proc_oid == pg_sys::InvalidOid {
-                    return None;
-                }
-                let mut function: pg_sys::FmgrInfo = std::mem::zeroed();
-                pg_sys::fmgr_info_cxt(proc_oid, &mut function, memory);
-                leaf.compare.push(function);
-                leaf.collations.push(*(*index).rd_indcollation.add(i));
-            }
-        }
-        // SAFETY: the caller's guarantee.
-        leaf.block = unsafe { crate::compat::btree_rightmost_leaf(index) };
-        Some(leaf)
-    }
-
-    /// How the key in `keys` sorts against index tuple `entry` (None: the
-    /// entry has a NULL, which a primary key's never has).
-    ///
-    /// # Safety
-    /// `entry` must be a tuple of `index` on a page still locked, `keys` a
-    /// key's values.
-    unsafe fn compare(&mut self, index: pg_sys::Relation, keys: &[pg_sys::ScanKeyData], entry: pg_sys::IndexTuple) -> Option<std::cmp::Ordering> {
-        const INDEX_NULL_MASK: u16 = 0x8000;
-        // SAFETY: the caller's guarantees; a key column of a tuple with no
-        // NULL is read at its place; the functions compare two values of
-        // the column's operator class.
-        unsafe {
-            if (*entry).t_info & INDEX_NULL_MASK != 0 {
+                (pg_sys::get_opfamily_proc(family, input, input, BTORDER_PROC), *(*index).rd_indcollation.add(i))
+            };
+            if proc_oid == pg_sys::InvalidOid {
                 return None;
             }
-            for (i, key) in keys.iter().enumerate() {
-                let theirs = pg_sys::nocache_index_getattr(entry, i as i32 + 1, (*index).rd_att);
-                let order = pg_sys::FunctionCall2Coll(&mut self.compare[i], self.collations[i], key.sk_argument, theirs).value() as i32;
-                if order != 0 {
-                    return Some(order.cmp(&0));
+            // SAFETY: as above, and `index` has at least one column.
+            if let Some(width) = unsafe { integer_width(index, nkeys, proc_oid) } {
+                // SAFETY: the caller's guarantee.
+                let block = unsafe { crate::compat::btree_rightmost_leaf(index) };
+                return Some(LastLeaf { block, order: KeyOrder::Integer(width) });
+            }
+            // SAFETY: a function of the operator family; its cache lives in
+            // `memory`, as long as the result.
+            let function = unsafe {
+                let mut function: pg_sys::FmgrInfo = std::mem::zeroed();
+                pg_sys::fmgr_info_cxt(proc_oid, &mut function, memory);
+                function
+            };
+            functions.push((function, collation));
+        }
+        // SAFETY: the caller's guarantee.
+        let block = unsafe { crate::compat::btree_rightmost_leaf(index) };
+        Some(LastLeaf { block, order: KeyOrder::Functions(functions) })
+    }
+
+    /// How `key` sorts against index tuple `entry`, `length` bytes long
+    /// (None: the entry has a NULL, which a primary key's never has, or is
+    /// too short to hold the key).
+    ///
+    /// # Safety
+    /// `entry` must be a tuple of `index` on a page still locked, `key` a
+    /// key's values.
+    unsafe fn compare(&mut self, index: pg_sys::Relation, key: &[pg_sys::Datum], entry: pg_sys::IndexTuple, length: usize) -> Option<std::cmp::Ordering> {
+        const INDEX_NULL_MASK: u16 = 0x8000;
+        // SAFETY: the caller's guarantee: a tuple on a locked page.
+        if unsafe { (*entry).t_info } & INDEX_NULL_MASK != 0 {
+            return None;
+        }
+        match &mut self.order {
+            KeyOrder::Integer(width) => {
+                let width = *width;
+                if length < ENTRY_DATA + width {
+                    return None;
                 }
+                // SAFETY: the entry holds its first column's `width` bytes
+                // at ENTRY_DATA (no NULLs), inside its `length` checked above.
+                let theirs = unsafe { read_integer(entry.cast::<u8>().add(ENTRY_DATA), width) };
+                let ours = match width {
+                    2 => i64::from(key[0].value() as i16),
+                    4 => i64::from(key[0].value() as i32),
+                    _ => key[0].value() as i64,
+                };
+                Some(ours.cmp(&theirs))
+            }
+            KeyOrder::Functions(functions) => {
+                for (i, (function, collation)) in functions.iter_mut().enumerate() {
+                    // SAFETY: a key column of a tuple with no NULL is read at
+                    // its place; the function compares two values of the
+                    // column's operator class.
+                    let order = unsafe {
+                        let theirs = pg_sys::nocache_index_getattr(entry, i as i32 + 1, (*index).rd_att);
+                        pg_sys::FunctionCall2Coll(function, *collation, key[i], theirs).value() as i32
+                    };
+                    if order != 0 {
+                        return Some(order.cmp(&0));
+                    }
+                }
+                Some(std::cmp::Ordering::Equal)
             }
         }
-        Some(std::cmp::Ordering::Equal)
+    }
+}
+
+/// The width of `index`'s only key column when it is a `smallint`,
+/// `integer` or `bigint` compared by its own B-tree function; None for
+/// any other key.
+///
+/// # Safety
+/// `index` must be an open index with `nkeys` key columns.
+unsafe fn integer_width(index: pg_sys::Relation, nkeys: usize, proc_oid: pg_sys::Oid) -> Option<usize> {
+    let width = match proc_oid.to_u32() {
+        pg_sys::F_BTINT2CMP => 2,
+        pg_sys::F_BTINT4CMP => 4,
+        pg_sys::F_BTINT8CMP => 8,
+        _ => return None,
+    };
+    // SAFETY: the caller's guarantee: an open index's tuple descriptor.
+    let columns = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*index).rd_att) };
+    let column = columns.get(0)?;
+    (nkeys == 1 && column.attbyval && column.attlen as usize == width).then_some(width)
+}
+
+/// A signed integer of `width` bytes (2, 4 or 8) in this machine's byte order.
+///
+/// # Safety
+/// `at` must point at `width` readable bytes.
+unsafe fn read_integer(at: *const u8, width: usize) -> i64 {
+    // SAFETY: the caller's guarantee; read unaligned, as any byte may start it.
+    unsafe {
+        match width {
+            2 => i64::from(at.cast::<i16>().read_unaligned()),
+            4 => i64::from(at.cast::<i32>().read_unaligned()),
+            _ => at.cast::<i64>().read_unaligned(),
+        }
     }
 }
 
@@ -323,12 +409,12 @@ impl LeafPage {
         }
     }
 
-    /// Entry `n` (counted from 1, as line pointers are); None when its
-    /// line pointer does not point at a tuple inside the page.
+    /// Entry `n` (counted from 1, as line pointers are) and its length;
+    /// None when its line pointer does not point at a tuple inside the page.
     ///
     /// # Safety
     /// The page must still be locked; `n` between 1 and `entries`.
-    unsafe fn entry(&self, n: usize) -> Option<pg_sys::IndexTuple> {
+    unsafe fn entry(&self, n: usize) -> Option<(pg_sys::IndexTuple, usize)> {
         // SAFETY: the caller's guarantees: line pointer `n` lies below
         // pd_lower; the tuple it names is checked to end before the trailer.
         unsafe {
@@ -337,7 +423,7 @@ impl LeafPage {
             if length == 0 || offset < PAGE_HEADER || offset + length > self.special {
                 return None;
             }
-            Some(self.page.add(offset).cast_mut().cast())
+            Some((self.page.add(offset).cast_mut().cast(), length))
         }
     }
 }

@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
 use pgrx::prelude::*;
@@ -29,12 +30,40 @@ pub(super) struct KeyProbe {
 }
 
 thread_local! {
-    static KEY_PROBES: RefCell<HashMap<pg_sys::Oid, Rc<KeyProbe>>> = RefCell::new(HashMap::new());
+    static KEY_PROBES: RefCell<OidMap<pg_sys::Oid, Rc<KeyProbe>>> = RefCell::new(OidMap::default());
     /// Each primary-key index's rightmost leaf as last seen (None: its keys
     /// cannot be compared there), by index and file: a TRUNCATE gives the
     /// index a new, smaller file, where a remembered page may not exist.
     /// At most MAX_LAST_LEAVES entries.
-    static LAST_LEAVES: RefCell<HashMap<(pg_sys::Oid, u32), Option<LastLeaf>>> = RefCell::new(HashMap::new());
+    static LAST_LEAVES: RefCell<OidMap<(pg_sys::Oid, u32), Option<LastLeaf>>> = RefCell::new(OidMap::default());
+}
+
+/// A map keyed by oids (and file numbers): small integers no peer
+/// chooses, so a multiply-and-rotate hash serves (std's SipHash, made to
+/// resist chosen keys, cost as much as the rest of a lookup per row).
+type OidMap<K, V> = HashMap<K, V, BuildHasherDefault<OidHasher>>;
+
+#[derive(Default)]
+struct OidHasher(u64);
+
+impl Hasher for OidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
 }
 
 const BT_EQUAL_STRATEGY: u16 = 3;
@@ -57,11 +86,11 @@ pub(super) fn probe_existing(trigger: &PgTrigger<'_>) -> Result<Option<RowStamp>
     let probe = unsafe { key_probe(rel) }?;
     // SAFETY: `inserted` is the trigger's slot of the new row, a row of
     // `rel`, the table the probe was made for.
-    let Some(mut keys) = (unsafe { scan_keys(&probe, inserted) }) else {
+    let Some(key) = (unsafe { probe.key_values(inserted) }) else {
         return Ok(None); // a NULL key matches nothing (the insert will fail on its own)
     };
-    // SAFETY: as above; `keys` were built from `probe` for `rel`.
-    unsafe { look_up(trigger, rel, &probe, &mut keys) }
+    // SAFETY: as above; `key` was read by `probe`, the probe of `rel`.
+    unsafe { look_up(trigger, rel, &probe, &key) }
 }
 
 /// The probe of `rel`'s primary key: kept, or read from the catalogs when
@@ -128,17 +157,6 @@ unsafe fn add_key_column(probe: &mut KeyProbe, idxrel: pg_sys::Relation, i: usiz
     Ok(())
 }
 
-/// Scan keys matching the key columns of the row in `slot`; None when a
-/// key column is NULL.
-///
-/// # Safety
-/// `slot` must hold a row of the table `probe` was made for.
-unsafe fn scan_keys(probe: &KeyProbe, slot: *mut pg_sys::TupleTableSlot) -> Option<Vec<pg_sys::ScanKeyData>> {
-    let mut keys = probe.scan_keys();
-    // SAFETY: the caller's guarantee.
-    unsafe { probe.set_key_values(&mut keys, slot) }.then_some(keys)
-}
-
 impl KeyProbe {
     /// One equality scan key per key column, their values still to set.
     pub(super) fn scan_keys(&self) -> Vec<pg_sys::ScanKeyData> {
@@ -165,6 +183,24 @@ impl KeyProbe {
             .collect()
     }
 
+    /// The key of the row in `slot`, a value per key column; None when a
+    /// key column is NULL (a NULL key names no row).
+    ///
+    /// # Safety
+    /// `slot` must hold a row of the table this probe was made for.
+    unsafe fn key_values(&self, slot: *mut pg_sys::TupleTableSlot) -> Option<Vec<pg_sys::Datum>> {
+        let mut values = Vec::with_capacity(self.heap_attnums.len());
+        for &attnum in &self.heap_attnums {
+            let mut isnull = false;
+            // SAFETY: the caller vouches for `slot`; the attribute numbers are its table's.
+            values.push(unsafe { pg_sys::slot_getattr(slot, attnum as i32, &mut isnull) });
+            if isnull {
+                return None;
+            }
+        }
+        Some(values)
+    }
+
     /// Set `keys` (from `scan_keys`) to the key of the row in `slot`; false
     /// when a key column is NULL (a NULL key names no row).
     ///
@@ -183,24 +219,39 @@ impl KeyProbe {
     }
 }
 
-/// Look `keys` up in the primary-key index of `rel`, in the active (or
+/// Look `key` up in the primary-key index of `rel`, in the active (or
 /// transaction) snapshot, and read the stamp of the row found.
 ///
 /// # Safety
-/// `rel` must be the trigger's open relation and `keys` built by
-/// `scan_keys` from `probe`, the probe of `rel`.
-unsafe fn look_up(trigger: &PgTrigger<'_>, rel: pg_sys::Relation, probe: &KeyProbe, keys: &mut [pg_sys::ScanKeyData]) -> Result<Option<RowStamp>, ConflictError> {
-    let n = keys.len() as i32;
-    // SAFETY: the caller's guarantees; the scan, its slot and the index are
-    // all released below before returning (the stamp's error, if any, is
-    // returned only after), and the slot holds rows of `rel`.
+/// `rel` must be the trigger's open relation and `key` read by `probe`,
+/// the probe of `rel`.
+unsafe fn look_up(trigger: &PgTrigger<'_>, rel: pg_sys::Relation, probe: &KeyProbe, key: &[pg_sys::Datum]) -> Result<Option<RowStamp>, ConflictError> {
+    // SAFETY: the caller's guarantees; the index is closed on every path
+    // (the lock is kept until commit, as the executor keeps its own).
     unsafe {
         let idxrel = pg_sys::index_open(probe.index, LOCK);
-        if ruled_out_at_the_end(idxrel, keys) {
-            // no version of any row has this key: nothing to read
-            pg_sys::index_close(idxrel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            return Ok(None);
-        }
+        // no version of any row has this key: nothing to read
+        let found = if ruled_out_at_the_end(idxrel, key) { Ok(None) } else { scan(trigger, rel, idxrel, probe, key) };
+        pg_sys::index_close(idxrel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        found
+    }
+}
+
+/// Scan primary-key index `idxrel` of `rel` for `key` in the active (or
+/// transaction) snapshot, and read the stamp of the row found.
+///
+/// # Safety
+/// As `look_up`'s, and `idxrel` open.
+unsafe fn scan(trigger: &PgTrigger<'_>, rel: pg_sys::Relation, idxrel: pg_sys::Relation, probe: &KeyProbe, key: &[pg_sys::Datum]) -> Result<Option<RowStamp>, ConflictError> {
+    let mut keys = probe.scan_keys();
+    for (scan_key, &value) in keys.iter_mut().zip(key) {
+        scan_key.sk_argument = value;
+    }
+    let n = keys.len() as i32;
+    // SAFETY: the caller's guarantees; the scan and its slot are released
+    // below before returning (the stamp's error, if any, is returned only
+    // after), and the slot holds rows of `rel`.
+    unsafe {
         let snapshot = if pg_sys::ActiveSnapshotSet() { pg_sys::GetActiveSnapshot() } else { pg_sys::GetTransactionSnapshot() };
         let scan = crate::compat::index_beginscan(rel, idxrel, snapshot, n);
         pg_sys::index_rescan(scan, keys.as_mut_ptr(), n, std::ptr::null_mut(), 0);
@@ -209,20 +260,17 @@ unsafe fn look_up(trigger: &PgTrigger<'_>, rel: pg_sys::Relation, probe: &KeyPro
         let stamp = if found { Some(stamp_in_slot(trigger, out)) } else { None };
         pg_sys::index_endscan(scan);
         pg_sys::ExecDropSingleTupleTableSlot(out);
-        // the lock is kept until commit, as the executor keeps its own: the
-        // insert that fired the trigger holds a stronger one on the index anyway
-        pg_sys::index_close(idxrel, pg_sys::NoLock as pg_sys::LOCKMODE);
         stamp.transpose()
     }
 }
 
-/// Has no entry of primary-key index `index` the key in `keys`, as its
+/// Has no entry of primary-key index `index` the key `key`, as its
 /// rightmost leaf page says (B-tree's own fast path for appends)? Rows
 /// written in about key order then need no descent and no scan each.
 ///
 /// # Safety
-/// `index` must be an open B-tree index and `keys` hold a key of it; in a transaction.
-unsafe fn ruled_out_at_the_end(index: pg_sys::Relation, keys: &[pg_sys::ScanKeyData]) -> bool {
+/// `index` must be an open B-tree index and `key` a key of it; in a transaction.
+unsafe fn ruled_out_at_the_end(index: pg_sys::Relation, key: &[pg_sys::Datum]) -> bool {
     // SAFETY: the caller's guarantees; the relcache entry is read only.
     let id = unsafe { ((*index).rd_id, crate::compat::relation_file(index)) };
     LAST_LEAVES.with(|leaves| {
@@ -232,8 +280,8 @@ unsafe fn ruled_out_at_the_end(index: pg_sys::Relation, keys: &[pg_sys::ScanKeyD
         }
         // SAFETY: the caller's guarantees; the comparison functions are kept
         // in TopMemoryContext, which lives as long as this backend's cache.
-        let leaf = leaves.entry(id).or_insert_with(|| unsafe { LastLeaf::of(index, keys.len(), pg_sys::TopMemoryContext) });
+        let leaf = leaves.entry(id).or_insert_with(|| unsafe { LastLeaf::of(index, key.len(), pg_sys::TopMemoryContext) });
         // SAFETY: made for this index (same oid and file).
-        leaf.as_mut().is_some_and(|leaf| unsafe { leaf.rules_out(index, keys) })
+        leaf.as_mut().is_some_and(|leaf| unsafe { leaf.rules_out(index, key) })
     })
 }

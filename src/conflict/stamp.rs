@@ -61,14 +61,14 @@ pub(super) fn slot_stamp(trigger: &PgTrigger<'_>, which: Tuple) -> Result<RowSta
     unsafe { stamp_in_slot(trigger, slot) }
 }
 
-/// Does the trigger's tuple `which` lack a version (NULL)? The column has
-/// no default: a remote row from a table without it arrives with none.
-pub(super) fn version_missing(trigger: &PgTrigger<'_>, which: Tuple) -> Result<bool, ConflictError> {
-    let attnum = version_attnum(trigger)?;
+/// The stamp of the trigger's tuple `which`, None when it has none (NULL):
+/// the column has no default, so a remote row from a table without it
+/// arrives without one.
+pub(super) fn slot_version(trigger: &PgTrigger<'_>, which: Tuple) -> Result<Option<RowStamp>, ConflictError> {
     let slot = slot_of(trigger, which)?;
     // SAFETY: `slot` is one of the trigger's own slots (not null), holding
-    // a row of the trigger's table, and `attnum` a live attribute of it.
-    Ok(unsafe { pg_sys::slot_attisnull(slot, attnum as i32) })
+    // a row of the trigger's table.
+    unsafe { version_in_slot(trigger, slot) }
 }
 
 /// The stamp of the row in `slot`.
@@ -77,17 +77,26 @@ pub(super) fn version_missing(trigger: &PgTrigger<'_>, which: Tuple) -> Result<b
 /// `slot` must be a valid slot holding a row of the trigger's table (so
 /// that the version column's number means the same in it).
 pub(super) unsafe fn stamp_in_slot(trigger: &PgTrigger<'_>, slot: *mut pg_sys::TupleTableSlot) -> Result<RowStamp, ConflictError> {
+    // SAFETY: the caller's guarantee.
+    Ok(unsafe { version_in_slot(trigger, slot) }?.unwrap_or(RowStamp::ZERO))
+}
+
+/// The stamp of the row in `slot`, None when its version is NULL.
+///
+/// # Safety
+/// As `stamp_in_slot`'s.
+unsafe fn version_in_slot(trigger: &PgTrigger<'_>, slot: *mut pg_sys::TupleTableSlot) -> Result<Option<RowStamp>, ConflictError> {
     let attnum = version_attnum(trigger)?;
     let mut isnull = false;
     // SAFETY: the caller vouches for `slot`; `attnum` is a live attribute of its table.
     let datum = unsafe { pg_sys::slot_getattr(slot, attnum as i32, &mut isnull) };
     if isnull {
-        return Ok(RowStamp::ZERO);
+        return Ok(None);
     }
     // SAFETY: a non-null `bytea` datum; detoasting returns it whole (copied
     // into the current memory context when it was toasted or compressed).
     let data = unsafe { pgrx::varlena::varlena_to_byte_slice(pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr())) };
-    RowStamp::from_bytes(data).map_err(fail)
+    RowStamp::from_bytes(data).map(Some).map_err(fail)
 }
 
 /// The trigger's tuple `which` with its version set to `stamp`: one

@@ -441,26 +441,32 @@ mod tests {
 
     #[pg_test]
     fn remote_inserts_meet_the_local_row_wherever_its_key_sits_in_the_index() {
-        Spi::run(
-            "SELECT edgesync.create_node('test_node', 7);
-             CREATE TABLE public.meter (id bigint PRIMARY KEY, v int);
-             SELECT edgesync.set_conflict_policy('public.meter', 'manual');
-             INSERT INTO public.meter SELECT 2 * g, 0 FROM generate_series(1, 2000) g;
-             SELECT pg_replication_origin_create('edgesync_store_8');",
-        )
-        .unwrap();
-        // keys on a page left of the last leaf (taken, free), between two
-        // keys on the last leaf (taken, free), its last key, and after it
-        for id in [8, 7, 3998, 3999, 4000, 4002] {
-            as_remote(
-                "edgesync_store_8",
-                &format!("INSERT INTO public.meter VALUES ({id}, 1, edgesync.make_row_version('{{65536,8,0,0}}'))"),
-            );
+        Spi::run("SELECT edgesync.create_node('test_node', 7); SELECT pg_replication_origin_create('edgesync_store_8');").unwrap();
+        // integer keys are compared in place on the last leaf, others through their function
+        for key_type in ["bigint", "integer", "smallint", "numeric", "text"] {
+            let table = format!("public.meter_{key_type}");
+            Spi::run(&format!(
+                "CREATE TABLE {table} (id {key_type} PRIMARY KEY, v int);
+                 SELECT edgesync.set_conflict_policy('{table}', 'manual');
+                 INSERT INTO {table} SELECT (2 * g)::{key_type}, 0 FROM generate_series(1000, 2999) g;"
+            ))
+            .unwrap();
+            // keys on a page left of the last leaf (taken, free), between two
+            // keys on the last leaf (taken, free), its last key, and after it
+            for id in [2008, 2007, 5996, 5997, 5998, 6000] {
+                as_remote(
+                    "edgesync_store_8",
+                    &format!("INSERT INTO {table} VALUES ({id}::{key_type}, 1, edgesync.make_row_version('{{65536,8,0,0}}'))"),
+                );
+            }
+            let conflicts = Spi::get_one::<String>(&format!(
+                "SELECT string_agg(key->>'id', ' ' ORDER BY (key->>'id')::int) FROM edgesync.conflict_log WHERE table_name = 'meter_{key_type}'"
+            ))
+            .unwrap();
+            assert_eq!(conflicts.as_deref(), Some("2008 5996 5998"), "{key_type}: each taken key is found");
+            let inserted = Spi::get_one::<String>(&format!("SELECT string_agg(id::text, ' ' ORDER BY id::int) FROM {table} WHERE v = 1")).unwrap();
+            assert_eq!(inserted.as_deref(), Some("2007 5997 6000"), "{key_type}: each free key is inserted");
         }
-        let conflicts = Spi::get_one::<String>("SELECT string_agg(key->>'id', ' ' ORDER BY (key->>'id')::int) FROM edgesync.conflict_log").unwrap();
-        assert_eq!(conflicts.as_deref(), Some("8 3998 4000"), "each taken key is found");
-        let inserted = Spi::get_one::<String>("SELECT string_agg(id::text, ' ' ORDER BY id) FROM public.meter WHERE v = 1").unwrap();
-        assert_eq!(inserted.as_deref(), Some("7 3999 4002"), "each free key is inserted");
     }
 
     #[pg_test]

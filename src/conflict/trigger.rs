@@ -26,7 +26,7 @@ use super::key::{key_json, key_of};
 use super::probe::probe_existing;
 use super::row::{composite, row_by_key, row_json, write_row_through, Row, Tuple};
 use super::settle::{settle, Outcome, Sides};
-use super::stamp::{slot_stamp, stamped, version_missing};
+use super::stamp::{slot_stamp, slot_version, stamped};
 use super::table::{policy_of, relid_of, LazyTable, Table};
 use super::tombstone::{announce_delete, deleted_version, no_tombstones, record_tombstone};
 use crate::error::raise;
@@ -132,13 +132,12 @@ fn remote_update<'a>(trigger: &'a PgTrigger<'a>, table: &LazyTable<'_>, policy: 
 /// A remote insert, or (under `TableFlag::missing_row_update`) apply's
 /// insert standing in for a remote update of a row this node lacks.
 fn remote_insert<'a>(trigger: &'a PgTrigger<'a>, table: &LazyTable<'_>, policy: Policy, me: i32) -> Result<Option<Row<'a>>, ConflictError> {
-    let new = match version_missing(trigger, Tuple::Trig)? {
+    let (new, r) = match slot_version(trigger, Tuple::Trig)? {
+        Some(r) => (trigger.new().ok_or_else(|| fail("INSERT without a new row"))?, r),
         // from a table without the column: the zero version, as rows from
         // before conflict handling carry (and as its default gave before 0.6.0)
-        true => stamped(trigger, Tuple::Trig, RowStamp::ZERO)?,
-        false => trigger.new().ok_or_else(|| fail("INSERT without a new row"))?,
+        None => (stamped(trigger, Tuple::Trig, RowStamp::ZERO)?, RowStamp::ZERO),
     };
-    let r = slot_stamp(trigger, Tuple::Trig)?;
     let observed = clock::observe(r.version.hlc);
     let local = local_state_for(table, trigger)?;
     if let Err(drift) = observed {
