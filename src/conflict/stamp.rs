@@ -111,7 +111,8 @@ pub(super) fn stamped<'a>(trigger: &'a PgTrigger<'a>, which: Tuple, stamp: RowSt
     // SAFETY: `tg_relation` is the open relation the trigger fires on.
     let tupdesc = unsafe { (*trigger.trigger_data().tg_relation).rd_att };
     // SAFETY: `tuple` (not null) is a row of that relation and `tupdesc`
-    // its descriptor; the three arrays hold the one column replaced.
+    // its descriptor; the three arrays hold the one column replaced, whose
+    // value (on this stack frame) the new tuple copies before the call returns.
     let modified = unsafe { pg_sys::heap_modify_tuple_by_cols(tuple, tupdesc, 1, columns.as_mut_ptr(), values.as_mut_ptr(), nulls.as_mut_ptr()) };
     // SAFETY: `modified` is a fresh tuple built by PostgreSQL with `tupdesc`.
     Ok(unsafe { PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked(tupdesc), modified) })
@@ -129,8 +130,8 @@ struct StampBytea {
 impl StampBytea {
     fn of(stamp: RowStamp) -> StampBytea {
         let mut value = StampBytea { header: 0, bytes: stamp.to_bytes() };
-        // SAFETY: `value` starts with a 4-byte header, aligned, and holds
-        // the whole length written in it.
+        // SAFETY: `value` starts with a 4-byte header, aligned to 4, and
+        // holds the whole length written in it; only the header is written.
         unsafe { pgrx::varlena::set_varsize_4b(std::ptr::from_mut(&mut value).cast(), std::mem::size_of::<StampBytea>() as i32) };
         value
     }
