@@ -253,35 +253,11 @@ impl LastLeaf {
     /// `index` must be an open B-tree index with `nkeys` key columns;
     /// `memory` a memory context that lives as long as the result.
     pub(super) unsafe fn of(index: pg_sys::Relation, nkeys: usize, memory: pg_sys::MemoryContext) -> Option<LastLeaf> {
-        let mut functions = Vec::with_capacity(nkeys);
-        for i in 0..nkeys {
-            // SAFETY: `i` is below the index's number of key columns, the
-            // length of its relcache arrays; catalog lookups in a transaction.
-            let (proc_oid, collation) = unsafe {
-                let (family, input) = (*(*index).rd_opfamily.add(i), *(*index).rd_opcintype.add(i));
-                (pg_sys::get_opfamily_proc(family, input, input, BTORDER_PROC), *(*index).rd_indcollation.add(i))
-            };
-            if proc_oid == pg_sys::InvalidOid {
-                return None;
-            }
-            // SAFETY: as above, and `index` has at least one column.
-            if let Some(width) = unsafe { integer_width(index, nkeys, proc_oid) } {
-                // SAFETY: the caller's guarantee.
-                let block = unsafe { crate::compat::btree_rightmost_leaf(index) };
-                return Some(LastLeaf { block, order: KeyOrder::Integer(width) });
-            }
-            // SAFETY: a function of the operator family; its cache lives in
-            // `memory`, as long as the result.
-            let function = unsafe {
-                let mut function: pg_sys::FmgrInfo = std::mem::zeroed();
-                pg_sys::fmgr_info_cxt(proc_oid, &mut function, memory);
-                function
-            };
-            functions.push((function, collation));
-        }
+        // SAFETY: the caller's guarantees.
+        let order = unsafe { key_order(index, nkeys, memory) }?;
         // SAFETY: the caller's guarantee.
         let block = unsafe { crate::compat::btree_rightmost_leaf(index) };
-        Some(LastLeaf { block, order: KeyOrder::Functions(functions) })
+        Some(LastLeaf { block, order })
     }
 
     /// How `key` sorts against index tuple `entry`, `length` bytes long
@@ -330,6 +306,40 @@ impl LastLeaf {
             }
         }
     }
+}
+
+/// How keys of B-tree `index` (its first `nkeys` columns) compare: in
+/// place for a single integer column, else through each column's B-tree
+/// function, kept in `memory` (None: a column has no such function).
+///
+/// # Safety
+/// As `LastLeaf::of`'s.
+unsafe fn key_order(index: pg_sys::Relation, nkeys: usize, memory: pg_sys::MemoryContext) -> Option<KeyOrder> {
+    let mut functions = Vec::with_capacity(nkeys);
+    for i in 0..nkeys {
+        // SAFETY: `i` is below the index's number of key columns, the
+        // length of its relcache arrays; catalog lookups in a transaction.
+        let (proc_oid, collation) = unsafe {
+            let (family, input) = (*(*index).rd_opfamily.add(i), *(*index).rd_opcintype.add(i));
+            (pg_sys::get_opfamily_proc(family, input, input, BTORDER_PROC), *(*index).rd_indcollation.add(i))
+        };
+        if proc_oid == pg_sys::InvalidOid {
+            return None;
+        }
+        // SAFETY: an open index with `nkeys` key columns.
+        if let Some(width) = unsafe { integer_width(index, nkeys, proc_oid) } {
+            return Some(KeyOrder::Integer(width));
+        }
+        // SAFETY: a function of the operator family; its cache lives in
+        // `memory`, as long as the caller keeps the result.
+        let function = unsafe {
+            let mut function: pg_sys::FmgrInfo = std::mem::zeroed();
+            pg_sys::fmgr_info_cxt(proc_oid, &mut function, memory);
+            function
+        };
+        functions.push((function, collation));
+    }
+    Some(KeyOrder::Functions(functions))
 }
 
 /// The width of `index`'s only key column when it is a `smallint`,

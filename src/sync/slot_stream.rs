@@ -258,7 +258,6 @@ impl SlotStream {
         wait_on_latch_woken(left.min(LOCAL_POLL));
         Ok(())
     }
-
 }
 
 impl ReadBeside for SlotStream {
