@@ -469,6 +469,68 @@ mod tests {
         }
     }
 
+    /// A row of `table` formed by PostgreSQL from `values` (None: NULL),
+    /// stamped both ways with its column `attnum` as the version: appended
+    /// (None when the shape does not allow it) and formed anew. As bytes:
+    /// `t_len`, then the header and data.
+    fn both_stampings(table: &str, attnum: i16, values: &[Option<pg_sys::Datum>]) -> (Option<Vec<u8>>, Vec<u8>) {
+        use crate::conflict::stamp::{with_stamp_appended, with_stamp_replaced};
+        use crate::model::conflict::version::{RowStamp, Version};
+        let stamp = RowStamp { version: Version::new(0x1234_5678_9abc, 7), prev: Version::new(0x42, 3) };
+        let rel = pgrx::PgRelation::open_with_name_and_share_lock(table).unwrap();
+        let tupdesc = rel.rd_att;
+        let mut datums: Vec<pg_sys::Datum> = values.iter().map(|v| v.unwrap_or(pg_sys::Datum::from(0))).collect();
+        let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
+        let bytes = |t: pg_sys::HeapTuple| {
+            // SAFETY: `t` is a tuple just formed, `t_len` bytes of header and data.
+            unsafe { [&(*t).t_len.to_le_bytes()[..], std::slice::from_raw_parts((*t).t_data.cast::<u8>(), (*t).t_len as usize)].concat() }
+        };
+        // SAFETY: one datum and null flag per column of `tupdesc`, whose
+        // version column is `attnum`; the tuples live in this memory context.
+        unsafe {
+            let tuple = pg_sys::heap_form_tuple(tupdesc, datums.as_mut_ptr(), nulls.as_mut_ptr());
+            (with_stamp_appended(tuple, tupdesc, attnum, stamp).map(bytes), bytes(with_stamp_replaced(tuple, tupdesc, attnum, stamp)))
+        }
+    }
+
+    #[pg_test]
+    fn a_stamp_appended_to_a_row_is_laid_out_as_postgresql_forms_it() {
+        Spi::run(
+            "CREATE TABLE public.narrow (id bigint, note text, flag boolean, v bytea);
+             CREATE TABLE public.wide (a1 int, a2 int, a3 int, a4 int, a5 int, a6 int, a7 int, a8 int, v bytea);
+             CREATE TABLE public.dropped (id bigint, gone text, v bytea); ALTER TABLE public.dropped DROP COLUMN gone;
+             CREATE TABLE public.plain_storage (id bigint, v bytea); ALTER TABLE public.plain_storage ALTER COLUMN v SET STORAGE PLAIN;
+             CREATE TABLE public.middle (id bigint, v bytea, z int);",
+        )
+        .unwrap();
+        let (id, note, yes) = (7i64.into_datum(), "a note".into_datum(), true.into_datum());
+        let given = Some(pg_sys::Datum::from(pgrx::varlena::rust_byte_slice_to_bytea(&[1, 2, 3]).into_pg()));
+        let same = |table: &str, attnum: i16, values: &[Option<pg_sys::Datum>]| {
+            let (appended, replaced) = both_stampings(table, attnum, values);
+            assert_eq!(appended.as_ref(), Some(&replaced), "{table} {values:?}: appended as formed anew");
+        };
+        let refused = |table: &str, attnum: i16, values: &[Option<pg_sys::Datum>]| {
+            assert_eq!(both_stampings(table, attnum, values).0, None, "{table} {values:?}: not appended");
+        };
+        // after data that ends unaligned (a boolean), with no other NULL (the
+        // bitmap goes) and with one (it stays)
+        same("public.narrow", 4, &[id, note, yes, None]);
+        same("public.narrow", 4, &[id, None, yes, None]);
+        // nine columns: without its bitmap the data would start 8 bytes
+        // earlier, so only a row with another NULL is appended to
+        let mut wide: Vec<Option<pg_sys::Datum>> = (1..=8).map(|i: i32| i.into_datum()).collect();
+        wide.push(None);
+        refused("public.wide", 9, &wide);
+        wide[0] = None;
+        same("public.wide", 9, &wide);
+        // a dropped column is NULL in every row: the bitmap stays
+        same("public.dropped", 3, &[id, None, None]);
+        // a version already there, one stored with a 4-byte header, one not last
+        refused("public.narrow", 4, &[id, note, yes, given]);
+        refused("public.plain_storage", 2, &[id, None]);
+        refused("public.middle", 2, &[id, None, 1i32.into_datum()]);
+    }
+
     #[pg_test]
     fn conflicts_name_the_nodes_that_wrote_each_side() {
         enrolled_table();
