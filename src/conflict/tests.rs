@@ -481,9 +481,18 @@ mod tests {
         let tupdesc = rel.rd_att;
         let mut datums: Vec<pg_sys::Datum> = values.iter().map(|v| v.unwrap_or(pg_sys::Datum::from(0))).collect();
         let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
+        // the layout: length, header from t_ctid on, data. The header's first
+        // 12 bytes and t_infomask's transaction bits are heap_insert's to
+        // write (xmin, xmax, cid), and on 15 heap_modify_tuple_by_cols leaves
+        // other values there than 18 does.
         let bytes = |t: pg_sys::HeapTuple| {
             // SAFETY: `t` is a tuple just formed, `t_len` bytes of header and data.
-            unsafe { [&(*t).t_len.to_le_bytes()[..], std::slice::from_raw_parts((*t).t_data.cast::<u8>(), (*t).t_len as usize)].concat() }
+            let mut b = unsafe { [&(*t).t_len.to_le_bytes()[..], std::slice::from_raw_parts((*t).t_data.cast::<u8>(), (*t).t_len as usize)].concat() };
+            let infomask = 4 + std::mem::offset_of!(pg_sys::HeapTupleHeaderData, t_infomask);
+            b[4..16].fill(0);
+            b[infomask + 1] &= !((pg_sys::HEAP_XACT_MASK >> 8) as u8);
+            b[infomask] &= !(pg_sys::HEAP_XACT_MASK as u8);
+            b
         };
         // SAFETY: one datum and null flag per column of `tupdesc`, whose
         // version column is `attnum`; the tuples live in this memory context.
