@@ -139,8 +139,9 @@ const TUPLE_DATA_OFFSET: usize = maxalign(std::mem::size_of::<pg_sys::HeapTupleD
 /// A stamp as a row stores it: a short varlena, its 1-byte header and the stamp.
 const SHORT_STAMP_BYTES: usize = 1 + STAMP_BYTES;
 
+/// `MAXALIGN`, with the server's own alignment (as `find::ENTRY_DATA` computes it).
 const fn maxalign(n: usize) -> usize {
-    (n + 7) & !7
+    n.next_multiple_of(pg_sys::MAXIMUM_ALIGNOF as usize)
 }
 
 /// `tuple` with `stamp` in its version column, when that column is the
